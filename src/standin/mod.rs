@@ -1,1 +1,4 @@
-//! (stub)
+//! Stand-in OpenWrt Image Builders and download mirrors, for tests and the offline demo.
+
+pub mod imagebuilder;
+pub mod mirror;

@@ -1,0 +1,1 @@
+//! (stub) stand-in Image Builder tree generator.

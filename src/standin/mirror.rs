@@ -1,0 +1,1 @@
+//! (stub) stand-in download mirror writer.
