@@ -1,1 +1,526 @@
-//! (stub)
+//! Build keys: one profile's resolved inputs → a canonical serialization → a blake3 key, and
+//! the human explanation of what changed between two input sets, produced by the same walk
+//! over the same fields so the two can never drift apart. No I/O here.
+//!
+//! Inputs are everything that changes the image (DESIGN §4): the pinned Image Builder
+//! archive sha256, the Image Builder profile, the normalized package set, the overlay tree
+//! hash, the options that change output, and [`ACTION_SCHEMA_VERSION`]. Force flags and
+//! output locations (`bin_dir`) are deliberately not inputs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Bump when the meaning of a build changes (how inputs map to `make image`), so every
+/// recorded build is rebuilt once instead of being wrongly reused.
+pub const ACTION_SCHEMA_VERSION: u32 = 1;
+
+/// The domain-separation header hashed in front of the fields.
+const KEY_HEADER: &str = "imagegen-build-key-v1\n";
+
+/// A build key: blake3 of the canonical inputs, lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BuildKey(pub String);
+
+impl BuildKey {
+    /// The first 12 hex digits, for display.
+    pub fn short(&self) -> &str {
+        &self.0[..self.0.len().min(12)]
+    }
+}
+
+impl fmt::Display for BuildKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which Image Builder a build uses. `archive_sha256` is `None` until the lock pins it;
+/// then the key is "known after fetch".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuilderPin {
+    pub release: String,
+    pub target: String,
+    pub subtarget: String,
+    pub archive_sha256: Option<String>,
+    pub version_code: Option<String>,
+}
+
+impl BuilderPin {
+    /// `23.05.4/ath79/generic`.
+    pub fn address(&self) -> String {
+        format!("{}/{}/{}", self.release, self.target, self.subtarget)
+    }
+}
+
+/// One overlay entry as recorded for explanations: kind, mode, owner and content digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayFact {
+    pub kind: String,
+    pub mode: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub digest: String,
+}
+
+/// The overlay as a key input: its tree hash, plus per-path facts so an explanation can
+/// name the files that changed. Only `tree_hash` enters the key; it covers the facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OverlayInputs {
+    pub tree_hash: String,
+    pub entries: BTreeMap<String, OverlayFact>,
+}
+
+/// Image Builder options that change the output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImageOptions {
+    pub extra_image_name: Option<String>,
+    pub disabled_services: Vec<String>,
+    pub rootfs_partsize: Option<u64>,
+    pub add_local_key: bool,
+    pub filesystem: Option<String>,
+    pub provenance: bool,
+}
+
+/// Everything that determines one image, normalized.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildInputs {
+    pub schema: u32,
+    pub builder: BuilderPin,
+    pub imagebuilder_profile: String,
+    /// Packages to add: sorted, de-duplicated.
+    pub packages: Vec<String>,
+    /// Packages to remove: sorted, de-duplicated.
+    pub packages_remove: Vec<String>,
+    pub overlay: OverlayInputs,
+    pub options: ImageOptions,
+}
+
+/// Sorts and de-duplicates a package (or service) list, dropping blank names.
+pub fn normalize_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut names: Vec<String> = names
+        .into_iter()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// One input field as it enters the key: a stable name and a canonical JSON value.
+struct KeyField {
+    name: &'static str,
+    value: Value,
+}
+
+/// Why a build is (re)built: one changed field with its old and new value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    /// The input field (`builder`, `packages`, `overlay`, `options.extra_image_name`, ...).
+    pub field: String,
+    /// One human line: "packages: +collectd -luci".
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub old: Value,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub new: Value,
+}
+
+impl BuildInputs {
+    /// The fields that make the key, in a fixed order. The explanation walks the same list.
+    fn fields(&self) -> Vec<KeyField> {
+        let options = &self.options;
+        vec![
+            field("schema", json!(self.schema)),
+            field(
+                "builder",
+                json!({
+                    "release": self.builder.release,
+                    "target": self.builder.target,
+                    "subtarget": self.builder.subtarget,
+                    "archive_sha256": self.builder.archive_sha256,
+                }),
+            ),
+            field("imagebuilder_profile", json!(self.imagebuilder_profile)),
+            field("packages", json!(self.packages)),
+            field("packages_remove", json!(self.packages_remove)),
+            field("overlay", json!(self.overlay.tree_hash)),
+            field("options.extra_image_name", json!(options.extra_image_name)),
+            field(
+                "options.disabled_services",
+                json!(options.disabled_services),
+            ),
+            field("options.rootfs_partsize", json!(options.rootfs_partsize)),
+            field("options.add_local_key", json!(options.add_local_key)),
+            field("options.filesystem", json!(options.filesystem)),
+            field("options.provenance", json!(options.provenance)),
+        ]
+    }
+
+    /// The canonical serialization: a header, then `name=<canonical JSON>` lines.
+    /// serde_json maps are sorted by key, so the JSON of a value is canonical.
+    pub fn canonical(&self) -> String {
+        let mut text = String::from(KEY_HEADER);
+        for KeyField { name, value } in self.fields() {
+            text.push_str(name);
+            text.push('=');
+            text.push_str(&value.to_string());
+            text.push('\n');
+        }
+        text
+    }
+
+    /// The build key, or `None` while the Image Builder archive is not pinned.
+    pub fn key(&self) -> Option<BuildKey> {
+        self.builder.archive_sha256.as_ref()?;
+        Some(BuildKey(
+            blake3::hash(self.canonical().as_bytes())
+                .to_hex()
+                .to_string(),
+        ))
+    }
+
+    /// Why `self` differs from `old`: one reason per changed key field, in key order.
+    pub fn explain_against(&self, old: &BuildInputs) -> Vec<Reason> {
+        let old_fields = old.fields();
+        self.fields()
+            .into_iter()
+            .zip(old_fields)
+            .filter(|(new, old)| new.value != old.value)
+            .map(|(new, old_field)| describe(new.name, old, self, old_field.value, new.value))
+            .collect()
+    }
+
+    /// The `PACKAGES=` value for `make image`: additions, then `-name` removals.
+    pub fn make_packages(&self) -> String {
+        let removals = self.packages_remove.iter().map(|name| format!("-{name}"));
+        self.packages
+            .iter()
+            .cloned()
+            .chain(removals)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn field(name: &'static str, value: Value) -> KeyField {
+    KeyField { name, value }
+}
+
+fn describe(
+    name: &str,
+    old: &BuildInputs,
+    new: &BuildInputs,
+    old_value: Value,
+    new_value: Value,
+) -> Reason {
+    let text = match name {
+        "schema" => format!("imagegen build schema {} → {}", old.schema, new.schema),
+        "builder" => describe_builder(&old.builder, &new.builder),
+        "imagebuilder_profile" => format!(
+            "Image Builder profile: {} → {}",
+            old.imagebuilder_profile, new.imagebuilder_profile
+        ),
+        "packages" => format!("packages: {}", list_diff(&old.packages, &new.packages)),
+        "packages_remove" => format!(
+            "packages removed: {}",
+            list_diff(&old.packages_remove, &new.packages_remove)
+        ),
+        "overlay" => describe_overlay(&old.overlay, &new.overlay),
+        "options.disabled_services" => format!(
+            "disabled services: {}",
+            list_diff(
+                &old.options.disabled_services,
+                &new.options.disabled_services
+            )
+        ),
+        _ => format!(
+            "{}: {} → {}",
+            name.trim_start_matches("options."),
+            show_value(&old_value),
+            show_value(&new_value)
+        ),
+    };
+    Reason {
+        field: name.to_string(),
+        text,
+        old: old_value,
+        new: new_value,
+    }
+}
+
+fn describe_builder(old: &BuilderPin, new: &BuilderPin) -> String {
+    if old.release != new.release || old.target != new.target || old.subtarget != new.subtarget {
+        return format!("Image Builder {} → {}", old.address(), new.address());
+    }
+    match (&old.archive_sha256, &new.archive_sha256) {
+        (_, None) => format!(
+            "Image Builder {} not pinned in imagegen.lock (key known after fetch)",
+            new.address()
+        ),
+        (Some(old_sha), Some(new_sha)) => format!(
+            "Image Builder {} re-spun (sha256 {} → {})",
+            new.address(),
+            short_hash(old_sha),
+            short_hash(new_sha)
+        ),
+        (None, Some(new_sha)) => format!(
+            "Image Builder {} pinned (sha256 {})",
+            new.address(),
+            short_hash(new_sha)
+        ),
+    }
+}
+
+fn describe_overlay(old: &OverlayInputs, new: &OverlayInputs) -> String {
+    let mut changes = Vec::new();
+    for (path, fact) in &new.entries {
+        match old.entries.get(path) {
+            None => changes.push(format!("{path} added")),
+            Some(previous) if previous == fact => {}
+            Some(previous) => changes.push(describe_entry_change(path, previous, fact)),
+        }
+    }
+    for path in old.entries.keys() {
+        if !new.entries.contains_key(path) {
+            changes.push(format!("{path} removed"));
+        }
+    }
+    if changes.is_empty() {
+        format!(
+            "overlay tree {} → {}",
+            short_hash(&old.tree_hash),
+            short_hash(&new.tree_hash)
+        )
+    } else {
+        format!("overlay: {}", changes.join("; "))
+    }
+}
+
+fn describe_entry_change(path: &str, old: &OverlayFact, new: &OverlayFact) -> String {
+    if old.kind != new.kind {
+        return format!("{path} {} → {}", old.kind, new.kind);
+    }
+    let mut parts = Vec::new();
+    if old.digest != new.digest {
+        parts.push("changed".to_string());
+    }
+    if old.mode != new.mode {
+        parts.push(format!("mode {:04o} → {:04o}", old.mode, new.mode));
+    }
+    if old.owner != new.owner {
+        let show = |owner: &Option<String>| owner.clone().unwrap_or_else(|| "default".into());
+        parts.push(format!("owner {} → {}", show(&old.owner), show(&new.owner)));
+    }
+    format!("{path} {}", parts.join(", "))
+}
+
+/// `+added -removed` between two sorted lists.
+fn list_diff(old: &[String], new: &[String]) -> String {
+    let added = new
+        .iter()
+        .filter(|name| !old.contains(name))
+        .map(|name| format!("+{name}"));
+    let removed = old
+        .iter()
+        .filter(|name| !new.contains(name))
+        .map(|name| format!("-{name}"));
+    let parts: Vec<String> = added.chain(removed).collect();
+    if parts.is_empty() {
+        "reordered".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn show_value(value: &Value) -> String {
+    match value {
+        Value::Null => "none".to_string(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The first 12 hex digits of a hash, for display.
+pub fn short_hash(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> BuildInputs {
+        let mut entries = BTreeMap::new();
+        entries.insert(
+            "/etc/banner".to_string(),
+            OverlayFact {
+                kind: "file".into(),
+                mode: 0o644,
+                owner: None,
+                digest: "aa".repeat(32),
+            },
+        );
+        BuildInputs {
+            schema: ACTION_SCHEMA_VERSION,
+            builder: BuilderPin {
+                release: "23.05.4".into(),
+                target: "ath79".into(),
+                subtarget: "generic".into(),
+                archive_sha256: Some("11".repeat(32)),
+                version_code: Some("r24012-d8dd03c46f".into()),
+            },
+            imagebuilder_profile: "tplink_archer-c7-v2".into(),
+            packages: normalize_names(&[
+                "luci".to_string(),
+                "collectd".to_string(),
+                "luci".to_string(),
+            ]),
+            packages_remove: vec!["ppp".into()],
+            overlay: OverlayInputs {
+                tree_hash: "bb".repeat(32),
+                entries,
+            },
+            options: ImageOptions {
+                extra_image_name: Some("home".into()),
+                disabled_services: vec!["dnsmasq".into()],
+                rootfs_partsize: None,
+                add_local_key: false,
+                filesystem: None,
+                provenance: true,
+            },
+        }
+    }
+
+    /// Pins the key of a fixed input: if this fails, the key format changed, which makes
+    /// every recorded build look stale. Bump ACTION_SCHEMA_VERSION deliberately instead.
+    #[test]
+    fn key_of_fixed_input_is_pinned() {
+        let key = sample().key().expect("pinned builder");
+        assert_eq!(
+            key.0,
+            "bf087b49ebd8d60f9843b4db1daf3cf96f46e615a1f205fbd5f8c916df60f57b"
+        );
+    }
+
+    #[test]
+    fn unpinned_builder_has_no_key() {
+        let mut inputs = sample();
+        inputs.builder.archive_sha256 = None;
+        assert_eq!(inputs.key(), None);
+    }
+
+    #[test]
+    fn normalization_sorts_and_dedups() {
+        let names = ["b", " a ", "b", ""].map(String::from);
+        assert_eq!(normalize_names(&names), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn version_code_is_not_a_key_input() {
+        let mut other = sample();
+        other.builder.version_code = Some("r1-0000000000".into());
+        assert_eq!(sample().key(), other.key());
+    }
+
+    #[test]
+    fn every_field_changes_the_key_and_is_explained() {
+        let base = sample();
+        let mutations: Vec<(&str, Box<dyn Fn(&mut BuildInputs)>)> = vec![
+            ("schema", Box::new(|i| i.schema += 1)),
+            (
+                "builder",
+                Box::new(|i| i.builder.archive_sha256 = Some("22".repeat(32))),
+            ),
+            (
+                "imagebuilder_profile",
+                Box::new(|i| i.imagebuilder_profile = "x".into()),
+            ),
+            ("packages", Box::new(|i| i.packages.push("tcpdump".into()))),
+            ("packages_remove", Box::new(|i| i.packages_remove.clear())),
+            (
+                "overlay",
+                Box::new(|i| i.overlay.tree_hash = "cc".repeat(32)),
+            ),
+            (
+                "options.extra_image_name",
+                Box::new(|i| i.options.extra_image_name = None),
+            ),
+            (
+                "options.disabled_services",
+                Box::new(|i| i.options.disabled_services.clear()),
+            ),
+            (
+                "options.rootfs_partsize",
+                Box::new(|i| i.options.rootfs_partsize = Some(256)),
+            ),
+            (
+                "options.add_local_key",
+                Box::new(|i| i.options.add_local_key = true),
+            ),
+            (
+                "options.filesystem",
+                Box::new(|i| i.options.filesystem = Some("ext4".into())),
+            ),
+            (
+                "options.provenance",
+                Box::new(|i| i.options.provenance = false),
+            ),
+        ];
+        for (name, mutate) in mutations {
+            let mut changed = base.clone();
+            mutate(&mut changed);
+            assert_ne!(changed.key(), base.key(), "{name} must change the key");
+            let reasons = changed.explain_against(&base);
+            let fields: Vec<&str> = reasons.iter().map(|r| r.field.as_str()).collect();
+            assert_eq!(fields, vec![name], "{name} must be explained alone");
+        }
+    }
+
+    #[test]
+    fn explanations_read_well() {
+        let base = sample();
+        let mut changed = base.clone();
+        changed.packages = normalize_names(&["collectd".to_string(), "tcpdump".to_string()]);
+        changed.overlay.tree_hash = "cc".repeat(32);
+        let banner = changed
+            .overlay
+            .entries
+            .get_mut("/etc/banner")
+            .expect("entry");
+        banner.digest = "dd".repeat(32);
+        banner.mode = 0o600;
+        changed.overlay.entries.insert(
+            "/etc/motd".into(),
+            OverlayFact {
+                kind: "file".into(),
+                mode: 0o644,
+                owner: None,
+                digest: "ee".repeat(32),
+            },
+        );
+        changed.builder.archive_sha256 = Some("22".repeat(32));
+        let texts: Vec<String> = changed
+            .explain_against(&base)
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                "Image Builder 23.05.4/ath79/generic re-spun (sha256 111111111111 → 222222222222)",
+                "packages: +tcpdump -luci",
+                "overlay: /etc/banner changed, mode 0644 → 0600; /etc/motd added",
+            ]
+        );
+    }
+
+    #[test]
+    fn make_packages_lists_adds_then_removals() {
+        assert_eq!(sample().make_packages(), "collectd luci -ppp");
+    }
+}
