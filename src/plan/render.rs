@@ -1,0 +1,117 @@
+//! Human rendering of a plan, in the spirit of Terraform's: one block per change, the
+//! reasons under it, and a one-line summary.
+
+use std::fmt::Write;
+
+use super::model::{Action, ActionKind, Plan, Resource};
+use crate::key::short_hash;
+
+/// The plan as text. `verbose` also lists unchanged actions.
+pub fn render_text(plan: &Plan, verbose: bool) -> String {
+    let mut out = String::new();
+    let shown: Vec<&Action> = plan
+        .actions
+        .iter()
+        .filter(|action| verbose || action.action != ActionKind::NoOp)
+        .collect();
+    if !plan.has_changes() {
+        let _ = writeln!(
+            out,
+            "No changes. Fleet `{}` matches the recorded state ({} unchanged).",
+            plan.fleet, plan.summary.unchanged
+        );
+        if !verbose {
+            return out;
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "imagegen will perform these actions for fleet `{}`:\n",
+            plan.fleet
+        );
+    }
+    for action in shown {
+        render_action(&mut out, action);
+    }
+    if !plan.offline_needs.is_empty() {
+        let _ = writeln!(out, "Offline: apply would first need to download:");
+        for need in &plan.offline_needs {
+            let _ = writeln!(out, "  {need}");
+        }
+        out.push('\n');
+    }
+    if plan.has_changes() {
+        out.push_str(&summary_line(plan));
+        out.push('\n');
+    }
+    out
+}
+
+fn render_action(out: &mut String, action: &Action) {
+    let symbol = match action.action {
+        ActionKind::Create => "+",
+        ActionKind::Replace => "~",
+        ActionKind::Remove => "-",
+        ActionKind::Skip => "!",
+        ActionKind::NoOp => " ",
+    };
+    let _ = writeln!(out, "  {symbol} {}  ({})", action.address, verb(action));
+    for (name, value) in &action.details {
+        let _ = writeln!(out, "      {name}: {value}");
+    }
+    let _ = writeln!(out, "      key: {}", key_text(action));
+    for reason in &action.reasons {
+        let _ = writeln!(out, "      because {}", reason.text);
+    }
+    if !action.depends_on.is_empty() {
+        let _ = writeln!(out, "      after {}", action.depends_on.join(", "));
+    }
+    out.push('\n');
+}
+
+fn verb(action: &Action) -> &'static str {
+    match (action.resource, action.action) {
+        (_, ActionKind::NoOp) => "unchanged",
+        (_, ActionKind::Skip) => "skipped",
+        (_, ActionKind::Remove) => "forget",
+        (Resource::Builder, ActionKind::Replace) => "fetch again",
+        (Resource::Builder, _) => "fetch",
+        (Resource::Build, ActionKind::Create) => "build",
+        (Resource::Build, _) => "rebuild",
+        (Resource::Flash, _) => "flash; needs `apply --allow-flash`",
+    }
+}
+
+fn key_text(action: &Action) -> String {
+    let after = match (&action.key, action.resource) {
+        (Some(key), _) => short_hash(key).to_string(),
+        (None, Resource::Flash) => "(known after build)".to_string(),
+        (None, _) => "(known after fetch)".to_string(),
+    };
+    match &action.previous_key {
+        Some(previous) if action.action == ActionKind::Remove => short_hash(previous).to_string(),
+        Some(previous) if Some(previous) != action.key.as_ref() => {
+            format!("{} → {after}", short_hash(previous))
+        }
+        _ => after,
+    }
+}
+
+/// `Plan: 1 to fetch, 2 to build, 1 to rebuild, 0 to flash, 0 to forget; 3 unchanged.`
+pub(crate) fn summary_line(plan: &Plan) -> String {
+    let summary = &plan.summary;
+    let mut line = format!(
+        "Plan: {} to fetch, {} to build, {} to rebuild, {} to flash, {} to forget; {} unchanged",
+        summary.fetch,
+        summary.build,
+        summary.rebuild,
+        summary.flash,
+        summary.remove,
+        summary.unchanged
+    );
+    if summary.skip > 0 {
+        let _ = write!(line, ", {} skipped", summary.skip);
+    }
+    line.push('.');
+    line
+}
