@@ -17,8 +17,11 @@
 //! 7. [`cli`] is the command-line frontend: it parses arguments, calls one operation and
 //!    renders the result as text or JSON. Nothing below it knows about clap.
 
+pub mod build;
+pub mod cas;
 pub mod cli;
 pub mod error;
+pub mod exec;
 pub mod imagebuilder;
 pub mod key;
 pub mod manifest;

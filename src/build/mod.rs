@@ -1,0 +1,1 @@
+//! (stub) isolated Image Builder runs.

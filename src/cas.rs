@@ -1,0 +1,1 @@
+//! (stub) content-addressed artifact store.
