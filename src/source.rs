@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use crate::error::{Location, Problem};
 
-pub use reader::{suggest, MapReader, MAX_LIST_LEN, MAX_STRING_LEN};
+pub use reader::{MAX_LIST_LEN, MAX_STRING_LEN, MapReader, suggest};
+pub(crate) use yaml::resolve_plain;
 
 /// The text of one input file, kept for error rendering.
 #[derive(Debug)]
@@ -78,7 +79,6 @@ impl SourceFile {
             .unwrap_or(self.text.len())
     }
 }
-
 
 /// Largest input file we read (manifest, profile, lock), in bytes.
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;

@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{push_entry, syntax_error, Format, Node, SourceFile, Spanned, MAX_DEPTH};
+use super::{Format, MAX_DEPTH, Node, SourceFile, Spanned, push_entry, syntax_error};
 use crate::error::Problem;
 
 pub(super) fn parse(source: &Arc<SourceFile>) -> Result<Spanned<Node>, Problem> {
@@ -152,7 +152,11 @@ impl JsonParser<'_> {
             self.required_digits()?;
         }
         let text = self.source.slice(&(start..self.position));
-        let parsed_integer = if float { None } else { text.parse::<i64>().ok() };
+        let parsed_integer = if float {
+            None
+        } else {
+            text.parse::<i64>().ok()
+        };
         match parsed_integer {
             Some(integer) => Ok(Node::Integer(integer)),
             None => text
@@ -316,8 +320,14 @@ mod tests {
         assert_eq!(root.span, 0..text.len());
         let a = root.lookup("a").map(|node| &text[node.span.clone()]);
         assert_eq!(a, Some("[1, -2.5e1, true, null]"));
-        assert_eq!(root.lookup("a[1]").map(|n| n.value.clone()), Some(Node::Float(-25.0)));
-        assert_eq!(root.lookup("a[0]").map(|n| n.value.clone()), Some(Node::Integer(1)));
+        assert_eq!(
+            root.lookup("a[1]").map(|n| n.value.clone()),
+            Some(Node::Float(-25.0))
+        );
+        assert_eq!(
+            root.lookup("a[0]").map(|n| n.value.clone()),
+            Some(Node::Integer(1))
+        );
         assert_eq!(
             root.lookup("b").map(|n| n.value.clone()),
             Some(Node::String("xé😀".into()))
@@ -342,10 +352,22 @@ mod tests {
             problem("{\"a\": tru}"),
             "p.json:1:7: invalid JSON: expected a value"
         );
-        assert_eq!(problem("{\"a\": \"x"), "p.json:1:9: invalid JSON: unterminated string");
-        assert_eq!(problem("[1] x"), "p.json:1:5: invalid JSON: trailing characters after the JSON value");
-        assert_eq!(problem("[01]"), "p.json:1:3: invalid JSON: expected `,` or `]`");
-        assert_eq!(problem(""), "p.json:1:1: invalid JSON: unexpected end of input, expected a value");
+        assert_eq!(
+            problem("{\"a\": \"x"),
+            "p.json:1:9: invalid JSON: unterminated string"
+        );
+        assert_eq!(
+            problem("[1] x"),
+            "p.json:1:5: invalid JSON: trailing characters after the JSON value"
+        );
+        assert_eq!(
+            problem("[01]"),
+            "p.json:1:3: invalid JSON: expected `,` or `]`"
+        );
+        assert_eq!(
+            problem(""),
+            "p.json:1:1: invalid JSON: unexpected end of input, expected a value"
+        );
     }
 
     #[test]

@@ -258,11 +258,10 @@ impl<'n, 'p> MapReader<'n, 'p> {
     fn mistyped<T>(&mut self, key: &str, node: &Spanned<Node>, expected: &str) -> Option<T> {
         let path = self.path_of(key);
         let found = node.value.kind();
-        let mut problem = Problem::validation(format!(
-            "expected {expected} for `{path}`, found {found}"
-        ))
-        .at(self.location(node.span.clone()))
-        .with_label(format!("expected {expected}"));
+        let mut problem =
+            Problem::validation(format!("expected {expected} for `{path}`, found {found}"))
+                .at(self.location(node.span.clone()))
+                .with_label(format!("expected {expected}"));
         let is_scalar = matches!(
             node.value,
             Node::Bool(_) | Node::Integer(_) | Node::Float(_)
@@ -297,10 +296,14 @@ fn backticked(names: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{parse, Format};
+    use crate::source::{Format, parse};
 
     fn read(text: &str, read: impl FnOnce(MapReader<'_, '_>)) -> Vec<String> {
-        let source = Arc::new(SourceFile::new("r.yaml".into(), "r.yaml".into(), text.into()));
+        let source = Arc::new(SourceFile::new(
+            "r.yaml".into(),
+            "r.yaml".into(),
+            text.into(),
+        ));
         let root = match parse(&source, Format::Yaml) {
             Ok(root) => root,
             Err(problem) => panic!("{problem}"),
@@ -314,13 +317,18 @@ mod tests {
 
     #[test]
     fn typed_fields_and_every_problem_at_once() {
-        let text = "name: 5\nflag: yes\ncount: -1\nlist: [a, 2]\nsub:\n  inner: x\n  extra: y\nnaem: z\n";
+        let text =
+            "name: 5\nflag: yes\ncount: -1\nlist: [a, 2]\nsub:\n  inner: x\n  extra: y\nnaem: z\n";
         let problems = read(text, |mut reader| {
             assert_eq!(reader.string("name"), None);
             assert_eq!(reader.string("missing"), None);
             assert_eq!(reader.opt_bool("flag"), None);
             assert_eq!(reader.opt_u64("count"), None);
-            let list: Vec<_> = reader.string_list("list").into_iter().map(|s| s.value).collect();
+            let list: Vec<_> = reader
+                .string_list("list")
+                .into_iter()
+                .map(|s| s.value)
+                .collect();
             assert_eq!(list, ["a"]);
             if let Some(mut sub) = reader.nested("sub") {
                 assert_eq!(sub.string("inner").map(|s| s.value), Some("x".to_string()));
@@ -345,7 +353,10 @@ mod tests {
     #[test]
     fn not_a_mapping() {
         let problems = read("- a\n", |_| panic!("a list is not a mapping"));
-        assert_eq!(problems, ["r.yaml:1:1: expected a mapping for the document, found a list"]);
+        assert_eq!(
+            problems,
+            ["r.yaml:1:1: expected a mapping for the document, found a list"]
+        );
     }
 
     #[test]

@@ -4,10 +4,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use toml::de::{DeTable, DeValue};
 use toml::Spanned as TomlSpanned;
+use toml::de::{DeTable, DeValue};
 
-use super::{syntax_error, Format, Node, SourceFile, Spanned, MAX_DEPTH};
+use super::{Format, MAX_DEPTH, Node, SourceFile, Spanned, syntax_error};
 use crate::error::Problem;
 
 pub(super) fn parse(source: &Arc<SourceFile>) -> Result<Spanned<Node>, Problem> {
@@ -26,7 +26,11 @@ struct Converter<'a> {
 }
 
 impl Converter<'_> {
-    fn value(&mut self, value: &TomlSpanned<DeValue<'_>>, depth: usize) -> Result<Spanned<Node>, Problem> {
+    fn value(
+        &mut self,
+        value: &TomlSpanned<DeValue<'_>>,
+        depth: usize,
+    ) -> Result<Spanned<Node>, Problem> {
         let span = value.span();
         if depth >= MAX_DEPTH {
             return Err(syntax_error(
@@ -135,7 +139,10 @@ mod tests {
         assert_eq!(slice("table.x[1]"), Some("2.5"));
         let value = |path: &str| root.lookup(path).map(|node| node.value.clone());
         assert_eq!(value("mode"), Some(Node::Integer(0o644)));
-        assert_eq!(value("when"), Some(Node::String("2024-01-02T03:04:05Z".into())));
+        assert_eq!(
+            value("when"),
+            Some(Node::String("2024-01-02T03:04:05Z".into()))
+        );
     }
 
     #[test]

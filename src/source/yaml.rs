@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Span, Tag};
 
-use super::{push_entry, syntax_error, Format, Node, SourceFile, Spanned, MAX_DEPTH};
+use super::{Format, MAX_DEPTH, Node, SourceFile, Spanned, push_entry, syntax_error};
 use crate::error::{Location, Problem};
 
 pub(super) fn parse(source: &Arc<SourceFile>) -> Result<Spanned<Node>, Problem> {
@@ -125,7 +125,10 @@ impl Builder<'_> {
         force_string: bool,
         range: Range<usize>,
     ) -> Result<(), Problem> {
-        if let Some(Frame::Mapping { key: key @ None, .. }) = self.stack.last_mut() {
+        if let Some(Frame::Mapping {
+            key: key @ None, ..
+        }) = self.stack.last_mut()
+        {
             *key = Some(Spanned::new(text.to_string(), range));
             return Ok(());
         }
@@ -344,8 +347,14 @@ mod tests {
         assert_eq!(list, Some("'b c'"));
         let list = root.lookup("list").map(|node| slice(text, node));
         assert_eq!(list, Some("- a\n  - 'b c'"));
-        assert_eq!(root.lookup("flow").map(|node| slice(text, node)), Some("{x: 1}"));
-        assert_eq!(root.lookup("flow.x").map(|n| n.value.clone()), Some(Node::Integer(1)));
+        assert_eq!(
+            root.lookup("flow").map(|node| slice(text, node)),
+            Some("{x: 1}")
+        );
+        assert_eq!(
+            root.lookup("flow.x").map(|n| n.value.clone()),
+            Some(Node::Integer(1))
+        );
     }
 
     #[test]
