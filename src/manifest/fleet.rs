@@ -593,3 +593,253 @@ fn display_name(root: &Path, path: &Path) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ProfileFilter;
+
+    const PROFILE: &str = "profile_id: ID\nname: N\ndevice_id: d\nopenwrt_release: 23.05.4\ntarget: ath79\nsubtarget: generic\nimagebuilder_profile: p\ntags: [TAG]\n";
+
+    fn write(root: &Path, relative: &str, text: &str) {
+        let path = root.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap_or_else(|error| panic!("{error}"));
+        }
+        std::fs::write(path, text).unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    fn profile(id: &str, tag: &str) -> String {
+        PROFILE.replace("ID", id).replace("TAG", tag)
+    }
+
+    fn fleet(root: &Path) -> Fleet {
+        load_fleet(&root.join("imagegen.toml")).unwrap_or_else(|error| {
+            let problems: Vec<_> = error.problems.iter().map(ToString::to_string).collect();
+            panic!("{}: {problems:#?}", error.message)
+        })
+    }
+
+    #[test]
+    fn defaults_to_the_profiles_directory() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(root, "imagegen.toml", "[fleet]\nname = \"home\"\n");
+        write(root, "profiles/b.yaml", &profile("b", "x"));
+        write(
+            root,
+            "profiles/a.json",
+            "{\"profile_id\": \"a\", \"name\": \"A\", \"device_id\": \"d\", \"openwrt_release\": \"23.05.4\", \"target\": \"t\", \"subtarget\": \"s\", \"imagebuilder_profile\": \"p\"}",
+        );
+        write(root, "profiles/README.md", "not a profile");
+        write(root, "profiles/nested/c.yaml", &profile("c", "x"));
+        let fleet = fleet(root);
+        let ids: Vec<_> = fleet
+            .profiles
+            .iter()
+            .map(|p| p.profile.profile_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(
+            fleet.settings,
+            FileSettings {
+                path: root.join("imagegen.toml"),
+                ..FileSettings::default()
+            }
+        );
+        assert!(fleet.devices.is_empty());
+        assert_eq!(
+            fleet.profile("b").map(|p| p.source.display_name()),
+            Some("profiles/b.yaml")
+        );
+        assert!(fleet.profile("zzz").is_none());
+    }
+
+    #[test]
+    fn files_globs_and_directories_without_duplicates() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(
+            root,
+            "imagegen.toml",
+            "[fleet]\nname = \"home\"\nprofiles = [\"one.yaml\", \"more/*.y*ml\", \"more\"]\n",
+        );
+        write(root, "one.yaml", &profile("one", "x"));
+        write(root, "more/two.yml", &profile("two", "x"));
+        write(root, "more/three.yaml", &profile("three", "x"));
+        let fleet = fleet(root);
+        let ids: Vec<_> = fleet
+            .profiles
+            .iter()
+            .map(|p| p.profile.profile_id.as_str())
+            .collect();
+        assert_eq!(ids, ["one", "three", "two"]);
+    }
+
+    #[test]
+    fn settings_resolve_paths_against_the_root_and_home() {
+        let text = "[fleet]\nname = \"home\"\n[settings]\ndb = \"state/state.redb\"\ncache_dir = \"~/cache\"\ntmp_dir = \"/tmp/x\"\noffline = true\nlog_level = \"debug\"\nmirror = \"file:///srv/mirror/\"\njobs = 4\ndownload_jobs = 3\ntrusted_keys = [\"keys/a.pub\"]\nverify_signatures = false\nbuild_timeout = 60\n";
+        let source = Arc::new(SourceFile::new(
+            "imagegen.toml".into(),
+            "imagegen.toml".into(),
+            text.into(),
+        ));
+        let tree =
+            source::parse(&source, Format::Toml).unwrap_or_else(|problem| panic!("{problem}"));
+        let mut problems = Problems::new();
+        let raw = MapReader::new(&tree, &source, &mut problems).and_then(|reader| {
+            read_manifest(reader, Path::new("/fleet"), Some(Path::new("/home/me")))
+        });
+        assert!(problems.is_empty(), "{problems:?}");
+        let Some(raw) = raw else {
+            panic!("no manifest")
+        };
+        let settings = raw.settings;
+        assert_eq!(settings.db, Some(PathBuf::from("/fleet/state/state.redb")));
+        assert_eq!(settings.cache_dir, Some(PathBuf::from("/home/me/cache")));
+        assert_eq!(settings.tmp_dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(settings.artifacts_dir, None);
+        assert_eq!(settings.offline, Some(true));
+        assert_eq!(settings.log_level.as_deref(), Some("debug"));
+        assert_eq!(settings.mirror.as_deref(), Some("file:///srv/mirror"));
+        assert_eq!((settings.jobs, settings.download_jobs), (Some(4), Some(3)));
+        assert_eq!(
+            settings.trusted_keys,
+            Some(vec![PathBuf::from("/fleet/keys/a.pub")])
+        );
+        assert_eq!(settings.verify_signatures, Some(false));
+        assert_eq!(settings.build_timeout, Some(60));
+    }
+
+    #[test]
+    fn devices_and_flash_defaults() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(
+            root,
+            "imagegen.toml",
+            "[fleet]\nname = \"home\"\n\n[[device]]\nid = \"sd\"\nprofile = \"a\"\nflash = { path = \"/dev/disk/by-id/usb-x\" }\n\n[[device]]\nid = \"ap\"\nprofile = \"a\"\ndescription = \"AP\"\n",
+        );
+        write(root, "profiles/a.yaml", &profile("a", "x"));
+        let fleet = fleet(root);
+        let flash = fleet.devices[0].flash.clone();
+        assert_eq!(
+            flash,
+            Some(FlashTarget {
+                path: PathBuf::from("/dev/disk/by-id/usb-x"),
+                image: "combined".into(),
+                verify: VerifyMode::Full,
+                wipe: false,
+            })
+        );
+        assert_eq!(fleet.devices[1].description.as_deref(), Some("AP"));
+        assert_eq!(
+            fleet.device("ap").map(|d| d.location.to_string()),
+            Some("imagegen.toml:10:6".into())
+        );
+        assert_eq!(
+            fleet.location("device[0].flash.path").to_string(),
+            "imagegen.toml:7:18"
+        );
+    }
+
+    #[test]
+    fn manifest_problems() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(
+            root,
+            "imagegen.toml",
+            "[fleet]\nname = \"bad name\"\n[setting]\njobs = 1\n",
+        );
+        let error = load_fleet(&root.join("imagegen.toml")).err();
+        let problems: Vec<_> = error
+            .iter()
+            .flat_map(|e| &e.problems)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "imagegen.toml:1:1: profile pattern `profiles` matches no profile file",
+                "imagegen.toml:2:8: invalid `fleet.name` `bad name`: use up to 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit",
+                "imagegen.toml:3:2: unknown field `setting`",
+            ]
+        );
+        write(root, "imagegen.toml", "[settings]\njobs = 1\n");
+        let error = load_fleet(&root.join("imagegen.toml")).err();
+        let problems: Vec<_> = error
+            .iter()
+            .flat_map(|e| &e.problems)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            ["imagegen.toml:1:1: missing required field `fleet`"]
+        );
+        let missing = load_fleet(&root.join("nope/imagegen.toml"))
+            .err()
+            .map(|e| e.problems.len());
+        assert_eq!(missing, Some(1));
+    }
+
+    #[test]
+    fn profile_filter() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(root, "imagegen.toml", "[fleet]\nname = \"home\"\n");
+        write(root, "profiles/a.yaml", &profile("a", "lab"));
+        write(
+            root,
+            "profiles/b.yaml",
+            &profile("b", "home").replace("ath79", "ramips"),
+        );
+        let fleet = fleet(root);
+        let matching = |filter: ProfileFilter| -> Vec<String> {
+            fleet
+                .profiles
+                .iter()
+                .filter(|p| filter.matches(&p.profile))
+                .map(|p| p.profile.profile_id.clone())
+                .collect()
+        };
+        assert_eq!(matching(ProfileFilter::default()), ["a", "b"]);
+        assert_eq!(
+            matching(ProfileFilter {
+                tag: Some("lab".into()),
+                ..Default::default()
+            }),
+            ["a"]
+        );
+        assert_eq!(
+            matching(ProfileFilter {
+                target: Some("ramips".into()),
+                ..Default::default()
+            }),
+            ["b"]
+        );
+        let none = ProfileFilter {
+            release: Some("24.10.0".into()),
+            device: Some("d".into()),
+            ..Default::default()
+        };
+        assert!(matching(none).is_empty());
+        let both = ProfileFilter {
+            subtarget: Some("generic".into()),
+            device: Some("d".into()),
+            release: Some("23.05.4".into()),
+            ..Default::default()
+        };
+        assert_eq!(matching(both), ["a", "b"]);
+    }
+}

@@ -101,7 +101,7 @@ impl LockFile {
         let lock = MapReader::new(&tree, source, &mut problems).map(read_lock);
         match lock {
             Some(lock) if problems.is_empty() => Ok(lock),
-            _ => Err(problems.into_vec()),
+            _ => Err(super::read::sorted(problems.into_vec())),
         }
     }
 
@@ -242,4 +242,143 @@ fn check_hex(reader: &mut MapReader<'_, '_>, field: &str, value: &Spanned<String
 /// A TOML basic string; JSON string escapes are a subset of TOML's.
 fn toml_string(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| format!("{value:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(release: &str, target: &str, key_id: Option<&str>) -> LockEntry {
+        LockEntry {
+            release: release.into(),
+            target: target.into(),
+            subtarget: "generic".into(),
+            archive: format!("openwrt-imagebuilder-{release}-{target}-generic.Linux-x86_64.tar.xz"),
+            archive_sha256: "0123456789abcdef".repeat(4),
+            key_id: key_id.map(Into::into),
+            version_code: "r24012-d8dd03c46f".into(),
+            profiles_json_sha256: "fedcba9876543210".repeat(4),
+            mirror: "https://downloads.openwrt.org".into(),
+            locked_at: "2026-11-25T18:00:00Z".into(),
+        }
+    }
+
+    fn parse_text(text: &str) -> Result<LockFile, Vec<String>> {
+        let source = Arc::new(SourceFile::new(
+            "imagegen.lock".into(),
+            "imagegen.lock".into(),
+            text.into(),
+        ));
+        LockFile::parse(&source)
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn text_is_deterministic_and_sorted() {
+        let mut lock = LockFile::default();
+        lock.insert(entry("23.05.4", "x86", None));
+        lock.insert(entry("23.05.4", "ath79", Some("b5043e70f9a75cde")));
+        insta::assert_snapshot!(lock.to_text(), @r#"
+        # Written by imagegen; commit this file.
+
+        version = 1
+
+        [[builder]]
+        release = "23.05.4"
+        target = "ath79"
+        subtarget = "generic"
+        archive = "openwrt-imagebuilder-23.05.4-ath79-generic.Linux-x86_64.tar.xz"
+        archive_sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        key_id = "b5043e70f9a75cde"
+        version_code = "r24012-d8dd03c46f"
+        profiles_json_sha256 = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+        mirror = "https://downloads.openwrt.org"
+        locked_at = "2026-11-25T18:00:00Z"
+
+        [[builder]]
+        release = "23.05.4"
+        target = "x86"
+        subtarget = "generic"
+        archive = "openwrt-imagebuilder-23.05.4-x86-generic.Linux-x86_64.tar.xz"
+        archive_sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        version_code = "r24012-d8dd03c46f"
+        profiles_json_sha256 = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+        mirror = "https://downloads.openwrt.org"
+        locked_at = "2026-11-25T18:00:00Z"
+        "#);
+        assert_eq!(parse_text(&lock.to_text()), Ok(lock.clone()));
+        assert_eq!(
+            lock.get("23.05.4", "x86", "generic")
+                .map(|e| e.key_id.clone()),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn empty_lock_round_trips() {
+        let lock = LockFile::default();
+        assert_eq!(parse_text(&lock.to_text()), Ok(lock));
+    }
+
+    #[test]
+    fn malformed_lock_reports_every_problem() {
+        let text = "version = 2\nextra = 1\n\n[[builder]]\nrelease = \"23.05.4\"\ntarget = \"x86\"\nsubtarget = \"64\"\narchive = \"a.tar.xz\"\narchive_sha256 = \"XYZ\"\nversion_code = \"r1\"\nprofiles_json_sha256 = \"fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210\"\nmirror = \"m\"\n";
+        assert_eq!(
+            parse_text(text),
+            Err(vec![
+                "imagegen.lock:1:11: lock file version 2 is not supported (this imagegen reads version 1)".to_string(),
+                "imagegen.lock:2:1: unknown field `extra`".to_string(),
+                "imagegen.lock:4:1: missing required field `builder[0].locked_at`".to_string(),
+                "imagegen.lock:9:18: `builder[0].archive_sha256` must be 64 lowercase hex digits, not `XYZ`".to_string(),
+            ])
+        );
+        assert!(parse_text("version = \n").is_err());
+    }
+
+    #[test]
+    fn duplicate_entries_are_refused() {
+        let mut lock = LockFile::default();
+        lock.insert(entry("23.05.4", "x86", None));
+        let text = lock.to_text();
+        let twice = format!("{text}{}", &text[text.find("[[builder]]").unwrap_or(0)..]);
+        let problems = parse_text(&twice).err().unwrap_or_default();
+        assert_eq!(
+            problems,
+            ["imagegen.lock:15:1: `builder[1]`: `23.05.4/x86/generic` is locked twice"]
+        );
+    }
+
+    #[test]
+    fn write_replaces_atomically() {
+        let Ok(directory) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let path = directory.path().join(LOCK_FILE_NAME);
+        std::fs::write(&path, "old").unwrap_or_else(|error| panic!("{error}"));
+        let mut lock = LockFile::default();
+        lock.insert(entry("24.10.0", "x86", Some("d310c6f2833e97f7")));
+        lock.write(&path).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(LockFile::read(&path).ok().flatten(), Some(lock));
+        let leftovers: Vec<_> = std::fs::read_dir(directory.path())
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok())
+                    .map(|e| e.file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(leftovers, [LOCK_FILE_NAME]);
+    }
+
+    #[test]
+    fn read_reports_malformed_files_as_errors() {
+        let Ok(directory) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let path = directory.path().join(LOCK_FILE_NAME);
+        std::fs::write(&path, "version = 1\n[[builder]]\nrelease = 5\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let error = LockFile::read(&path).err().map(|error| error.message);
+        assert_eq!(error.as_deref(), Some("invalid lock file `imagegen.lock`"));
+    }
 }

@@ -614,3 +614,391 @@ fn check_owner(reader: &mut MapReader<'_, '_>, owner: &Spanned<String>) {
         reader.invalid(owner.span.clone(), message, "invalid owner");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "profile_id: home.ap\nname: AP\ndevice_id: tplink_archer-c7-v2\nopenwrt_release: \"23.05.4\"\ntarget: ath79\nsubtarget: generic\nimagebuilder_profile: tplink_archer-c7-v2\n";
+
+    fn load(text: &str, format: Format) -> Result<LoadedProfile, Vec<Problem>> {
+        let name = format!("p.{}", format.extension());
+        let source = Arc::new(SourceFile::new(name.clone().into(), name, text.to_string()));
+        parse_profile(&source, format)
+    }
+
+    fn profile(text: &str) -> Profile {
+        match load(text, Format::Yaml) {
+            Ok(loaded) => loaded.profile,
+            Err(problems) => panic!("unexpected problems: {problems:?}"),
+        }
+    }
+
+    /// Problems for BASE with `extra` appended, as `line:column: message`.
+    fn problems(extra: &str) -> Vec<String> {
+        problems_in(&format!("{BASE}{extra}"))
+    }
+
+    fn problems_in(text: &str) -> Vec<String> {
+        match load(text, Format::Yaml) {
+            Ok(loaded) => panic!("expected problems, loaded {:?}", loaded.profile),
+            Err(problems) => problems
+                .iter()
+                .map(|problem| match &problem.location {
+                    Some(location) => {
+                        format!("{}:{}: {}", location.line, location.column, problem.message)
+                    }
+                    None => problem.message.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn replaced(from: &str, to: &str) -> Vec<String> {
+        problems_in(&BASE.replace(from, to))
+    }
+
+    #[test]
+    fn base_profile_loads_with_defaults() {
+        let profile = profile(BASE);
+        assert_eq!(profile.profile_id, "home.ap");
+        assert!(profile.provenance);
+        assert!(!profile.add_local_key);
+        assert_eq!(profile.policies, Policies::default());
+        assert!(!profile.is_snapshot());
+    }
+
+    #[test]
+    fn missing_required_fields_are_all_reported() {
+        assert_eq!(
+            problems_in("notes: nothing else\n"),
+            [
+                "1:1: missing required field `profile_id`",
+                "1:1: missing required field `name`",
+                "1:1: missing required field `device_id`",
+                "1:1: missing required field `openwrt_release`",
+                "1:1: missing required field `target`",
+                "1:1: missing required field `subtarget`",
+                "1:1: missing required field `imagebuilder_profile`",
+            ]
+        );
+    }
+
+    #[test]
+    fn profile_id_pattern() {
+        assert!(is_valid_id("a"));
+        assert!(is_valid_id("lab.router1.snapshot"));
+        assert!(!is_valid_id("-lab"));
+        assert!(!is_valid_id("lab router"));
+        assert!(!is_valid_id(&"a".repeat(129)));
+        assert!(is_valid_id(&"a".repeat(128)));
+        assert_eq!(
+            replaced("profile_id: home.ap", "profile_id: .hidden"),
+            [
+                "1:13: invalid `profile_id` `.hidden`: use up to 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit"
+            ]
+        );
+    }
+
+    #[test]
+    fn name_must_not_be_empty() {
+        assert_eq!(
+            replaced("name: AP", "name: \"  \""),
+            ["2:7: `name` must not be empty"]
+        );
+    }
+
+    #[test]
+    fn device_id_and_tags_have_no_whitespace() {
+        assert_eq!(
+            replaced("device_id: tplink_archer-c7-v2", "device_id: Archer C7"),
+            [
+                "3:12: invalid `device_id` `Archer C7`: expected a device model slug without whitespace"
+            ]
+        );
+        assert_eq!(
+            problems("tags: [ok, \"two words\"]\n"),
+            ["8:12: invalid `tags[1]` `two words`: expected a tag without whitespace"]
+        );
+    }
+
+    #[test]
+    fn release_shapes() {
+        for good in [
+            "23.05.4",
+            "24.10.0-rc2",
+            "SNAPSHOT",
+            "24.10-SNAPSHOT",
+            "22.03.0",
+        ] {
+            assert!(is_valid_release(good), "{good}");
+        }
+        for bad in [
+            "23.05",
+            "v23.05.4",
+            "23.05.4-rc",
+            "24.10-snapshot",
+            "23.05.4.1",
+            "",
+            "23..4",
+        ] {
+            assert!(!is_valid_release(bad), "{bad}");
+        }
+        assert_eq!(
+            replaced("\"23.05.4\"", "23.05"),
+            ["4:18: expected a string for `openwrt_release`, found a float"]
+        );
+        assert_eq!(
+            replaced("\"23.05.4\"", "v23.05.4"),
+            ["4:18: invalid `openwrt_release` `v23.05.4`"]
+        );
+    }
+
+    #[test]
+    fn snapshots_need_allow_snapshot() {
+        assert_eq!(
+            replaced("\"23.05.4\"", "24.10-SNAPSHOT"),
+            ["4:18: release `24.10-SNAPSHOT` is a snapshot, which the profile does not allow"]
+        );
+        let allowed = format!(
+            "{}policies:\n  allow_snapshot: true\n",
+            BASE.replace("\"23.05.4\"", "SNAPSHOT")
+        );
+        assert!(profile(&allowed).is_snapshot());
+    }
+
+    #[test]
+    fn builder_names_are_restricted() {
+        assert_eq!(
+            replaced("target: ath79", "target: ath79/generic"),
+            [
+                "5:9: invalid `target` `ath79/generic`: expected letters, digits, `_`, `.`, `,` or `-`"
+            ]
+        );
+    }
+
+    #[test]
+    fn package_rules() {
+        assert_eq!(
+            problems("packages: [luci, \"-ppp\", \"bad name\"]\npackages_remove: [luci]\n"),
+            [
+                "8:18: `packages[1]`: write `-ppp` without the leading `-`; removals go in `packages_remove`",
+                "8:26: invalid `packages[2]` `bad name`: expected a package name",
+                "9:19: package `luci` is in both `packages` and `packages_remove`",
+            ]
+        );
+    }
+
+    #[test]
+    fn file_entry_rules() {
+        let files = "files:\n  - source: /etc/passwd\n    destination: etc/x\n    owner: \"root:\"\n    mod: \"0644\"\n  - source: files/a\n    destination: /etc/../x\n  - source: files/b\n    destination: /etc/\n  - just a string\n";
+        assert_eq!(
+            problems(files),
+            [
+                "9:13: `files[0].source` must be a path relative to the fleet root that stays inside it, not `/etc/passwd`",
+                "10:18: `files[0].destination` must be an absolute path inside the image: `etc/x`",
+                "11:12: invalid `files[0].owner` `root:`: expected `user` or `user:group`",
+                "12:5: unknown field `files[0].mod`",
+                "14:18: `files[1].destination` must not contain `..`: `/etc/../x`",
+                "16:18: `files[2].destination` must name a file, not a directory: `/etc/`",
+                "17:5: expected a mapping for `files[3]`, found a string",
+            ]
+        );
+    }
+
+    #[test]
+    fn octal_modes() {
+        assert_eq!(parse_mode_text("0644"), Some(0o644));
+        assert_eq!(parse_mode_text("644"), Some(0o644));
+        assert_eq!(parse_mode_text("0o755"), Some(0o755));
+        assert_eq!(parse_mode_text("4755"), Some(0o4755));
+        assert_eq!(parse_mode_text("7777"), Some(0o7777));
+        assert_eq!(parse_mode_text("10000"), None);
+        assert_eq!(parse_mode_text("0999"), None);
+        assert_eq!(parse_mode_text(""), None);
+        assert_eq!(parse_mode_text("rw-r--r--"), None);
+        let mode = |written: &str, format: Format, text: String| {
+            let loaded = load(&text, format).map_err(|problems| format!("{written}: {problems:?}"));
+            loaded.map(|loaded| loaded.profile.files[0].mode)
+        };
+        for (written, expected) in [
+            ("0755", 0o755),
+            ("644", 0o644),
+            ("0o600", 0o600),
+            ("\"0640\"", 0o640),
+        ] {
+            let text =
+                format!("{BASE}files:\n  - source: a\n    destination: /a\n    mode: {written}\n");
+            assert_eq!(mode(written, Format::Yaml, text), Ok(Some(expected)));
+        }
+        let toml = "profile_id = \"a\"\nname = \"a\"\ndevice_id = \"a\"\nopenwrt_release = \"23.05.4\"\ntarget = \"a\"\nsubtarget = \"a\"\nimagebuilder_profile = \"a\"\n[[files]]\nsource = \"a\"\ndestination = \"/a\"\nmode = 644\n";
+        assert_eq!(mode("644", Format::Toml, toml.to_string()), Ok(Some(0o644)));
+        assert_eq!(
+            problems("files:\n  - source: a\n    destination: /a\n    mode: 493\n"),
+            [
+                "11:11: invalid file mode `493` for `files[0].mode`: use octal digits up to `7777`, e.g. `\"0644\"`"
+            ]
+        );
+        assert_eq!(
+            problems("files:\n  - source: a\n    destination: /a\n    mode: true\n"),
+            [
+                "11:11: expected an octal string such as `\"0644\"` for `files[0].mode`, found a boolean"
+            ]
+        );
+    }
+
+    #[test]
+    fn overlay_dir_stays_inside_the_fleet() {
+        assert_eq!(
+            problems("overlay_dir: ../elsewhere\n"),
+            [
+                "8:14: `overlay_dir` must be a path relative to the fleet root that stays inside it, not `../elsewhere`"
+            ]
+        );
+    }
+
+    #[test]
+    fn policies_and_build_defaults() {
+        assert_eq!(
+            problems(
+                "policies:\n  filesystem: btrfs\n  strip: true\nbuild_defaults:\n  initramfs: 1\n"
+            ),
+            [
+                "9:15: unknown filesystem `btrfs` for `policies.filesystem`: use `squashfs`, `ext4`, `ubifs` or `jffs2`",
+                "10:3: unknown field `policies.strip`",
+                "12:14: expected a boolean (`true` or `false`) for `build_defaults.initramfs`, found an integer",
+            ]
+        );
+        assert_eq!(
+            problems("policies: ext4\n"),
+            ["8:11: expected a mapping for `policies`, found a string"]
+        );
+        let loaded = profile(&format!(
+            "{BASE}policies:\n  filesystem: ext4\n  strip_debug: true\n"
+        ));
+        assert_eq!(loaded.policies.filesystem, Some(Filesystem::Ext4));
+        assert_eq!(loaded.policies.strip_debug, Some(true));
+        assert_eq!(loaded.policies.include_kernel_symbols, None);
+    }
+
+    #[test]
+    fn image_options() {
+        assert_eq!(
+            problems(
+                "extra_image_name: \"a/b\"\ndisabled_services: [\"bad name\"]\nrootfs_partsize: 0\nadd_local_key: \"yes\"\n"
+            ),
+            [
+                "8:19: invalid `extra_image_name` `a/b`: use 1 to 64 letters, digits, spaces, `.`, `_` or `-`",
+                "9:21: invalid `disabled_services[0]` `bad name`: expected a service name (`/etc/init.d/<name>`)",
+                "10:18: `rootfs_partsize` must be between 1 and 16384 (MiB), not 0",
+                "11:16: expected a boolean (`true` or `false`) for `add_local_key`, found a string",
+            ]
+        );
+        assert_eq!(
+            problems("rootfs_partsize: 16385\n"),
+            ["8:18: `rootfs_partsize` must be between 1 and 16384 (MiB), not 16385"]
+        );
+        let loaded = profile(&format!(
+            "{BASE}extra_image_name: my build.1\nprovenance: false\nrootfs_partsize: 16384\n"
+        ));
+        assert_eq!(loaded.extra_image_name.as_deref(), Some("my build.1"));
+        assert!(!loaded.provenance);
+    }
+
+    #[test]
+    fn unknown_fields_suggest_the_closest() {
+        assert_eq!(
+            problems("descripton: x\n"),
+            ["8:1: unknown field `descripton`"]
+        );
+        let found = load(&format!("{BASE}descripton: x\nzzz: 1\n"), Format::Yaml)
+            .err()
+            .unwrap_or_default();
+        let helps: Vec<_> = found
+            .iter()
+            .map(|problem| problem.help.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(helps[0], "did you mean `description`?");
+        assert!(helps[1].starts_with("known fields: `profile_id`, `name`"));
+    }
+
+    #[test]
+    fn size_limits() {
+        let many = vec!["p"; 1001].join(", ");
+        assert_eq!(
+            problems(&format!("packages: [{many}]\n")),
+            ["8:11: `packages` has 1001 entries, more than the limit of 1000"]
+        );
+        let long = "n".repeat(4097);
+        assert_eq!(
+            problems(&format!("notes: {long}\n")),
+            ["8:8: `notes` is 4097 bytes long, more than the limit of 4096"]
+        );
+        let directory = tempfile::tempdir().map_err(|error| error.to_string());
+        let Ok(directory) = directory else {
+            panic!("temp dir")
+        };
+        let path = directory.path().join("big.yaml");
+        let big = format!("{BASE}notes: |\n{}", "  xxxxxxxxxxxxxxx\n".repeat(70_000));
+        std::fs::write(&path, big).unwrap_or_else(|error| panic!("{error}"));
+        let found = load_profile(&path, "big.yaml".into())
+            .err()
+            .unwrap_or_default();
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0]
+                .message
+                .contains("more than the limit of 1048576 bytes"),
+            "{}",
+            found[0]
+        );
+    }
+
+    #[test]
+    fn not_a_profile_file() {
+        let found = load_profile(Path::new("profiles/readme.md"), "profiles/readme.md".into())
+            .err()
+            .unwrap_or_default();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].message,
+            "`profiles/readme.md` is not a profile file: use `.yaml`, `.yml`, `.json` or `.toml`"
+        );
+    }
+
+    #[test]
+    fn same_profile_in_every_format() {
+        let json = r#"{"profile_id": "a", "name": "A", "device_id": "d", "openwrt_release": "23.05.4", "target": "t", "subtarget": "s", "imagebuilder_profile": "p", "files": [{"source": "f", "destination": "/f", "mode": 644}]}"#;
+        let toml = "profile_id = \"a\"\nname = \"A\"\ndevice_id = \"d\"\nopenwrt_release = \"23.05.4\"\ntarget = \"t\"\nsubtarget = \"s\"\nimagebuilder_profile = \"p\"\nfiles = [{ source = \"f\", destination = \"/f\", mode = \"0644\" }]\n";
+        let yaml = "profile_id: a\nname: A\ndevice_id: d\nopenwrt_release: 23.05.4\ntarget: t\nsubtarget: s\nimagebuilder_profile: p\nfiles: [{source: f, destination: /f, mode: 0644}]\n";
+        let loaded: Vec<_> = [
+            (json, Format::Json),
+            (toml, Format::Toml),
+            (yaml, Format::Yaml),
+        ]
+        .into_iter()
+        .map(|(text, format)| {
+            load(text, format)
+                .map(|loaded| loaded.profile)
+                .map_err(|problems| format!("{problems:?}"))
+        })
+        .collect();
+        assert!(loaded.iter().all(Result::is_ok), "{loaded:?}");
+        assert_eq!(loaded[0], loaded[1]);
+        assert_eq!(loaded[1], loaded[2]);
+    }
+
+    #[test]
+    fn locations_by_field_path() {
+        let text = format!("{BASE}files:\n  - source: a\n    destination: /a\n");
+        let Ok(loaded) = load(&text, Format::Yaml) else {
+            panic!("loads")
+        };
+        assert_eq!(
+            loaded.location("files[0].destination").to_string(),
+            "p.yaml:10:18"
+        );
+        assert_eq!(loaded.location("target").to_string(), "p.yaml:5:9");
+        assert_eq!(loaded.location("notes").to_string(), "p.yaml:1:1");
+    }
+}
