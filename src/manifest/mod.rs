@@ -1,1 +1,23 @@
-//! (stub)
+//! The files a user writes, read into typed values with spans: profiles (one device build
+//! recipe per YAML, JSON or TOML file), the fleet manifest `imagegen.toml`, and the lock
+//! file `imagegen.lock` (which imagegen writes). Everything is validated here and every
+//! problem is reported at once with its line and column. This module checks the files
+//! against themselves and each other, never against upstream metadata or the state store.
+
+mod export;
+mod fleet;
+mod lock;
+mod profile;
+mod read;
+
+pub use export::export_profile;
+pub use fleet::{Device, FlashTarget, Fleet, VerifyMode, load_fleet};
+pub use lock::{LOCK_FILE_NAME, LockEntry, LockFile};
+pub use profile::{
+    BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile, ProfileFilter,
+    is_snapshot_release,
+};
+pub use read::{is_valid_id, is_valid_release, load_profile, parse_profile};
+
+/// The fleet manifest's file name.
+pub const MANIFEST_FILE_NAME: &str = "imagegen.toml";

@@ -1,0 +1,845 @@
+//! `imagegen.toml` → [`Fleet`]: the fleet name, `[settings]`, the profile files it points
+//! at (loaded and validated here) and the `[[device]]` list, with the checks that span files
+//! (duplicate ids, devices naming unknown profiles). Reads files; writes nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::profile::LoadedProfile;
+use super::read::{check_id, declared_profile_id, load_profile, sorted};
+use crate::error::{Error, Location, Problem, Problems, Result};
+use crate::settings::FileSettings;
+use crate::source::{self, Format, MapReader, Node, SourceFile, Spanned, suggest};
+
+const TOP_FIELDS: &[&str] = &["fleet", "settings", "device"];
+const FLEET_FIELDS: &[&str] = &["name", "profiles"];
+const SETTINGS_FIELDS: &[&str] = &[
+    "db",
+    "artifacts_dir",
+    "cache_dir",
+    "tmp_dir",
+    "offline",
+    "log_level",
+    "mirror",
+    "jobs",
+    "download_jobs",
+    "trusted_keys",
+    "verify_signatures",
+    "build_timeout",
+];
+const DEVICE_FIELDS: &[&str] = &["id", "profile", "description", "flash"];
+const FLASH_FIELDS: &[&str] = &["path", "image", "verify", "wipe"];
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+/// Upper bound for `jobs` and `download_jobs`; more is a typo, not a machine.
+const MAX_JOBS: u64 = 256;
+
+/// A loaded, validated fleet repository.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// The directory holding `imagegen.toml` (absolute).
+    pub root: PathBuf,
+    pub manifest: Arc<SourceFile>,
+    pub name: String,
+    pub settings: FileSettings,
+    /// Sorted by `profile_id`.
+    pub profiles: Vec<LoadedProfile>,
+    /// In manifest order.
+    pub devices: Vec<Device>,
+    tree: Spanned<Node>,
+}
+
+impl Fleet {
+    pub fn profile(&self, profile_id: &str) -> Option<&LoadedProfile> {
+        self.profiles
+            .binary_search_by(|loaded| loaded.profile.profile_id.as_str().cmp(profile_id))
+            .ok()
+            .map(|index| &self.profiles[index])
+    }
+
+    pub fn device(&self, device_id: &str) -> Option<&Device> {
+        self.devices.iter().find(|device| device.id == device_id)
+    }
+
+    /// Where a manifest field is (`device[1].flash.path`); the file start when absent.
+    pub fn location(&self, field_path: &str) -> Location {
+        let span = self
+            .tree
+            .lookup(field_path)
+            .map(|node| node.span.clone())
+            .unwrap_or(0..0);
+        Location::at(&self.manifest, span)
+    }
+}
+
+/// A physical unit that should carry the image of one profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub id: String,
+    pub profile: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flash: Option<FlashTarget>,
+    /// The device's `id` in the manifest.
+    #[serde(skip)]
+    pub location: Location,
+    /// The device's `profile` value in the manifest.
+    #[serde(skip)]
+    pub(crate) profile_location: Location,
+}
+
+/// Where and how a device's image is written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlashTarget {
+    /// An absolute path, typically `/dev/disk/by-id/...`; resolved only when flashing.
+    pub path: PathBuf,
+    /// The image type to write (`combined`, `sysupgrade`, `sdcard`, ...).
+    pub image: String,
+    pub verify: VerifyMode,
+    pub wipe: bool,
+}
+
+/// How a flash is verified after writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// Read back and hash every written byte.
+    Full,
+    /// Read back and hash a prefix of the image.
+    Prefix,
+    None,
+}
+
+impl VerifyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyMode::Full => "full",
+            VerifyMode::Prefix => "prefix",
+            VerifyMode::None => "none",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<VerifyMode> {
+        [VerifyMode::Full, VerifyMode::Prefix, VerifyMode::None]
+            .into_iter()
+            .find(|mode| mode.as_str() == text)
+    }
+}
+
+/// Load `imagegen.toml` and every profile it names. The error carries every problem found
+/// in the manifest and in all profile files at once.
+pub fn load_fleet(manifest_path: &Path) -> Result<Fleet> {
+    let manifest_path = std::path::absolute(manifest_path)
+        .map_err(|error| Error::io("resolving", manifest_path, error))?;
+    let root = manifest_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let display = display_name(&root, &manifest_path);
+    let invalid = format!("invalid fleet `{display}`");
+    let manifest = SourceFile::read(&manifest_path, display)
+        .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
+    let tree = source::parse(&manifest, Format::Toml)
+        .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
+    let mut problems = Problems::new();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let raw = MapReader::new(&tree, &manifest, &mut problems)
+        .and_then(|reader| read_manifest(reader, &root, home.as_deref()));
+    let Some(raw) = raw else {
+        return Err(Error::from_problems(invalid, sorted(problems.into_vec())));
+    };
+    let (profiles, broken_ids) = load_profiles(&root, &manifest, &raw.patterns, &mut problems);
+    check_devices(&raw.devices, &profiles, &broken_ids, &mut problems);
+    let fleet = Fleet {
+        root,
+        settings: FileSettings {
+            path: manifest_path,
+            ..raw.settings
+        },
+        manifest,
+        name: raw.name.value,
+        profiles,
+        devices: raw.devices,
+        tree,
+    };
+    let problems = sorted(problems.into_vec());
+    let mut collected = Problems::new();
+    collected.extend(problems);
+    collected.finish(fleet, &invalid)
+}
+
+/// The manifest's own content, before profiles are loaded.
+struct RawManifest {
+    name: Spanned<String>,
+    patterns: Vec<Spanned<String>>,
+    settings: FileSettings,
+    devices: Vec<Device>,
+}
+
+fn read_manifest(
+    mut reader: MapReader<'_, '_>,
+    root: &Path,
+    home: Option<&Path>,
+) -> Option<RawManifest> {
+    let fleet = reader.required("fleet").is_some();
+    let (name, patterns) = match reader.nested("fleet") {
+        Some(mut fleet) => {
+            let name = fleet.string("name");
+            if let Some(name) = &name {
+                check_id(&mut fleet, "name", name);
+            }
+            let patterns = match fleet.node("profiles") {
+                Some(_) => fleet.string_list("profiles"),
+                None => vec![Spanned::new("profiles".to_string(), fleet.span())],
+            };
+            fleet.finish(FLEET_FIELDS);
+            (name, patterns)
+        }
+        None => (None, Vec::new()),
+    };
+    let settings = match reader.node("settings") {
+        Some(_) => reader
+            .nested("settings")
+            .map(|settings| read_settings(settings, root, home))
+            .unwrap_or_default(),
+        None => FileSettings::default(),
+    };
+    let devices = read_devices(&mut reader);
+    reader.finish(TOP_FIELDS);
+    fleet.then_some(())?;
+    Some(RawManifest {
+        name: name?,
+        patterns,
+        settings,
+        devices,
+    })
+}
+
+fn read_settings(mut reader: MapReader<'_, '_>, root: &Path, home: Option<&Path>) -> FileSettings {
+    let path = |reader: &mut MapReader<'_, '_>, key: &str| {
+        let text = reader.opt_string(key)?;
+        resolve_path(reader, &text, root, home)
+    };
+    let db = path(&mut reader, "db");
+    let artifacts_dir = path(&mut reader, "artifacts_dir");
+    let cache_dir = path(&mut reader, "cache_dir");
+    let tmp_dir = path(&mut reader, "tmp_dir");
+    let offline = reader.opt_bool("offline").map(|flag| flag.value);
+    let log_level = read_log_level(&mut reader);
+    let mirror = read_mirror(&mut reader);
+    let jobs = read_count(&mut reader, "jobs");
+    let download_jobs = read_count(&mut reader, "download_jobs");
+    let trusted_keys = reader.node("trusted_keys").map(|_| {
+        let keys = reader.string_list("trusted_keys");
+        keys.iter()
+            .filter_map(|key| resolve_path(&mut reader, key, root, home))
+            .collect()
+    });
+    let verify_signatures = reader.opt_bool("verify_signatures").map(|flag| flag.value);
+    let build_timeout = reader.opt_u64("build_timeout").and_then(|seconds| {
+        if seconds.value == 0 {
+            reader.invalid(
+                seconds.span,
+                "`build_timeout` must be at least 1 second",
+                "zero",
+            );
+            return None;
+        }
+        Some(seconds.value)
+    });
+    reader.finish(SETTINGS_FIELDS);
+    FileSettings {
+        path: PathBuf::new(),
+        db,
+        artifacts_dir,
+        cache_dir,
+        tmp_dir,
+        offline,
+        log_level,
+        mirror,
+        jobs,
+        download_jobs,
+        trusted_keys,
+        verify_signatures,
+        build_timeout,
+    }
+}
+
+/// `~/x` → `$HOME/x`; relative → under the fleet root.
+fn resolve_path(
+    reader: &mut MapReader<'_, '_>,
+    text: &Spanned<String>,
+    root: &Path,
+    home: Option<&Path>,
+) -> Option<PathBuf> {
+    if text.value.is_empty() {
+        reader.invalid(text.span.clone(), "path must not be empty", "empty");
+        return None;
+    }
+    if let Some(rest) = text.value.strip_prefix("~/") {
+        let Some(home) = home else {
+            reader.invalid(
+                text.span.clone(),
+                "cannot expand `~/`: `HOME` is not set",
+                "needs HOME",
+            );
+            return None;
+        };
+        return Some(home.join(rest));
+    }
+    Some(root.join(&text.value))
+}
+
+fn read_log_level(reader: &mut MapReader<'_, '_>) -> Option<String> {
+    let level = reader.opt_string("log_level")?;
+    if LOG_LEVELS.contains(&level.value.as_str()) {
+        return Some(level.value);
+    }
+    let mut problem = Problem::validation(format!("unknown `log_level` `{}`", level.value))
+        .at(reader.location(level.span.clone()))
+        .with_label("unknown level");
+    problem = match suggest(&level.value, LOG_LEVELS.iter().copied()) {
+        Some(close) => problem.with_help(format!("did you mean `{close}`?")),
+        None => problem.with_help("use `trace`, `debug`, `info`, `warn` or `error`"),
+    };
+    reader.push(problem);
+    None
+}
+
+fn read_mirror(reader: &mut MapReader<'_, '_>) -> Option<String> {
+    let mirror = reader.opt_string("mirror")?;
+    let scheme_ok = ["https://", "http://", "file:///"]
+        .iter()
+        .any(|scheme| mirror.value.starts_with(scheme) && mirror.value.len() > scheme.len());
+    if scheme_ok && !mirror.value.contains(char::is_whitespace) {
+        return Some(mirror.value.trim_end_matches('/').to_string());
+    }
+    let problem = Problem::validation(format!("invalid `mirror` `{}`", mirror.value))
+        .at(reader.location(mirror.span.clone()))
+        .with_label("not a mirror URL")
+        .with_help(
+            "use an `https://`, `http://` or `file:///` URL, e.g. `https://downloads.openwrt.org`",
+        );
+    reader.push(problem);
+    None
+}
+
+fn read_count(reader: &mut MapReader<'_, '_>, key: &str) -> Option<u32> {
+    let count = reader.opt_u64(key)?;
+    if (1..=MAX_JOBS).contains(&count.value) {
+        return u32::try_from(count.value).ok();
+    }
+    let message = format!(
+        "`{key}` must be between 1 and {MAX_JOBS}, not {}",
+        count.value
+    );
+    reader.invalid(count.span, message, "out of range");
+    None
+}
+
+fn read_devices(reader: &mut MapReader<'_, '_>) -> Vec<Device> {
+    let Some(items) = reader.opt_list("device") else {
+        return Vec::new();
+    };
+    let mut devices = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let device = reader
+            .reader_for(item, &format!("device[{index}]"))
+            .and_then(read_device);
+        devices.extend(device);
+    }
+    devices
+}
+
+fn read_device(mut reader: MapReader<'_, '_>) -> Option<Device> {
+    let id = reader.string("id");
+    if let Some(id) = &id {
+        check_id(&mut reader, "id", id);
+    }
+    let profile = reader.string("profile");
+    let description = reader.opt_string("description").map(|text| text.value);
+    let flash = match reader.node("flash") {
+        Some(_) => Some(reader.nested("flash").and_then(read_flash)),
+        None => None,
+    };
+    let id_location = id.as_ref().map(|id| reader.location(id.span.clone()));
+    let profile_location = profile
+        .as_ref()
+        .map(|profile| reader.location(profile.span.clone()));
+    reader.finish(DEVICE_FIELDS);
+    let (id, profile) = (id?, profile?);
+    Some(Device {
+        location: id_location?,
+        profile_location: profile_location?,
+        id: id.value,
+        profile: profile.value,
+        description,
+        // An invalid `flash` was reported; keep the device so cross-file checks still run.
+        flash: flash.flatten(),
+    })
+}
+
+fn read_flash(mut reader: MapReader<'_, '_>) -> Option<FlashTarget> {
+    let path = reader.string("path");
+    if let Some(path) = &path {
+        if !path.value.starts_with('/') || path.value.contains('\0') {
+            let message = format!(
+                "`{}` must be an absolute device path such as `/dev/disk/by-id/...`, not `{}`",
+                reader.path_of("path"),
+                path.value
+            );
+            reader.invalid(path.span.clone(), message, "not an absolute path");
+        }
+    }
+    let image = reader.opt_string("image");
+    if let Some(image) = &image {
+        let valid = image.value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && image
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            let message = format!(
+                "invalid `{}` `{}`: expected an image type such as `combined`, `sysupgrade` or `sdcard`",
+                reader.path_of("image"),
+                image.value
+            );
+            reader.invalid(image.span.clone(), message, "not an image type");
+        }
+    }
+    let verify = reader.opt_string("verify");
+    let verify_mode = match &verify {
+        Some(text) => {
+            let mode = VerifyMode::parse(&text.value);
+            if mode.is_none() {
+                let message = format!(
+                    "unknown `{}` `{}`: use `full`, `prefix` or `none`",
+                    reader.path_of("verify"),
+                    text.value
+                );
+                reader.invalid(text.span.clone(), message, "unknown mode");
+            }
+            mode
+        }
+        None => Some(VerifyMode::Full),
+    };
+    let wipe = reader.opt_bool("wipe").is_some_and(|flag| flag.value);
+    reader.finish(FLASH_FIELDS);
+    Some(FlashTarget {
+        path: PathBuf::from(path?.value),
+        image: image.map_or_else(|| "combined".to_string(), |image| image.value),
+        verify: verify_mode?,
+        wipe,
+    })
+}
+
+fn load_profiles(
+    root: &Path,
+    manifest: &Arc<SourceFile>,
+    patterns: &[Spanned<String>],
+    problems: &mut Problems,
+) -> (Vec<LoadedProfile>, Vec<String>) {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for pattern in patterns {
+        match expand_pattern(root, &pattern.value) {
+            Ok(found) if found.is_empty() => problems.push(
+                Problem::validation(format!(
+                    "profile pattern `{}` matches no profile file",
+                    pattern.value
+                ))
+                .at(Location::at(manifest, pattern.span.clone()))
+                .with_label("no `.yaml`, `.yml`, `.json` or `.toml` file here"),
+            ),
+            Ok(found) => {
+                for path in found {
+                    if !paths.contains(&path) {
+                        paths.push(path);
+                    }
+                }
+            }
+            Err(message) => problems.push(
+                Problem::validation(message)
+                    .at(Location::at(manifest, pattern.span.clone()))
+                    .with_label("invalid pattern"),
+            ),
+        }
+    }
+    let mut profiles: Vec<LoadedProfile> = Vec::with_capacity(paths.len());
+    // Ids declared by files that failed to load: devices naming them are not "unknown".
+    let mut broken_ids = Vec::new();
+    for path in paths {
+        match load_profile(&path, display_name(root, &path)) {
+            Ok(loaded) => profiles.push(loaded),
+            Err(found) => {
+                problems.extend(found);
+                broken_ids.extend(declared_profile_id(&path));
+            }
+        }
+    }
+    check_duplicate_profiles(&profiles, problems);
+    profiles.sort_by(|left, right| left.profile.profile_id.cmp(&right.profile.profile_id));
+    (profiles, broken_ids)
+}
+
+/// The profile files a `[fleet] profiles` entry names: a file, a directory (its profile
+/// files, sorted, not recursive) or a glob. Paths are relative to the fleet root.
+fn expand_pattern(root: &Path, pattern: &str) -> std::result::Result<Vec<PathBuf>, String> {
+    let is_profile = |path: &Path| path.is_file() && Format::from_path(path).is_some();
+    if pattern.contains(['*', '?', '[']) {
+        let full = root.join(pattern);
+        let full = full.to_string_lossy();
+        let entries =
+            glob::glob(&full).map_err(|error| format!("invalid glob `{pattern}`: {error}"))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok())
+            .filter(|path| is_profile(path))
+            .collect();
+        found.sort();
+        return Ok(found);
+    }
+    let path = root.join(pattern);
+    if path.is_dir() {
+        let entries = std::fs::read_dir(&path)
+            .map_err(|error| format!("cannot read directory `{pattern}`: {error}"))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| is_profile(path))
+            .collect();
+        found.sort();
+        return Ok(found);
+    }
+    Ok(if path.is_file() {
+        vec![path]
+    } else {
+        Vec::new()
+    })
+}
+
+fn check_duplicate_profiles(profiles: &[LoadedProfile], problems: &mut Problems) {
+    let mut first_seen: BTreeMap<&str, &LoadedProfile> = BTreeMap::new();
+    for loaded in profiles {
+        let id = loaded.profile.profile_id.as_str();
+        match first_seen.get(id) {
+            Some(first) => {
+                let first_location = first.location("profile_id");
+                problems.push(
+                    Problem::validation(format!(
+                        "duplicate profile_id `{id}` (also defined at {first_location})"
+                    ))
+                    .at(loaded.location("profile_id"))
+                    .with_label("defined again here")
+                    .with_help("every profile needs its own `profile_id`"),
+                );
+            }
+            None => {
+                first_seen.insert(id, loaded);
+            }
+        }
+    }
+}
+
+fn check_devices(
+    devices: &[Device],
+    profiles: &[LoadedProfile],
+    broken_ids: &[String],
+    problems: &mut Problems,
+) {
+    let mut first_seen: BTreeMap<&str, &Device> = BTreeMap::new();
+    for device in devices {
+        if let Some(first) = first_seen.get(device.id.as_str()) {
+            problems.push(
+                Problem::validation(format!(
+                    "duplicate device id `{}` (also defined at {})",
+                    device.id, first.location
+                ))
+                .at(device.location.clone())
+                .with_label("defined again here"),
+            );
+        } else {
+            first_seen.insert(&device.id, device);
+        }
+        let known = profiles
+            .iter()
+            .map(|loaded| loaded.profile.profile_id.as_str())
+            .chain(broken_ids.iter().map(String::as_str));
+        let loaded = profiles
+            .iter()
+            .any(|loaded| loaded.profile.profile_id == device.profile);
+        if !loaded && !broken_ids.contains(&device.profile) {
+            let mut problem = Problem::new(
+                crate::error::ErrorCode::ProfileNotFound,
+                format!(
+                    "device `{}` uses unknown profile `{}`",
+                    device.id, device.profile
+                ),
+            )
+            .at(device.profile_location.clone())
+            .with_label("no profile with this id");
+            if let Some(close) = suggest(&device.profile, known) {
+                problem = problem.with_help(format!("did you mean `{close}`?"));
+            }
+            problems.push(problem);
+        }
+    }
+}
+
+/// A path as the user should read it: relative to the fleet root when inside it.
+fn display_name(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ProfileFilter;
+
+    const PROFILE: &str = "profile_id: ID\nname: N\ndevice_id: d\nopenwrt_release: 23.05.4\ntarget: ath79\nsubtarget: generic\nimagebuilder_profile: p\ntags: [TAG]\n";
+
+    fn write(root: &Path, relative: &str, text: &str) {
+        let path = root.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap_or_else(|error| panic!("{error}"));
+        }
+        std::fs::write(path, text).unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    fn profile(id: &str, tag: &str) -> String {
+        PROFILE.replace("ID", id).replace("TAG", tag)
+    }
+
+    fn fleet(root: &Path) -> Fleet {
+        load_fleet(&root.join("imagegen.toml")).unwrap_or_else(|error| {
+            let problems: Vec<_> = error.problems.iter().map(ToString::to_string).collect();
+            panic!("{}: {problems:#?}", error.message)
+        })
+    }
+
+    #[test]
+    fn defaults_to_the_profiles_directory() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(root, "imagegen.toml", "[fleet]\nname = \"home\"\n");
+        write(root, "profiles/b.yaml", &profile("b", "x"));
+        write(
+            root,
+            "profiles/a.json",
+            "{\"profile_id\": \"a\", \"name\": \"A\", \"device_id\": \"d\", \"openwrt_release\": \"23.05.4\", \"target\": \"t\", \"subtarget\": \"s\", \"imagebuilder_profile\": \"p\"}",
+        );
+        write(root, "profiles/README.md", "not a profile");
+        write(root, "profiles/nested/c.yaml", &profile("c", "x"));
+        let fleet = fleet(root);
+        let ids: Vec<_> = fleet
+            .profiles
+            .iter()
+            .map(|p| p.profile.profile_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(
+            fleet.settings,
+            FileSettings {
+                path: root.join("imagegen.toml"),
+                ..FileSettings::default()
+            }
+        );
+        assert!(fleet.devices.is_empty());
+        assert_eq!(
+            fleet.profile("b").map(|p| p.source.display_name()),
+            Some("profiles/b.yaml")
+        );
+        assert!(fleet.profile("zzz").is_none());
+    }
+
+    #[test]
+    fn files_globs_and_directories_without_duplicates() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(
+            root,
+            "imagegen.toml",
+            "[fleet]\nname = \"home\"\nprofiles = [\"one.yaml\", \"more/*.y*ml\", \"more\"]\n",
+        );
+        write(root, "one.yaml", &profile("one", "x"));
+        write(root, "more/two.yml", &profile("two", "x"));
+        write(root, "more/three.yaml", &profile("three", "x"));
+        let fleet = fleet(root);
+        let ids: Vec<_> = fleet
+            .profiles
+            .iter()
+            .map(|p| p.profile.profile_id.as_str())
+            .collect();
+        assert_eq!(ids, ["one", "three", "two"]);
+    }
+
+    #[test]
+    fn settings_resolve_paths_against_the_root_and_home() {
+        let text = "[fleet]\nname = \"home\"\n[settings]\ndb = \"state/state.redb\"\ncache_dir = \"~/cache\"\ntmp_dir = \"/tmp/x\"\noffline = true\nlog_level = \"debug\"\nmirror = \"file:///srv/mirror/\"\njobs = 4\ndownload_jobs = 3\ntrusted_keys = [\"keys/a.pub\"]\nverify_signatures = false\nbuild_timeout = 60\n";
+        let source = Arc::new(SourceFile::new(
+            "imagegen.toml".into(),
+            "imagegen.toml".into(),
+            text.into(),
+        ));
+        let tree =
+            source::parse(&source, Format::Toml).unwrap_or_else(|problem| panic!("{problem}"));
+        let mut problems = Problems::new();
+        let raw = MapReader::new(&tree, &source, &mut problems).and_then(|reader| {
+            read_manifest(reader, Path::new("/fleet"), Some(Path::new("/home/me")))
+        });
+        assert!(problems.is_empty(), "{problems:?}");
+        let Some(raw) = raw else {
+            panic!("no manifest")
+        };
+        let settings = raw.settings;
+        assert_eq!(settings.db, Some(PathBuf::from("/fleet/state/state.redb")));
+        assert_eq!(settings.cache_dir, Some(PathBuf::from("/home/me/cache")));
+        assert_eq!(settings.tmp_dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(settings.artifacts_dir, None);
+        assert_eq!(settings.offline, Some(true));
+        assert_eq!(settings.log_level.as_deref(), Some("debug"));
+        assert_eq!(settings.mirror.as_deref(), Some("file:///srv/mirror"));
+        assert_eq!((settings.jobs, settings.download_jobs), (Some(4), Some(3)));
+        assert_eq!(
+            settings.trusted_keys,
+            Some(vec![PathBuf::from("/fleet/keys/a.pub")])
+        );
+        assert_eq!(settings.verify_signatures, Some(false));
+        assert_eq!(settings.build_timeout, Some(60));
+    }
+
+    #[test]
+    fn devices_and_flash_defaults() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(
+            root,
+            "imagegen.toml",
+            "[fleet]\nname = \"home\"\n\n[[device]]\nid = \"sd\"\nprofile = \"a\"\nflash = { path = \"/dev/disk/by-id/usb-x\" }\n\n[[device]]\nid = \"ap\"\nprofile = \"a\"\ndescription = \"AP\"\n",
+        );
+        write(root, "profiles/a.yaml", &profile("a", "x"));
+        let fleet = fleet(root);
+        let flash = fleet.devices[0].flash.clone();
+        assert_eq!(
+            flash,
+            Some(FlashTarget {
+                path: PathBuf::from("/dev/disk/by-id/usb-x"),
+                image: "combined".into(),
+                verify: VerifyMode::Full,
+                wipe: false,
+            })
+        );
+        assert_eq!(fleet.devices[1].description.as_deref(), Some("AP"));
+        assert_eq!(
+            fleet.device("ap").map(|d| d.location.to_string()),
+            Some("imagegen.toml:10:6".into())
+        );
+        assert_eq!(
+            fleet.location("device[0].flash.path").to_string(),
+            "imagegen.toml:7:18"
+        );
+    }
+
+    #[test]
+    fn manifest_problems() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(
+            root,
+            "imagegen.toml",
+            "[fleet]\nname = \"bad name\"\n[setting]\njobs = 1\n",
+        );
+        let error = load_fleet(&root.join("imagegen.toml")).err();
+        let problems: Vec<_> = error
+            .iter()
+            .flat_map(|e| &e.problems)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "imagegen.toml:1:1: profile pattern `profiles` matches no profile file",
+                "imagegen.toml:2:8: invalid `fleet.name` `bad name`: use up to 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit",
+                "imagegen.toml:3:2: unknown field `setting`",
+            ]
+        );
+        write(root, "imagegen.toml", "[settings]\njobs = 1\n");
+        let error = load_fleet(&root.join("imagegen.toml")).err();
+        let problems: Vec<_> = error
+            .iter()
+            .flat_map(|e| &e.problems)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            ["imagegen.toml:1:1: missing required field `fleet`"]
+        );
+        let missing = load_fleet(&root.join("nope/imagegen.toml"))
+            .err()
+            .map(|e| e.problems.len());
+        assert_eq!(missing, Some(1));
+    }
+
+    #[test]
+    fn profile_filter() {
+        let Ok(temp) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let root = temp.path();
+        write(root, "imagegen.toml", "[fleet]\nname = \"home\"\n");
+        write(root, "profiles/a.yaml", &profile("a", "lab"));
+        write(
+            root,
+            "profiles/b.yaml",
+            &profile("b", "home").replace("ath79", "ramips"),
+        );
+        let fleet = fleet(root);
+        let matching = |filter: ProfileFilter| -> Vec<String> {
+            fleet
+                .profiles
+                .iter()
+                .filter(|p| filter.matches(&p.profile))
+                .map(|p| p.profile.profile_id.clone())
+                .collect()
+        };
+        assert_eq!(matching(ProfileFilter::default()), ["a", "b"]);
+        assert_eq!(
+            matching(ProfileFilter {
+                tag: Some("lab".into()),
+                ..Default::default()
+            }),
+            ["a"]
+        );
+        assert_eq!(
+            matching(ProfileFilter {
+                target: Some("ramips".into()),
+                ..Default::default()
+            }),
+            ["b"]
+        );
+        let none = ProfileFilter {
+            release: Some("24.10.0".into()),
+            device: Some("d".into()),
+            ..Default::default()
+        };
+        assert!(matching(none).is_empty());
+        let both = ProfileFilter {
+            subtarget: Some("generic".into()),
+            device: Some("d".into()),
+            release: Some("23.05.4".into()),
+            ..Default::default()
+        };
+        assert_eq!(matching(both), ["a", "b"]);
+    }
+}

@@ -1,0 +1,384 @@
+//! `imagegen.lock`: the upstream facts pinned per (release, target, subtarget) — Image
+//! Builder archive and its sha256, the signing key, the revision and the `profiles.json`
+//! hash. Reads and writes the file; decides nothing about whether an entry is current.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Problem, Problems, Result};
+use crate::source::{self, Format, MapReader, SourceFile, Spanned};
+
+/// The lock file's name, next to `imagegen.toml`.
+pub const LOCK_FILE_NAME: &str = "imagegen.lock";
+const LOCK_VERSION: u64 = 1;
+const HEADER: &str = "# Written by imagegen; commit this file.\n";
+const TOP_FIELDS: &[&str] = &["version", "builder"];
+const ENTRY_FIELDS: &[&str] = &[
+    "release",
+    "target",
+    "subtarget",
+    "archive",
+    "archive_sha256",
+    "key_id",
+    "version_code",
+    "profiles_json_sha256",
+    "mirror",
+    "locked_at",
+];
+
+/// Every pinned Image Builder, keyed by `<release>/<target>/<subtarget>`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockFile {
+    pub entries: BTreeMap<String, LockEntry>,
+}
+
+/// What was true upstream for one Image Builder when it was locked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockEntry {
+    pub release: String,
+    pub target: String,
+    pub subtarget: String,
+    /// The Image Builder archive's file name as listed in `sha256sums`.
+    pub archive: String,
+    pub archive_sha256: String,
+    /// The usign key id that signed `sha256sums`; `None` if verification was off.
+    pub key_id: Option<String>,
+    /// The build revision (`r24012-d8dd03c46f`).
+    pub version_code: String,
+    pub profiles_json_sha256: String,
+    pub mirror: String,
+    /// RFC 3339.
+    pub locked_at: String,
+}
+
+impl LockEntry {
+    /// `<release>/<target>/<subtarget>`, the entry's key in [`LockFile::entries`].
+    pub fn key(&self) -> String {
+        LockFile::key(&self.release, &self.target, &self.subtarget)
+    }
+}
+
+impl LockFile {
+    pub fn key(release: &str, target: &str, subtarget: &str) -> String {
+        format!("{release}/{target}/{subtarget}")
+    }
+
+    pub fn get(&self, release: &str, target: &str, subtarget: &str) -> Option<&LockEntry> {
+        self.entries.get(&LockFile::key(release, target, subtarget))
+    }
+
+    /// Add or replace the entry for its (release, target, subtarget).
+    pub fn insert(&mut self, entry: LockEntry) {
+        self.entries.insert(entry.key(), entry);
+    }
+
+    /// `Ok(None)` when the file does not exist; every problem of a malformed file at once.
+    pub fn read(path: &Path) -> Result<Option<LockFile>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let display = path.file_name().map_or_else(
+            || path.to_string_lossy().into_owned(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        let invalid = format!("invalid lock file `{display}`");
+        let source = SourceFile::read(path, display)
+            .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
+        LockFile::parse(&source)
+            .map(Some)
+            .map_err(|problems| Error::from_problems(invalid, problems))
+    }
+
+    /// Validate lock text already read.
+    pub fn parse(source: &Arc<SourceFile>) -> Result<LockFile, Vec<Problem>> {
+        let tree = source::parse(source, Format::Toml).map_err(|problem| vec![problem])?;
+        let mut problems = Problems::new();
+        let lock = MapReader::new(&tree, source, &mut problems).map(read_lock);
+        match lock {
+            Some(lock) if problems.is_empty() => Ok(lock),
+            _ => Err(super::read::sorted(problems.into_vec())),
+        }
+    }
+
+    /// Deterministic text: header, `version`, one `[[builder]]` per entry in key order.
+    pub fn to_text(&self) -> String {
+        let mut out = format!("{HEADER}\nversion = {LOCK_VERSION}\n");
+        for entry in self.entries.values() {
+            out.push_str("\n[[builder]]\n");
+            let mut field = |name: &str, value: &str| {
+                let _ = writeln!(out, "{name} = {}", toml_string(value));
+            };
+            field("release", &entry.release);
+            field("target", &entry.target);
+            field("subtarget", &entry.subtarget);
+            field("archive", &entry.archive);
+            field("archive_sha256", &entry.archive_sha256);
+            if let Some(key_id) = &entry.key_id {
+                field("key_id", key_id);
+            }
+            field("version_code", &entry.version_code);
+            field("profiles_json_sha256", &entry.profiles_json_sha256);
+            field("mirror", &entry.mirror);
+            field("locked_at", &entry.locked_at);
+        }
+        out
+    }
+
+    /// Write atomically: a temp file in the same directory, fsync, rename, fsync the dir.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let directory = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let mut temp = tempfile::Builder::new()
+            .prefix(".imagegen.lock.")
+            .tempfile_in(directory)
+            .map_err(|error| Error::io("creating a temporary file in", directory, error))?;
+        temp.write_all(self.to_text().as_bytes())
+            .and_then(|()| temp.as_file().sync_all())
+            .map_err(|error| Error::io("writing", temp.path(), error))?;
+        temp.persist(path)
+            .map_err(|error| Error::io("replacing", path, error.error))?;
+        // Make the rename itself durable; a failure here leaves a complete file behind.
+        if let Ok(directory) = std::fs::File::open(directory) {
+            let _ = directory.sync_all();
+        }
+        Ok(())
+    }
+}
+
+fn read_lock(mut reader: MapReader<'_, '_>) -> LockFile {
+    if let Some(version) = reader.required("version").map(|node| node.span.clone()) {
+        match reader.opt_u64("version") {
+            Some(found) if found.value == LOCK_VERSION => {}
+            Some(found) => reader.push(
+                Problem::validation(format!(
+                    "lock file version {} is not supported (this imagegen reads version {LOCK_VERSION})",
+                    found.value
+                ))
+                .at(reader.location(version))
+                .with_help("run `imagegen lock` with the imagegen that wrote it, or delete the file and lock again"),
+            ),
+            None => {}
+        }
+    }
+    let mut lock = LockFile::default();
+    let items = reader.opt_list("builder").unwrap_or_default();
+    for (index, item) in items.iter().enumerate() {
+        let path = format!("builder[{index}]");
+        let Some(entry) = reader.reader_for(item, &path).and_then(read_entry) else {
+            continue;
+        };
+        if lock.entries.contains_key(&entry.key()) {
+            reader.invalid(
+                item.span.clone(),
+                format!("`{path}`: `{}` is locked twice", entry.key()),
+                "duplicate entry",
+            );
+        }
+        lock.insert(entry);
+    }
+    reader.finish(TOP_FIELDS);
+    lock
+}
+
+fn read_entry(mut reader: MapReader<'_, '_>) -> Option<LockEntry> {
+    let text = |reader: &mut MapReader<'_, '_>, key: &str| reader.string(key);
+    let release = text(&mut reader, "release");
+    let target = text(&mut reader, "target");
+    let subtarget = text(&mut reader, "subtarget");
+    let archive = text(&mut reader, "archive");
+    let archive_sha256 = text(&mut reader, "archive_sha256");
+    let key_id = reader.opt_string("key_id");
+    let version_code = text(&mut reader, "version_code");
+    let profiles_json_sha256 = text(&mut reader, "profiles_json_sha256");
+    let mirror = text(&mut reader, "mirror");
+    let locked_at = text(&mut reader, "locked_at");
+    for (field, value, length) in [
+        ("archive_sha256", &archive_sha256, 64),
+        ("profiles_json_sha256", &profiles_json_sha256, 64),
+        ("key_id", &key_id, 16),
+    ] {
+        if let Some(value) = value {
+            check_hex(&mut reader, field, value, length);
+        }
+    }
+    reader.finish(ENTRY_FIELDS);
+    Some(LockEntry {
+        release: release?.value,
+        target: target?.value,
+        subtarget: subtarget?.value,
+        archive: archive?.value,
+        archive_sha256: archive_sha256?.value,
+        key_id: key_id.map(|key| key.value),
+        version_code: version_code?.value,
+        profiles_json_sha256: profiles_json_sha256?.value,
+        mirror: mirror?.value,
+        locked_at: locked_at?.value,
+    })
+}
+
+fn check_hex(reader: &mut MapReader<'_, '_>, field: &str, value: &Spanned<String>, length: usize) {
+    let valid = value.value.len() == length
+        && value
+            .value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !valid {
+        let message = format!(
+            "`{}` must be {length} lowercase hex digits, not `{}`",
+            reader.path_of(field),
+            value.value
+        );
+        reader.invalid(value.span.clone(), message, "not a hex digest");
+    }
+}
+
+/// A TOML basic string; JSON string escapes are a subset of TOML's.
+fn toml_string(value: &str) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| format!("{value:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(release: &str, target: &str, key_id: Option<&str>) -> LockEntry {
+        LockEntry {
+            release: release.into(),
+            target: target.into(),
+            subtarget: "generic".into(),
+            archive: format!("openwrt-imagebuilder-{release}-{target}-generic.Linux-x86_64.tar.xz"),
+            archive_sha256: "0123456789abcdef".repeat(4),
+            key_id: key_id.map(Into::into),
+            version_code: "r24012-d8dd03c46f".into(),
+            profiles_json_sha256: "fedcba9876543210".repeat(4),
+            mirror: "https://downloads.openwrt.org".into(),
+            locked_at: "2026-11-25T18:00:00Z".into(),
+        }
+    }
+
+    fn parse_text(text: &str) -> Result<LockFile, Vec<String>> {
+        let source = Arc::new(SourceFile::new(
+            "imagegen.lock".into(),
+            "imagegen.lock".into(),
+            text.into(),
+        ));
+        LockFile::parse(&source)
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn text_is_deterministic_and_sorted() {
+        let mut lock = LockFile::default();
+        lock.insert(entry("23.05.4", "x86", None));
+        lock.insert(entry("23.05.4", "ath79", Some("b5043e70f9a75cde")));
+        insta::assert_snapshot!(lock.to_text(), @r#"
+        # Written by imagegen; commit this file.
+
+        version = 1
+
+        [[builder]]
+        release = "23.05.4"
+        target = "ath79"
+        subtarget = "generic"
+        archive = "openwrt-imagebuilder-23.05.4-ath79-generic.Linux-x86_64.tar.xz"
+        archive_sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        key_id = "b5043e70f9a75cde"
+        version_code = "r24012-d8dd03c46f"
+        profiles_json_sha256 = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+        mirror = "https://downloads.openwrt.org"
+        locked_at = "2026-11-25T18:00:00Z"
+
+        [[builder]]
+        release = "23.05.4"
+        target = "x86"
+        subtarget = "generic"
+        archive = "openwrt-imagebuilder-23.05.4-x86-generic.Linux-x86_64.tar.xz"
+        archive_sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        version_code = "r24012-d8dd03c46f"
+        profiles_json_sha256 = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+        mirror = "https://downloads.openwrt.org"
+        locked_at = "2026-11-25T18:00:00Z"
+        "#);
+        assert_eq!(parse_text(&lock.to_text()), Ok(lock.clone()));
+        assert_eq!(
+            lock.get("23.05.4", "x86", "generic")
+                .map(|e| e.key_id.clone()),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn empty_lock_round_trips() {
+        let lock = LockFile::default();
+        assert_eq!(parse_text(&lock.to_text()), Ok(lock));
+    }
+
+    #[test]
+    fn malformed_lock_reports_every_problem() {
+        let text = "version = 2\nextra = 1\n\n[[builder]]\nrelease = \"23.05.4\"\ntarget = \"x86\"\nsubtarget = \"64\"\narchive = \"a.tar.xz\"\narchive_sha256 = \"XYZ\"\nversion_code = \"r1\"\nprofiles_json_sha256 = \"fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210\"\nmirror = \"m\"\n";
+        assert_eq!(
+            parse_text(text),
+            Err(vec![
+                "imagegen.lock:1:11: lock file version 2 is not supported (this imagegen reads version 1)".to_string(),
+                "imagegen.lock:2:1: unknown field `extra`".to_string(),
+                "imagegen.lock:4:1: missing required field `builder[0].locked_at`".to_string(),
+                "imagegen.lock:9:18: `builder[0].archive_sha256` must be 64 lowercase hex digits, not `XYZ`".to_string(),
+            ])
+        );
+        assert!(parse_text("version = \n").is_err());
+    }
+
+    #[test]
+    fn duplicate_entries_are_refused() {
+        let mut lock = LockFile::default();
+        lock.insert(entry("23.05.4", "x86", None));
+        let text = lock.to_text();
+        let twice = format!("{text}{}", &text[text.find("[[builder]]").unwrap_or(0)..]);
+        let problems = parse_text(&twice).err().unwrap_or_default();
+        assert_eq!(
+            problems,
+            ["imagegen.lock:15:1: `builder[1]`: `23.05.4/x86/generic` is locked twice"]
+        );
+    }
+
+    #[test]
+    fn write_replaces_atomically() {
+        let Ok(directory) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let path = directory.path().join(LOCK_FILE_NAME);
+        std::fs::write(&path, "old").unwrap_or_else(|error| panic!("{error}"));
+        let mut lock = LockFile::default();
+        lock.insert(entry("24.10.0", "x86", Some("d310c6f2833e97f7")));
+        lock.write(&path).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(LockFile::read(&path).ok().flatten(), Some(lock));
+        let leftovers: Vec<_> = std::fs::read_dir(directory.path())
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok())
+                    .map(|e| e.file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(leftovers, [LOCK_FILE_NAME]);
+    }
+
+    #[test]
+    fn read_reports_malformed_files_as_errors() {
+        let Ok(directory) = tempfile::tempdir() else {
+            panic!("temp dir")
+        };
+        let path = directory.path().join(LOCK_FILE_NAME);
+        std::fs::write(&path, "version = 1\n[[builder]]\nrelease = 5\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let error = LockFile::read(&path).err().map(|error| error.message);
+        assert_eq!(error.as_deref(), Some("invalid lock file `imagegen.lock`"));
+    }
+}
