@@ -2,4 +2,5 @@
 //! library against temp dirs, a real redb file and real files.
 
 mod manifest;
+mod state;
 mod support;

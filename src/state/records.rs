@@ -1,0 +1,136 @@
+//! The records the state store keeps. Plain data: no I/O and no database types here.
+//!
+//! Times are Unix seconds (UTC). Paths are absolute. Hashes are lowercase hex.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where an Image Builder is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuilderStatus {
+    /// Download or extraction started but did not finish.
+    Pending,
+    /// Verified, extracted and usable at `path`.
+    Ready,
+    /// Extraction or a health check failed; `error` says why.
+    Broken,
+}
+
+/// One Image Builder, keyed by `"<release>/<target>/<subtarget>"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuilderRecord {
+    pub release: String,
+    pub target: String,
+    pub subtarget: String,
+    /// The archive file name as listed in `sha256sums`.
+    pub archive: String,
+    pub archive_sha256: String,
+    pub url: String,
+    /// The usign key id that signed `sha256sums`, when signatures were verified.
+    pub key_id: Option<String>,
+    pub version_code: Option<String>,
+    pub status: BuilderStatus,
+    /// The pristine extracted tree.
+    pub path: Option<PathBuf>,
+    /// Bytes on disk of the extracted tree.
+    pub size: u64,
+    pub first_used: i64,
+    pub last_used: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildStatus {
+    Succeeded,
+    Failed,
+}
+
+/// An artifact as one build produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub sha256: String,
+    pub name: String,
+    /// `sysupgrade`, `factory`, `combined`, `kernel`, `rootfs`, `manifest`, … (the `type` in
+    /// the Image Builder's `profiles.json`, or a name-based guess).
+    pub kind: String,
+    pub filesystem: Option<String>,
+    pub size: u64,
+}
+
+/// One build, keyed by its build key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub key: String,
+    pub profile_id: String,
+    pub fleet: Option<String>,
+    /// The canonical inputs the key was computed from (owned by `key`).
+    pub inputs: serde_json::Value,
+    pub status: BuildStatus,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub log_path: Option<PathBuf>,
+    pub manifest_path: Option<PathBuf>,
+    pub artifacts: Vec<ArtifactRef>,
+    pub error: Option<String>,
+}
+
+/// One blob of the content-addressed store, keyed by sha256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub sha256: String,
+    pub name: String,
+    pub kind: String,
+    pub filesystem: Option<String>,
+    pub size: u64,
+    /// The build keys that produced these exact bytes, oldest first.
+    pub builds: Vec<String>,
+}
+
+/// What a block device said about itself when it was flashed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceIdentity {
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// One flash attempt, successful or not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlashRecord {
+    /// Assigned by `Writer::add_flash`.
+    pub id: u64,
+    /// The fleet device id, when the flash was for a fleet device.
+    pub device_id: Option<String>,
+    pub device_path: PathBuf,
+    pub identity: DeviceIdentity,
+    pub artifact_sha256: String,
+    pub bytes_written: u64,
+    pub wipe: bool,
+    /// `full`, `prefix`, `none`, … (owned by `flash`).
+    pub verify_mode: String,
+    pub verify_result: Option<String>,
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// `succeeded`, `failed`, `suspect`, … (owned by `flash`).
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// The build last applied for one (fleet, profile).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfilePointer {
+    pub build_key: String,
+    pub applied_at: i64,
+}
+
+/// The artifact last flashed to one (fleet, device).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DevicePointer {
+    pub artifact_sha256: String,
+    pub flash_id: u64,
+    pub flashed_at: i64,
+}

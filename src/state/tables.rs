@@ -1,0 +1,50 @@
+//! The database schema, in one place: every redb table, its key and value types, and the
+//! schema version. Nothing else in the crate names a table.
+//!
+//! Record values are the serde_json bytes of the types in [`super::records`]; their shape is
+//! covered by [`SCHEMA_VERSION`] like the tables themselves.
+
+use redb::TableDefinition;
+
+/// The version of the tables and record encodings below. Bump it for any change an older
+/// imagegen could misread; an imagegen refuses a database with a newer version.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// The key in [`META`] that holds the schema version.
+pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// Database facts: `schema_version`.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("META");
+
+/// `"<release>/<target>/<subtarget>"` → `BuilderRecord`.
+pub(crate) const BUILDER_KEY_TO_BUILDER: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("BUILDER_KEY_TO_BUILDER");
+
+/// Build key (hex blake3) → `BuildRecord`.
+pub(crate) const BUILD_KEY_TO_BUILD: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("BUILD_KEY_TO_BUILD");
+
+/// Artifact sha256 (hex) → `ArtifactRecord`.
+pub(crate) const ARTIFACT_SHA256_TO_ARTIFACT: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("ARTIFACT_SHA256_TO_ARTIFACT");
+
+/// Flash id (1, 2, …; never reused) → `FlashRecord`.
+pub(crate) const FLASH_ID_TO_FLASH: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("FLASH_ID_TO_FLASH");
+
+/// (fleet, profile id) → `ProfilePointer`: the build last applied for that profile.
+pub(crate) const FLEET_PROFILE_TO_POINTER: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("FLEET_PROFILE_TO_POINTER");
+
+/// (fleet, device id) → `DevicePointer`: the artifact last flashed to that device.
+pub(crate) const FLEET_DEVICE_TO_POINTER: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("FLEET_DEVICE_TO_POINTER");
+
+/// Absolute path → opaque bytes owned by `overlay` (its per-file hash cache).
+pub(crate) const PATH_TO_FILE_HASH: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("PATH_TO_FILE_HASH");
+
+/// The key of a builder record.
+pub(crate) fn builder_key(release: &str, target: &str, subtarget: &str) -> String {
+    format!("{release}/{target}/{subtarget}")
+}

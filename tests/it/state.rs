@@ -1,0 +1,501 @@
+//! The state store against real redb files in temp dirs, and its cross-process lock against
+//! real processes holding `flock(2)`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use imagegen::ErrorCode;
+use imagegen::state::{
+    ArtifactRecord, ArtifactRef, BuildRecord, BuildStatus, BuilderRecord, BuilderStatus,
+    DeviceIdentity, DevicePointer, FlashRecord, ProfilePointer, SCHEMA_VERSION, Store,
+};
+use redb::{ReadableDatabase, TableDefinition};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("META");
+
+fn db_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("nested").join("state.redb")
+}
+
+fn builder() -> BuilderRecord {
+    BuilderRecord {
+        release: "23.05.4".into(),
+        target: "ath79".into(),
+        subtarget: "generic".into(),
+        archive: "openwrt-imagebuilder-23.05.4-ath79-generic.Linux-x86_64.tar.xz".into(),
+        archive_sha256: "ab".repeat(32),
+        url: "https://downloads.openwrt.org/releases/23.05.4/targets/ath79/generic/x.tar.xz".into(),
+        key_id: Some("b5043e70f9a75cde".into()),
+        version_code: Some("r24106-10cc5fcd00".into()),
+        status: BuilderStatus::Ready,
+        path: Some(PathBuf::from("/cache/builders/23.05.4/ath79/generic")),
+        size: 123_456_789,
+        first_used: 1_700_000_000,
+        last_used: 1_700_000_100,
+        error: None,
+    }
+}
+
+fn artifact_ref(sha: &str) -> ArtifactRef {
+    ArtifactRef {
+        sha256: sha.into(),
+        name: "openwrt-23.05.4-ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin".into(),
+        kind: "sysupgrade".into(),
+        filesystem: Some("squashfs".into()),
+        size: 6_000_000,
+    }
+}
+
+fn build(key: &str, started_at: i64) -> BuildRecord {
+    BuildRecord {
+        key: key.into(),
+        profile_id: "home.ap".into(),
+        fleet: Some("home".into()),
+        inputs: serde_json::json!({"packages": ["collectd", "-ppp"], "schema": 1}),
+        status: BuildStatus::Succeeded,
+        started_at,
+        finished_at: started_at + 60,
+        log_path: Some(PathBuf::from("/logs/build.log")),
+        manifest_path: None,
+        artifacts: vec![artifact_ref(&"cd".repeat(32))],
+        error: None,
+    }
+}
+
+fn artifact(sha: &str, builds: &[&str]) -> ArtifactRecord {
+    ArtifactRecord {
+        sha256: sha.into(),
+        name: "image.bin".into(),
+        kind: "sysupgrade".into(),
+        filesystem: Some("squashfs".into()),
+        size: 6_000_000,
+        builds: builds.iter().map(|build| build.to_string()).collect(),
+    }
+}
+
+fn flash(device: &str) -> FlashRecord {
+    FlashRecord {
+        id: 0,
+        device_id: Some(device.into()),
+        device_path: PathBuf::from("/dev/sdz"),
+        identity: DeviceIdentity {
+            model: Some("STORAGE DEVICE".into()),
+            serial: None,
+            size: 32_000_000_000,
+        },
+        artifact_sha256: "cd".repeat(32),
+        bytes_written: 6_000_000,
+        wipe: true,
+        verify_mode: "full".into(),
+        verify_result: Some("match".into()),
+        started_at: 1_700_000_200,
+        finished_at: 1_700_000_260,
+        status: "succeeded".into(),
+        error: None,
+    }
+}
+
+#[test]
+fn every_record_round_trips_through_a_reopened_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    let profile = ProfilePointer {
+        build_key: "k1".into(),
+        applied_at: 1_700_000_300,
+    };
+    let device = DevicePointer {
+        artifact_sha256: "cd".repeat(32),
+        flash_id: 1,
+        flashed_at: 1_700_000_260,
+    };
+    {
+        let store = Store::open(&path, "imagegen test").unwrap();
+        let mut writer = store.write().unwrap();
+        writer.put_builder(&builder()).unwrap();
+        writer.put_build(&build("k1", 10)).unwrap();
+        writer
+            .put_artifact(&artifact(&"cd".repeat(32), &["k1"]))
+            .unwrap();
+        assert_eq!(writer.add_flash(&flash("lab-sd-1")).unwrap(), 1);
+        writer
+            .set_profile_pointer("home", "home.ap", &profile)
+            .unwrap();
+        writer
+            .set_device_pointer("home", "lab-sd-1", &device)
+            .unwrap();
+        writer
+            .put_file_hashes([("/fleet/files/etc/banner".to_string(), vec![1, 2, 3])])
+            .unwrap();
+        writer.commit().unwrap();
+    }
+    let store = Store::open(&path, "imagegen test").unwrap();
+    let reader = store.read().unwrap();
+    assert_eq!(
+        reader.builder("23.05.4", "ath79", "generic").unwrap(),
+        Some(builder())
+    );
+    assert_eq!(reader.builders().unwrap(), [builder()]);
+    assert_eq!(reader.build("k1").unwrap(), Some(build("k1", 10)));
+    assert_eq!(
+        reader.artifact(&"cd".repeat(32)).unwrap(),
+        Some(artifact(&"cd".repeat(32), &["k1"]))
+    );
+    assert_eq!(
+        reader.flash(1).unwrap(),
+        Some(FlashRecord {
+            id: 1,
+            ..flash("lab-sd-1")
+        })
+    );
+    assert_eq!(
+        reader.profile_pointer("home", "home.ap").unwrap(),
+        Some(profile)
+    );
+    assert_eq!(
+        reader.device_pointer("home", "lab-sd-1").unwrap(),
+        Some(device)
+    );
+    assert_eq!(
+        reader.file_hash("/fleet/files/etc/banner").unwrap(),
+        Some(vec![1, 2, 3])
+    );
+    assert_eq!(reader.build("missing").unwrap(), None);
+    assert_eq!(reader.builder("23.05.4", "ath79", "nand").unwrap(), None);
+}
+
+#[test]
+fn lists_are_ordered_and_pointers_stay_in_their_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db_in(&dir), "imagegen test").unwrap();
+    let mut writer = store.write().unwrap();
+    for (key, started) in [("k-old", 1), ("k-new", 3), ("k-mid", 2)] {
+        writer.put_build(&build(key, started)).unwrap();
+    }
+    assert_eq!(writer.add_flash(&flash("a")).unwrap(), 1);
+    assert_eq!(writer.add_flash(&flash("b")).unwrap(), 2);
+    let pointer = |key: &str| ProfilePointer {
+        build_key: key.into(),
+        applied_at: 0,
+    };
+    writer
+        .set_profile_pointer("home", "p1", &pointer("k1"))
+        .unwrap();
+    writer
+        .set_profile_pointer("home", "p2", &pointer("k2"))
+        .unwrap();
+    writer
+        .set_profile_pointer("hom", "p3", &pointer("k3"))
+        .unwrap();
+    writer
+        .set_profile_pointer("home2", "p4", &pointer("k4"))
+        .unwrap();
+    writer.commit().unwrap();
+
+    let reader = store.read().unwrap();
+    let keys: Vec<String> = reader
+        .builds()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.key)
+        .collect();
+    assert_eq!(keys, ["k-new", "k-mid", "k-old"]);
+    let flashes: Vec<u64> = reader
+        .flashes()
+        .unwrap()
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(flashes, [2, 1]);
+    let home = reader.profile_pointers("home").unwrap();
+    assert_eq!(home.keys().collect::<Vec<_>>(), ["p1", "p2"]);
+    assert_eq!(home["p2"].build_key, "k2");
+    assert!(reader.profile_pointers("nobody").unwrap().is_empty());
+}
+
+#[test]
+fn artifacts_merge_the_builds_that_produced_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db_in(&dir), "imagegen test").unwrap();
+    let sha = "ef".repeat(32);
+    let mut writer = store.write().unwrap();
+    writer.put_artifact(&artifact(&sha, &["k1", "k2"])).unwrap();
+    let stored = writer.put_artifact(&artifact(&sha, &["k2", "k3"])).unwrap();
+    writer.commit().unwrap();
+    assert_eq!(stored.builds, ["k1", "k2", "k3"]);
+    assert_eq!(store.read().unwrap().artifact(&sha).unwrap(), Some(stored));
+}
+
+#[test]
+fn removals_and_file_hash_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db_in(&dir), "imagegen test").unwrap();
+    let mut writer = store.write().unwrap();
+    writer.put_build(&build("k1", 1)).unwrap();
+    writer
+        .put_file_hashes([
+            ("/f/a/x".to_string(), vec![1]),
+            ("/f/a/y".to_string(), vec![2]),
+            ("/f/ab".to_string(), vec![3]),
+            ("/f/b".to_string(), vec![4]),
+        ])
+        .unwrap();
+    writer.commit().unwrap();
+
+    let mut writer = store.write().unwrap();
+    assert!(writer.remove_build("k1").unwrap());
+    assert!(!writer.remove_build("k1").unwrap());
+    assert_eq!(writer.remove_file_hashes(["/f/b", "/f/none"]).unwrap(), 1);
+    writer.commit().unwrap();
+
+    let reader = store.read().unwrap();
+    assert_eq!(reader.build("k1").unwrap(), None);
+    let under_a = reader.file_hashes_with_prefix("/f/a/").unwrap();
+    assert_eq!(under_a.keys().collect::<Vec<_>>(), ["/f/a/x", "/f/a/y"]);
+    assert_eq!(reader.file_hash("/f/b").unwrap(), None);
+}
+
+#[test]
+fn a_dropped_writer_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db_in(&dir), "imagegen test").unwrap();
+    {
+        let mut writer = store.write().unwrap();
+        writer.put_build(&build("k1", 1)).unwrap();
+    }
+    assert_eq!(store.read().unwrap().build("k1").unwrap(), None);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    drop(Store::open(&path, "imagegen test").unwrap());
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let error = Store::open(&path, "imagegen test").unwrap_err();
+    assert_eq!(error.code, ErrorCode::Precondition);
+    assert_eq!(
+        error.message,
+        format!(
+            "state `{}` was written by a newer imagegen (schema 2); this imagegen understands schema 1",
+            path.display()
+        )
+    );
+    assert_eq!(
+        error.help.as_deref(),
+        Some("upgrade imagegen, or point OWRT_IMG_DB_URL at another database")
+    );
+    // Refusing must not have rewritten the version.
+    let db = redb::Database::create(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let stored = txn
+        .open_table(META)
+        .unwrap()
+        .get("schema_version")
+        .unwrap()
+        .map(|v| v.value());
+    assert_eq!(stored, Some(2));
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    std::fs::write(&path, "this is not a database\n".repeat(100)).unwrap();
+    let error = Store::open(&path, "imagegen test").unwrap_err();
+    assert_eq!(error.code, ErrorCode::Precondition, "{error:?}");
+    assert!(
+        error.message.starts_with(&format!(
+            "state `{}` is not a redb database",
+            path.display()
+        )),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn a_foreign_redb_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let table: TableDefinition<&str, &str> = TableDefinition::new("users");
+        txn.open_table(table)
+            .unwrap()
+            .insert("alice", "admin")
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let error = Store::open(&path, "imagegen test").unwrap_err();
+    assert_eq!(error.code, ErrorCode::Precondition);
+    assert!(
+        error.message.contains("not one imagegen wrote"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn a_corrupt_record_names_table_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    drop(Store::open(&path, "imagegen test").unwrap());
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let builds: TableDefinition<&str, &[u8]> = TableDefinition::new("BUILD_KEY_TO_BUILD");
+        txn.open_table(builds)
+            .unwrap()
+            .insert("k1", b"{not json".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, "imagegen test").unwrap();
+    let error = store.read().unwrap().build("k1").unwrap_err();
+    assert_eq!(error.code, ErrorCode::InternalError);
+    assert!(
+        error
+            .message
+            .starts_with("state table `BUILD_KEY_TO_BUILD`, key \"k1\": cannot decode record"),
+        "{}",
+        error.message
+    );
+    assert!(store.read().unwrap().builds().is_err());
+}
+
+#[test]
+fn a_second_open_in_the_same_process_is_locked_until_the_first_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    let first = Store::open(&path, "imagegen apply").unwrap();
+    let error = Store::open(&path, "imagegen plan").unwrap_err();
+    assert_eq!(error.code, ErrorCode::StateLocked);
+    let expected = format!(
+        "state `{}` is locked by another imagegen process (pid {}, `imagegen apply`, since ",
+        path.display(),
+        std::process::id()
+    );
+    assert!(error.message.starts_with(&expected), "{}", error.message);
+    assert_eq!(error.details["holder"]["command"], "imagegen apply");
+    drop(first);
+    Store::open(&path, "imagegen plan").unwrap();
+}
+
+/// A shell holding `flock(2)` on the lock file, as util-linux `flock` does; it releases the
+/// lock when its stdin closes or it is killed.
+fn hold_lock_in_child(db: &Path) -> Child {
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let mut lock = db.as_os_str().to_owned();
+    lock.push(".lock");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 9>>"$1"; flock -x 9; echo ready; read _"#)
+        .arg("sh")
+        .arg(&lock)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    child
+}
+
+#[test]
+fn a_lock_held_by_another_process_is_respected_and_freed_when_it_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    let mut child = hold_lock_in_child(&path);
+    let error = Store::open(&path, "imagegen apply").unwrap_err();
+    assert_eq!(error.code, ErrorCode::StateLocked);
+    assert_eq!(
+        error.message,
+        format!(
+            "state `{}` is locked by another imagegen process",
+            path.display()
+        )
+    );
+    let error = Store::open_wait(&path, "imagegen apply", Duration::from_millis(200)).unwrap_err();
+    assert_eq!(error.code, ErrorCode::StateLocked);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    Store::open(&path, "imagegen apply").unwrap();
+}
+
+#[test]
+fn open_wait_succeeds_once_the_holder_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    let mut child = hold_lock_in_child(&path);
+    let waiter = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            Store::open_wait(&path, "imagegen apply", Duration::from_secs(60))
+        })
+    };
+    // Give the waiter a chance to find the lock held; the test passes either way.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    let store = waiter.join().unwrap().unwrap();
+    assert_eq!(store.path(), path);
+}
+
+#[test]
+fn a_damaged_database_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_in(&dir);
+    {
+        let store = Store::open(&path, "imagegen test").unwrap();
+        let mut writer = store.write().unwrap();
+        for index in 0..200 {
+            writer
+                .put_build(&build(&format!("k{index}"), index))
+                .unwrap();
+        }
+        writer.commit().unwrap();
+    }
+    let original = std::fs::read(&path).unwrap();
+    let mut damaged_copies = Vec::new();
+    for keep in [0, 100, 512, 4096, original.len() / 2, original.len() - 1] {
+        damaged_copies.push(original[..keep].to_vec());
+    }
+    for offset in (0..original.len()).step_by(original.len() / 48) {
+        let mut copy = original.clone();
+        for byte in &mut copy[offset..(offset + 64).min(original.len())] {
+            *byte ^= 0x5a;
+        }
+        damaged_copies.push(copy);
+    }
+    for (index, bytes) in damaged_copies.into_iter().enumerate() {
+        let path = dir.path().join(format!("damaged-{index}.redb"));
+        std::fs::write(&path, bytes).unwrap();
+        // Either a clean error or a database that reads, writes and closes: no panic.
+        let outcome = std::panic::catch_unwind(|| {
+            let store = Store::open(&path, "imagegen test")?;
+            store.read()?.builds()?;
+            let mut writer = store.write()?;
+            writer.put_build(&build("new", 1))?;
+            writer.commit()
+        });
+        let outcome = outcome.unwrap_or_else(|_| panic!("panicked on damaged copy {index}"));
+        if let Err(error) = outcome {
+            let clean = [ErrorCode::Precondition, ErrorCode::InternalError];
+            assert!(clean.contains(&error.code), "{error:?}");
+        }
+    }
+}
