@@ -46,9 +46,20 @@ pub(crate) enum NodeKind {
 
 /// Where a walk places things: the input's source (for problems), owner and origin.
 struct Placement<'a> {
+    root: &'a Path,
     source: &'a OverlaySource,
     owner: Option<&'a str>,
     origin: Origin,
+}
+
+impl Placement<'_> {
+    /// A path as the user knows it: relative to the fleet root.
+    fn shown(&self, path: &Path) -> String {
+        path.strip_prefix(self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
 }
 
 pub(crate) fn resolve(input: &OverlayInput) -> Result<Layout, Vec<Problem>> {
@@ -63,6 +74,7 @@ pub(crate) fn resolve(input: &OverlayInput) -> Result<Layout, Vec<Problem>> {
     let mut problems = Vec::new();
     if let Some(source) = &input.overlay_dir {
         let placement = Placement {
+            root: &root,
             source,
             owner: None,
             origin: Origin::OverlayDir,
@@ -81,6 +93,7 @@ pub(crate) fn resolve(input: &OverlayInput) -> Result<Layout, Vec<Problem>> {
     }
     for (index, file) in input.files.iter().enumerate() {
         let placement = Placement {
+            root: &root,
             source: &file.source,
             owner: file.owner.as_deref(),
             origin: Origin::File(index),
@@ -211,7 +224,11 @@ fn walk(
         match fs::read_dir(directory).and_then(|entries| entries.collect::<Result<Vec<_>, _>>()) {
             Ok(children) => children,
             Err(error) => {
-                problems.push(io_problem(placement.source, directory, &error));
+                problems.push(io_problem(
+                    placement.source,
+                    &placement.shown(directory),
+                    &error,
+                ));
                 return;
             }
         };
@@ -220,9 +237,12 @@ fn walk(
         let path = child.path();
         let Some(name) = child.file_name().to_str().map(str::to_string) else {
             problems.push(
-                Problem::validation(format!("`{}` is not a UTF-8 file name", path.display()))
-                    .at_option(placement.source.location.clone())
-                    .with_help("rename it; image paths must be UTF-8"),
+                Problem::validation(format!(
+                    "`{}` is not a UTF-8 file name",
+                    placement.shown(&path)
+                ))
+                .at_option(placement.source.location.clone())
+                .with_help("rename it; image paths must be UTF-8"),
             );
             continue;
         };
@@ -231,7 +251,11 @@ fn walk(
         let metadata = match child.metadata() {
             Ok(metadata) => metadata,
             Err(error) => {
-                problems.push(io_problem(placement.source, &path, &error));
+                problems.push(io_problem(
+                    placement.source,
+                    &placement.shown(&path),
+                    &error,
+                ));
                 continue;
             }
         };
@@ -291,10 +315,12 @@ fn place_walked(
                     .at_option(placement.source.location.clone()),
                 ),
             },
-            Err(error) => problems.push(io_problem(placement.source, path, &error)),
+            Err(error) => {
+                problems.push(io_problem(placement.source, &placement.shown(path), &error))
+            }
         }
     } else {
-        let shown = path.display().to_string();
+        let shown = placement.shown(path);
         problems.push(special_file_problem(placement.source, &shown, metadata));
     }
 }
@@ -503,7 +529,7 @@ fn special_file_problem(source: &OverlaySource, shown: &str, metadata: &Metadata
         .with_help("only files, directories and symlinks can be placed in an image; remove it from the fleet repository")
 }
 
-fn io_problem(source: &OverlaySource, path: &Path, error: &std::io::Error) -> Problem {
+fn io_problem(source: &OverlaySource, shown: &str, error: &std::io::Error) -> Problem {
     let code = match error.kind() {
         std::io::ErrorKind::PermissionDenied => ErrorCode::PermissionError,
         _ => ErrorCode::Validation,
@@ -511,8 +537,7 @@ fn io_problem(source: &OverlaySource, path: &Path, error: &std::io::Error) -> Pr
     Problem::new(
         code,
         format!(
-            "cannot read `{}` of overlay source `{}`: {error}",
-            path.display(),
+            "cannot read `{shown}` of overlay source `{}`: {error}",
             source.text
         ),
     )
@@ -532,7 +557,7 @@ pub(crate) fn read_problem(
         None => None,
     };
     match source {
-        Some(source) => io_problem(source, path, error),
+        Some(source) => io_problem(source, &path.display().to_string(), error),
         None => Problem::new(
             ErrorCode::InternalError,
             format!("cannot read `{}`: {error}", path.display()),
