@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -17,7 +18,6 @@ use serde::{Deserialize, Serialize};
 pub(crate) const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// Files at least this large are hashed through a memory map instead of a copy.
 const MMAP_THRESHOLD: u64 = 256 * 1024;
-const SMALL_READ_CAPACITY: usize = MMAP_THRESHOLD as usize;
 
 /// What identifies one version of a file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,7 +67,7 @@ impl HashCache for NoHashCache {
 /// An in-memory cache; a persistent store can load and save its entries as opaque bytes.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryHashCache {
-    entries: HashMap<PathBuf, (FileStamp, [u8; 32])>,
+    entries: HashMap<OsString, (FileStamp, [u8; 32])>,
 }
 
 /// Version byte of [`MemoryHashCache::encode_entry`]'s layout.
@@ -91,7 +91,7 @@ impl MemoryHashCache {
     pub fn iter(&self) -> impl Iterator<Item = (&Path, &FileStamp, &[u8; 32])> {
         self.entries
             .iter()
-            .map(|(path, (stamp, hash))| (path.as_path(), stamp, hash))
+            .map(|(path, (stamp, hash))| (Path::new(path), stamp, hash))
     }
 
     /// Adds an entry loaded from a store; returns false (and adds nothing) for bytes that
@@ -99,7 +99,7 @@ impl MemoryHashCache {
     pub fn insert_encoded(&mut self, path: PathBuf, bytes: &[u8]) -> bool {
         match MemoryHashCache::decode_entry(bytes) {
             Some((stamp, hash)) => {
-                self.entries.insert(path, (stamp, hash));
+                self.entries.insert(path.into_os_string(), (stamp, hash));
                 true
             }
             None => false,
@@ -154,13 +154,14 @@ impl Cursor<'_> {
 impl HashCache for MemoryHashCache {
     fn lookup(&self, path: &Path, stamp: &FileStamp) -> Option<[u8; 32]> {
         self.entries
-            .get(path)
+            .get(path.as_os_str())
             .filter(|(recorded, _)| recorded == stamp)
             .map(|(_, hash)| *hash)
     }
 
     fn record(&mut self, path: &Path, stamp: FileStamp, hash: [u8; 32]) {
-        self.entries.insert(path.to_path_buf(), (stamp, hash));
+        self.entries
+            .insert(path.as_os_str().to_os_string(), (stamp, hash));
     }
 }
 
@@ -178,30 +179,72 @@ pub(crate) struct ReadHash {
 }
 
 thread_local! {
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SMALL_READ_CAPACITY));
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Reads and hashes a file; `expected` is the stamp seen when the tree was listed.
 pub(crate) fn hash_file(path: &Path, expected: &FileStamp) -> std::io::Result<ReadHash> {
     let mut file = File::open(path)?;
-    let (hash, size) = if expected.size >= MMAP_THRESHOLD {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap(path)?;
-        (*hasher.finalize().as_bytes(), hasher.count())
+    let (file_hash, after) = if expected.size >= MMAP_THRESHOLD {
+        hash_mapped(path, &file)?
     } else {
-        READ_BUFFER.with(|buffer| -> std::io::Result<([u8; 32], u64)> {
-            let mut buffer = buffer.borrow_mut();
-            buffer.clear();
-            file.read_to_end(&mut buffer)?;
-            Ok((*blake3::hash(&buffer).as_bytes(), buffer.len() as u64))
-        })?
+        READ_BUFFER.with(|buffer| hash_small(&mut file, expected.size, &mut buffer.borrow_mut()))?
     };
-    let after = FileStamp::from_metadata(&file.metadata()?);
-    let stable = after == *expected && size == expected.size;
+    let after = FileStamp::from_metadata(&after);
+    let stable = after == *expected && file_hash.size == expected.size;
     Ok(ReadHash {
-        file: FileHash { hash, size },
+        file: file_hash,
         stable,
     })
+}
+
+fn hash_mapped(path: &Path, file: &File) -> std::io::Result<(FileHash, Metadata)> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap(path)?;
+    let file_hash = FileHash {
+        hash: *hasher.finalize().as_bytes(),
+        size: hasher.count(),
+    };
+    Ok((file_hash, file.metadata()?))
+}
+
+/// Reads the whole file into `buffer` and hashes it in one call. The end is proven by `fstat`
+/// reporting exactly the bytes read, which saves the extra `read` returning 0 per file.
+fn hash_small(
+    file: &mut File,
+    expected: u64,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<(FileHash, Metadata)> {
+    buffer.clear();
+    buffer.resize(expected as usize + 1, 0);
+    let mut filled = 0;
+    let metadata = loop {
+        if filled == buffer.len() {
+            buffer.resize(buffer.len() * 2, 0);
+        }
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break file.metadata()?,
+            Ok(count) => {
+                filled += count;
+                if filled as u64 == expected {
+                    let metadata = file.metadata()?;
+                    if metadata.len() == expected {
+                        break metadata;
+                    }
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    };
+    let contents = &buffer[..filled];
+    Ok((
+        FileHash {
+            hash: *blake3::hash(contents).as_bytes(),
+            size: filled as u64,
+        },
+        metadata,
+    ))
 }
 
 /// Whether a file's last change is far enough in the past that a later change must show in

@@ -12,6 +12,7 @@ mod resolve;
 mod stage;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -132,17 +133,22 @@ pub(crate) fn digest_many_at(
     cache: &mut dyn HashCache,
     now: SystemTime,
 ) -> Vec<Result<OverlayDigest, Vec<Problem>>> {
+    let resolver = resolve::Resolver::default();
     let layouts: Vec<Result<Layout, Vec<Problem>>> = inputs
         .par_iter()
-        .map(|input| resolve::resolve(input))
+        .map(|input| resolver.resolve(input))
         .collect();
     let hashes = hash_distinct_files(&layouts, cache, now);
     layouts
-        .into_iter()
-        .zip(inputs)
+        .into_par_iter()
+        .zip(inputs.par_iter())
         .map(|(layout, input)| assemble(layout?, input, &hashes))
         .collect()
 }
+
+/// Hash results by source path. Keyed by the raw bytes: `Path`'s own `Hash` walks components
+/// and shows up in profiles of large fleets.
+type FileHashes = HashMap<OsString, std::io::Result<FileHash>>;
 
 /// Looks every distinct source file up in the cache, hashes the misses in parallel and
 /// records the results that are safe to remember.
@@ -150,30 +156,28 @@ fn hash_distinct_files(
     layouts: &[Result<Layout, Vec<Problem>>],
     cache: &mut dyn HashCache,
     now: SystemTime,
-) -> HashMap<PathBuf, std::io::Result<FileHash>> {
-    let mut results: HashMap<PathBuf, std::io::Result<FileHash>> = HashMap::new();
+) -> FileHashes {
+    let mut results = FileHashes::new();
     let mut misses: Vec<(&Path, FileStamp)> = Vec::new();
     for node in layouts.iter().flatten().flat_map(|layout| layout.values()) {
         let NodeKind::File { source, stamp } = &node.kind else {
             continue;
         };
-        if results.contains_key(source) {
+        if results.contains_key(source.as_os_str()) {
             continue;
         }
-        match cache.lookup(source, stamp) {
-            Some(hash) => {
-                let known = FileHash {
-                    hash,
-                    size: stamp.size,
-                };
-                results.insert(source.clone(), Ok(known));
-            }
+        let outcome = match cache.lookup(source, stamp) {
+            Some(hash) => Ok(FileHash {
+                hash,
+                size: stamp.size,
+            }),
             None => {
-                // Placeholder so a file shared by several profiles is queued once.
-                results.insert(source.clone(), Err(std::io::Error::other("pending")));
                 misses.push((source, *stamp));
+                // Placeholder so a file shared by several profiles is queued once.
+                Err(std::io::Error::other("not hashed"))
             }
-        }
+        };
+        results.insert(source.as_os_str().to_os_string(), outcome);
     }
     let hashed: Vec<_> = misses
         .par_iter()
@@ -186,7 +190,7 @@ fn hash_distinct_files(
             }
             read.file
         });
-        results.insert(path.to_path_buf(), outcome);
+        results.insert(path.as_os_str().to_os_string(), outcome);
     }
     results
 }
@@ -194,7 +198,7 @@ fn hash_distinct_files(
 fn assemble(
     layout: Layout,
     input: &OverlayInput,
-    hashes: &HashMap<PathBuf, std::io::Result<FileHash>>,
+    hashes: &FileHashes,
 ) -> Result<OverlayDigest, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut entries = Vec::with_capacity(layout.len());
@@ -204,7 +208,7 @@ fn assemble(
             NodeKind::Symlink { target } => {
                 (EntryKind::Symlink, target.len() as u64, target.clone())
             }
-            NodeKind::File { source, .. } => match hashes.get(source) {
+            NodeKind::File { source, .. } => match hashes.get(source.as_os_str()) {
                 Some(Ok(file)) => (EntryKind::File, file.size, hex::encode(file.hash)),
                 Some(Err(error)) => {
                     problems.push(resolve::read_problem(input, node.origin, source, error));

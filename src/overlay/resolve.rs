@@ -2,10 +2,11 @@
 //! and (for files) the canonical source path and stamp. Checks every security rule and
 //! collects every problem; reads no file contents.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, Metadata};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{ErrorCode, Location, Problem};
 
@@ -62,24 +63,57 @@ impl Placement<'_> {
     }
 }
 
-pub(crate) fn resolve(input: &OverlayInput) -> Result<Layout, Vec<Problem>> {
-    let root = fs::canonicalize(&input.fleet_root).map_err(|error| {
-        vec![Problem::validation(format!(
-            "fleet root `{}` cannot be read: {error}",
-            input.fleet_root.display()
-        ))]
-    })?;
-    let mut layout = Layout::new();
-    layout.insert("/".to_string(), implicit_directory());
-    let mut problems = Vec::new();
-    if let Some(source) = &input.overlay_dir {
-        let placement = Placement {
-            root: &root,
-            source,
-            owner: None,
-            origin: Origin::OverlayDir,
-        };
-        match resolve_source(&root, source) {
+/// Resolves inputs, remembering canonical fleet roots and sources so that many profiles
+/// sharing a fleet and its files pay for each `realpath` once. Only successes are
+/// remembered: a problem must carry the location of the input that has it.
+#[derive(Default)]
+pub(crate) struct Resolver {
+    roots: Mutex<HashMap<PathBuf, PathBuf>>,
+    sources: Mutex<HashMap<(PathBuf, String), (PathBuf, Metadata)>>,
+}
+
+impl Resolver {
+    fn root(&self, fleet_root: &Path) -> Result<PathBuf, Vec<Problem>> {
+        if let Some(root) = lock(&self.roots).get(fleet_root) {
+            return Ok(root.clone());
+        }
+        let root = fs::canonicalize(fleet_root).map_err(|error| {
+            vec![Problem::validation(format!(
+                "fleet root `{}` cannot be read: {error}",
+                fleet_root.display()
+            ))]
+        })?;
+        lock(&self.roots).insert(fleet_root.to_path_buf(), root.clone());
+        Ok(root)
+    }
+
+    fn source(
+        &self,
+        root: &Path,
+        source: &OverlaySource,
+    ) -> Result<(PathBuf, Metadata), Box<Problem>> {
+        let key = (root.to_path_buf(), source.text.clone());
+        if let Some(found) = lock(&self.sources).get(&key) {
+            return Ok(found.clone());
+        }
+        let found = resolve_source(root, source)?;
+        lock(&self.sources).insert(key, found.clone());
+        Ok(found)
+    }
+
+    pub(crate) fn resolve(&self, input: &OverlayInput) -> Result<Layout, Vec<Problem>> {
+        let root = self.root(&input.fleet_root)?;
+        let mut layout = Layout::new();
+        layout.insert("/".to_string(), implicit_directory());
+        let mut problems = Vec::new();
+        if let Some(source) = &input.overlay_dir {
+            let placement = Placement {
+                root: &root,
+                source,
+                owner: None,
+                origin: Origin::OverlayDir,
+            };
+            match self.source(&root, source) {
             Ok((path, metadata)) if metadata.is_dir() => {
                 place_directory(&mut layout, "/", &path, &metadata, None, &placement, &mut problems)
             }
@@ -90,89 +124,100 @@ pub(crate) fn resolve(input: &OverlayInput) -> Result<Layout, Vec<Problem>> {
             ),
             Err(problem) => problems.push(*problem),
         }
+        }
+        for (index, file) in input.files.iter().enumerate() {
+            let placement = Placement {
+                root: &root,
+                source: &file.source,
+                owner: file.owner.as_deref(),
+                origin: Origin::File(index),
+            };
+            self.place_file_entry(&root, file, &placement, &mut layout, &mut problems);
+        }
+        if problems.is_empty() {
+            Ok(layout)
+        } else {
+            Err(problems)
+        }
     }
-    for (index, file) in input.files.iter().enumerate() {
-        let placement = Placement {
-            root: &root,
-            source: &file.source,
-            owner: file.owner.as_deref(),
-            origin: Origin::File(index),
+
+    fn place_file_entry(
+        &self,
+        root: &Path,
+        file: &super::FileInput,
+        placement: &Placement,
+        layout: &mut Layout,
+        problems: &mut Vec<Problem>,
+    ) {
+        let location = || file.source.location.clone();
+        let destination = normalize_destination(&file.destination)
+            .map_err(|problem| problems.push(problem.at_option(location())));
+        if let Some(owner) = &file.owner
+            && let Err(problem) = owner::OwnerSpec::parse(owner)
+        {
+            problems.push(problem.at_option(location()));
+        }
+        if let Some(mode) = file.mode
+            && mode > 0o7777
+        {
+            problems.push(
+                Problem::validation(format!("mode `{mode:o}` has bits above `7777`"))
+                    .at_option(location())
+                    .with_help("use permission bits only, e.g. `0644` or `0755`"),
+            );
+        }
+        let source = self
+            .source(root, &file.source)
+            .map_err(|problem| problems.push(*problem));
+        let (Ok(destination), Ok((path, metadata))) = (destination, source) else {
+            return;
         };
-        place_file_entry(&root, file, &placement, &mut layout, &mut problems);
-    }
-    if problems.is_empty() {
-        Ok(layout)
-    } else {
-        Err(problems)
+        if !ensure_parents(layout, &destination, &file.source, problems) {
+            return;
+        }
+        if metadata.is_dir() {
+            place_directory(
+                layout,
+                &destination,
+                &path,
+                &metadata,
+                file.mode,
+                placement,
+                problems,
+            );
+        } else if metadata.is_file() {
+            if destination == "/" {
+                problems.push(
+                    Problem::validation(format!(
+                        "file `{}` cannot replace the image root `/`",
+                        file.source.text
+                    ))
+                    .at_option(location())
+                    .with_help("give the full destination path, e.g. `/etc/banner`"),
+                );
+                return;
+            }
+            let mode = file.mode.unwrap_or(metadata.mode() & 0o7777);
+            let kind = NodeKind::File {
+                source: path,
+                stamp: FileStamp::from_metadata(&metadata),
+            };
+            insert(layout, destination, node(kind, mode, placement));
+        } else {
+            problems.push(special_file_problem(
+                &file.source,
+                &file.source.text,
+                &metadata,
+            ));
+        }
     }
 }
 
-fn place_file_entry(
-    root: &Path,
-    file: &super::FileInput,
-    placement: &Placement,
-    layout: &mut Layout,
-    problems: &mut Vec<Problem>,
-) {
-    let location = || file.source.location.clone();
-    let destination = normalize_destination(&file.destination)
-        .map_err(|problem| problems.push(problem.at_option(location())));
-    if let Some(owner) = &file.owner
-        && let Err(problem) = owner::OwnerSpec::parse(owner)
-    {
-        problems.push(problem.at_option(location()));
-    }
-    if let Some(mode) = file.mode
-        && mode > 0o7777
-    {
-        problems.push(
-            Problem::validation(format!("mode `{mode:o}` has bits above `7777`"))
-                .at_option(location())
-                .with_help("use permission bits only, e.g. `0644` or `0755`"),
-        );
-    }
-    let source = resolve_source(root, &file.source).map_err(|problem| problems.push(*problem));
-    let (Ok(destination), Ok((path, metadata))) = (destination, source) else {
-        return;
-    };
-    if !ensure_parents(layout, &destination, &file.source, problems) {
-        return;
-    }
-    if metadata.is_dir() {
-        place_directory(
-            layout,
-            &destination,
-            &path,
-            &metadata,
-            file.mode,
-            placement,
-            problems,
-        );
-    } else if metadata.is_file() {
-        if destination == "/" {
-            problems.push(
-                Problem::validation(format!(
-                    "file `{}` cannot replace the image root `/`",
-                    file.source.text
-                ))
-                .at_option(location())
-                .with_help("give the full destination path, e.g. `/etc/banner`"),
-            );
-            return;
-        }
-        let mode = file.mode.unwrap_or(metadata.mode() & 0o7777);
-        let kind = NodeKind::File {
-            source: path,
-            stamp: FileStamp::from_metadata(&metadata),
-        };
-        insert(layout, destination, node(kind, mode, placement));
-    } else {
-        problems.push(special_file_problem(
-            &file.source,
-            &file.source.text,
-            &metadata,
-        ));
-    }
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves only complete inserts behind.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn node(kind: NodeKind, mode: u32, placement: &Placement) -> Node {

@@ -50,7 +50,8 @@ pub(crate) fn stage_with(
     destination_dir: &Path,
     policy: &OwnerPolicy,
 ) -> Result<OverlayDigest, Error> {
-    let layout = resolve::resolve(input)
+    let layout = resolve::Resolver::default()
+        .resolve(input)
         .map_err(|problems| Error::from_problems("the overlay is invalid", problems))?;
     let owners = resolve_owners(&layout, input, policy)?;
     check_empty_directory(destination_dir)?;
