@@ -1,0 +1,258 @@
+//! Per-file hashing and the stamp-keyed hash cache. A file whose stamp (size, mtime, ctime,
+//! inode, device) is known is not read; a file modified too recently to trust its stamp is
+//! hashed but not remembered.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// A file changed less than this long ago may change again within the same timestamp tick
+/// without its stamp changing ("racy clean"), so its hash is not recorded.
+pub(crate) const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// Files at least this large are hashed through a memory map instead of a copy.
+const MMAP_THRESHOLD: u64 = 256 * 1024;
+
+/// What identifies one version of a file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub inode: u64,
+    pub device: u64,
+}
+
+impl FileStamp {
+    pub fn from_metadata(metadata: &Metadata) -> FileStamp {
+        FileStamp {
+            size: metadata.size(),
+            mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000
+                + i128::from(metadata.mtime_nsec()),
+            ctime_ns: i128::from(metadata.ctime()) * 1_000_000_000
+                + i128::from(metadata.ctime_nsec()),
+            inode: metadata.ino(),
+            device: metadata.dev(),
+        }
+    }
+}
+
+/// Remembers blake3 hashes of files by path and stamp. Implementations may persist entries
+/// (see [`MemoryHashCache::encode_entry`]).
+pub trait HashCache {
+    /// The hash recorded for `path` if it was recorded with exactly this stamp.
+    fn lookup(&self, path: &Path, stamp: &FileStamp) -> Option<[u8; 32]>;
+    /// Remembers a hash read from `path` while it had `stamp`.
+    fn record(&mut self, path: &Path, stamp: FileStamp, hash: [u8; 32]);
+}
+
+/// A cache that remembers nothing: every file is read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHashCache;
+
+impl HashCache for NoHashCache {
+    fn lookup(&self, _path: &Path, _stamp: &FileStamp) -> Option<[u8; 32]> {
+        None
+    }
+
+    fn record(&mut self, _path: &Path, _stamp: FileStamp, _hash: [u8; 32]) {}
+}
+
+/// An in-memory cache; a persistent store can load and save its entries as opaque bytes.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryHashCache {
+    entries: HashMap<OsString, (FileStamp, [u8; 32])>,
+}
+
+/// Version byte of [`MemoryHashCache::encode_entry`]'s layout.
+const ENTRY_VERSION: u8 = 1;
+const ENTRY_LENGTH: usize = 1 + 8 + 16 + 16 + 8 + 8 + 32;
+
+impl MemoryHashCache {
+    pub fn new() -> MemoryHashCache {
+        MemoryHashCache::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every (path, stamp, hash), e.g. to save them.
+    pub fn iter(&self) -> impl Iterator<Item = (&Path, &FileStamp, &[u8; 32])> {
+        self.entries
+            .iter()
+            .map(|(path, (stamp, hash))| (Path::new(path), stamp, hash))
+    }
+
+    /// Adds an entry loaded from a store; returns false (and adds nothing) for bytes that
+    /// [`decode_entry`](Self::decode_entry) rejects.
+    pub fn insert_encoded(&mut self, path: PathBuf, bytes: &[u8]) -> bool {
+        match MemoryHashCache::decode_entry(bytes) {
+            Some((stamp, hash)) => {
+                self.entries.insert(path.into_os_string(), (stamp, hash));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A stamp and hash as 89 bytes: a version byte, then little-endian size, mtime_ns,
+    /// ctime_ns, inode, device, then the 32-byte hash.
+    pub fn encode_entry(stamp: &FileStamp, hash: &[u8; 32]) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(ENTRY_LENGTH);
+        bytes.push(ENTRY_VERSION);
+        bytes.extend_from_slice(&stamp.size.to_le_bytes());
+        bytes.extend_from_slice(&stamp.mtime_ns.to_le_bytes());
+        bytes.extend_from_slice(&stamp.ctime_ns.to_le_bytes());
+        bytes.extend_from_slice(&stamp.inode.to_le_bytes());
+        bytes.extend_from_slice(&stamp.device.to_le_bytes());
+        bytes.extend_from_slice(hash);
+        bytes
+    }
+
+    /// The inverse of [`encode_entry`](Self::encode_entry); `None` for another version or
+    /// length, so a store written by a future layout is treated as a miss.
+    pub fn decode_entry(bytes: &[u8]) -> Option<(FileStamp, [u8; 32])> {
+        if bytes.len() != ENTRY_LENGTH || bytes.first() != Some(&ENTRY_VERSION) {
+            return None;
+        }
+        let mut cursor = Cursor { bytes, offset: 1 };
+        let stamp = FileStamp {
+            size: u64::from_le_bytes(cursor.take()?),
+            mtime_ns: i128::from_le_bytes(cursor.take()?),
+            ctime_ns: i128::from_le_bytes(cursor.take()?),
+            inode: u64::from_le_bytes(cursor.take()?),
+            device: u64::from_le_bytes(cursor.take()?),
+        };
+        Some((stamp, cursor.take()?))
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let slice = self.bytes.get(self.offset..self.offset + N)?;
+        self.offset += N;
+        slice.try_into().ok()
+    }
+}
+
+impl HashCache for MemoryHashCache {
+    fn lookup(&self, path: &Path, stamp: &FileStamp) -> Option<[u8; 32]> {
+        self.entries
+            .get(path.as_os_str())
+            .filter(|(recorded, _)| recorded == stamp)
+            .map(|(_, hash)| *hash)
+    }
+
+    fn record(&mut self, path: &Path, stamp: FileStamp, hash: [u8; 32]) {
+        self.entries
+            .insert(path.as_os_str().to_os_string(), (stamp, hash));
+    }
+}
+
+/// The hash and length of one file's contents.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileHash {
+    pub hash: [u8; 32],
+    pub size: u64,
+}
+
+pub(crate) struct ReadHash {
+    pub file: FileHash,
+    /// The file still had the expected stamp after reading, so the hash belongs to it.
+    pub stable: bool,
+}
+
+thread_local! {
+    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads and hashes a file; `expected` is the stamp seen when the tree was listed.
+pub(crate) fn hash_file(path: &Path, expected: &FileStamp) -> std::io::Result<ReadHash> {
+    let mut file = File::open(path)?;
+    let (file_hash, after) = if expected.size >= MMAP_THRESHOLD {
+        hash_mapped(path, &file)?
+    } else {
+        READ_BUFFER.with(|buffer| hash_small(&mut file, expected.size, &mut buffer.borrow_mut()))?
+    };
+    let after = FileStamp::from_metadata(&after);
+    let stable = after == *expected && file_hash.size == expected.size;
+    Ok(ReadHash {
+        file: file_hash,
+        stable,
+    })
+}
+
+fn hash_mapped(path: &Path, file: &File) -> std::io::Result<(FileHash, Metadata)> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap(path)?;
+    let file_hash = FileHash {
+        hash: *hasher.finalize().as_bytes(),
+        size: hasher.count(),
+    };
+    Ok((file_hash, file.metadata()?))
+}
+
+/// Reads the whole file into `buffer` and hashes it in one call. The end is proven by `fstat`
+/// reporting exactly the bytes read, which saves the extra `read` returning 0 per file.
+fn hash_small(
+    file: &mut File,
+    expected: u64,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<(FileHash, Metadata)> {
+    buffer.clear();
+    buffer.resize(expected as usize + 1, 0);
+    let mut filled = 0;
+    let metadata = loop {
+        if filled == buffer.len() {
+            buffer.resize(buffer.len() * 2, 0);
+        }
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break file.metadata()?,
+            Ok(count) => {
+                filled += count;
+                if filled as u64 == expected {
+                    let metadata = file.metadata()?;
+                    if metadata.len() == expected {
+                        break metadata;
+                    }
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    };
+    let contents = &buffer[..filled];
+    Ok((
+        FileHash {
+            hash: *blake3::hash(contents).as_bytes(),
+            size: filled as u64,
+        },
+        metadata,
+    ))
+}
+
+/// Whether a file's last change is far enough in the past that a later change must show in
+/// its stamp. Timestamps in the future never qualify.
+pub(crate) fn old_enough_to_cache(stamp: &FileStamp, now: SystemTime) -> bool {
+    let Ok(now) = now.duration_since(UNIX_EPOCH) else {
+        return false;
+    };
+    let threshold = now.as_nanos() as i128 - RACY_WINDOW.as_nanos() as i128;
+    stamp.mtime_ns.max(stamp.ctime_ns) < threshold
+}
