@@ -1,6 +1,64 @@
-//! Command-line frontend (stub).
+//! The command-line frontend: parse arguments, resolve settings, call one library
+//! operation, render its result as text or JSON, and map errors to exit codes. Core code
+//! never sees clap types.
 
-/// Runs the command line and returns the process exit code.
+mod args;
+mod commands;
+mod context;
+mod report;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use clap::Parser;
+
+use crate::error::{Error, exit};
+pub use args::Cli;
+use args::Command;
+use context::Context;
+
+/// Runs the command line of this process and returns the exit code.
 pub fn main() -> i32 {
-    0
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    run(std::env::args_os().collect(), env)
+}
+
+/// Runs one command line with an explicit environment (tests pass their own).
+pub fn run(args: Vec<std::ffi::OsString>, env: BTreeMap<String, String>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    let json = cli.global.json;
+    let context = Context::new(cli.global, env);
+    let result = dispatch(&context, cli.command);
+    let _ = std::io::stdout().flush();
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            report::print_error(&error, json);
+            error.exit_code()
+        }
+    }
+}
+
+fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
+    match command {
+        Command::Validate => commands::validate(context),
+        Command::Plan(args) => commands::plan(context, &args),
+        Command::Config => commands::config(context),
+        Command::Profiles(command) => commands::profiles(context, command),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "imagegen", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+    }
 }

@@ -445,7 +445,9 @@ fn load_profiles(
     let mut paths: Vec<PathBuf> = Vec::new();
     for pattern in patterns {
         match expand_pattern(root, &pattern.value) {
-            Ok(found) if found.is_empty() => problems.push(
+            // An existing but empty directory is a fleet without profiles yet (before
+            // `imagegen profiles import`); a pattern naming nothing is a mistake.
+            Ok(found) if found.is_empty() && !root.join(&pattern.value).is_dir() => problems.push(
                 Problem::validation(format!(
                     "profile pattern `{}` matches no profile file",
                     pattern.value

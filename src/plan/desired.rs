@@ -1,6 +1,26 @@
 //! Gathers the desired state (fleet + lock + overlay digests) and the recorded state (redb)
 //! for [`super::diff`]. Reads files and the state store; never the network.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::diff::{
+    Desired, DesiredBuild, DesiredBuilder, DesiredFlash, Recorded, RecordedBuild, RecordedBuilder,
+    RecordedDevice, diff,
+};
+use super::model::{Fingerprint, Plan};
+use crate::error::{Error, ErrorCode, Problems, Result};
+use crate::key::{
+    ACTION_SCHEMA_VERSION, BuildInputs, BuilderPin, ImageOptions, OverlayFact, OverlayInputs,
+    normalize_names,
+};
+use crate::manifest::{Fleet, LoadedProfile, LockFile};
+use crate::overlay::{
+    self, EntryKind, FileInput, MemoryHashCache, OverlayDigest, OverlayInput, OverlaySource,
+};
+use crate::settings::Settings;
+use crate::state::{BuildStatus, Reader, Store};
+
 /// Options of one `plan` run.
 #[derive(Debug, Clone, Default)]
 pub struct PlanOptions {
@@ -10,5 +30,342 @@ pub struct PlanOptions {
     pub offline: bool,
 }
 
-/// (Filled in once manifest/state/overlay land.)
-pub fn compute() {}
+/// The lock file of a fleet.
+pub fn lock_path(fleet: &Fleet) -> std::path::PathBuf {
+    fleet.root.join("imagegen.lock")
+}
+
+/// Computes the plan of a fleet against the state store named by `settings`.
+pub fn compute(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Result<Plan> {
+    let lock = LockFile::read(&lock_path(fleet))?;
+    if options.locked {
+        check_locked(fleet, lock.as_ref())?;
+    }
+    let store = Store::open(&settings.db.value, "imagegen plan")?;
+    let digests = overlay_digests(fleet, &store)?;
+    let desired = desired_state(fleet, lock.as_ref(), &digests);
+    let reader = store.read()?;
+    let recorded = recorded_state(&fleet.name, &reader, &settings.artifacts_dir.value)?;
+    let fingerprint = Fingerprint {
+        fleet: fleet_fingerprint(fleet),
+        lock: lock_fingerprint(fleet)?,
+        state: state_fingerprint(&recorded),
+    };
+    let mut plan = diff(&desired, &recorded, fingerprint);
+    if options.offline {
+        plan.offline_needs = plan
+            .actions
+            .iter()
+            .filter(|action| {
+                action.resource == super::Resource::Builder && action.action.is_change()
+            })
+            .map(|action| {
+                action
+                    .details
+                    .get("archive")
+                    .cloned()
+                    .unwrap_or_else(|| action.address.clone())
+            })
+            .collect();
+    }
+    Ok(plan)
+}
+
+fn builder_key(release: &str, target: &str, subtarget: &str) -> String {
+    format!("{release}/{target}/{subtarget}")
+}
+
+fn check_locked(fleet: &Fleet, lock: Option<&LockFile>) -> Result<()> {
+    let Some(lock) = lock else {
+        return Err(Error::new(
+            ErrorCode::StalePlan,
+            "`--locked` given but there is no imagegen.lock",
+        )
+        .with_help("run `imagegen lock` and commit imagegen.lock"));
+    };
+    let mut missing: Vec<String> = fleet
+        .profiles
+        .iter()
+        .map(|loaded| {
+            let profile = &loaded.profile;
+            builder_key(
+                &profile.openwrt_release,
+                &profile.target,
+                &profile.subtarget,
+            )
+        })
+        .filter(|key| !lock.entries.contains_key(key))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorCode::StalePlan,
+        format!("imagegen.lock does not pin {}", missing.join(", ")),
+    )
+    .with_help("run `imagegen lock` and commit imagegen.lock"))
+}
+
+fn overlay_input(fleet: &Fleet, loaded: &LoadedProfile) -> OverlayInput {
+    let profile = &loaded.profile;
+    let files = profile
+        .files
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| FileInput {
+            source: OverlaySource {
+                text: entry.source.clone(),
+                location: Some(loaded.location(&format!("files[{index}].source"))),
+            },
+            destination: entry.destination.clone(),
+            mode: entry.mode,
+            owner: entry.owner.clone(),
+        })
+        .collect();
+    OverlayInput {
+        fleet_root: fleet.root.clone(),
+        overlay_dir: profile.overlay_dir.as_ref().map(|dir| OverlaySource {
+            text: dir.clone(),
+            location: Some(loaded.location("overlay_dir")),
+        }),
+        files,
+    }
+}
+
+/// Hashes every profile's overlay (in parallel, with the per-file hash cache kept in the
+/// state store) and reports every overlay problem of every profile at once.
+fn overlay_digests(fleet: &Fleet, store: &Store) -> Result<Vec<OverlayDigest>> {
+    let inputs: Vec<OverlayInput> = fleet
+        .profiles
+        .iter()
+        .map(|loaded| overlay_input(fleet, loaded))
+        .collect();
+    let loaded = store.read()?.file_hashes_with_prefix("")?;
+    let mut cache = MemoryHashCache::default();
+    for (path, bytes) in &loaded {
+        cache.insert_encoded(path.into(), bytes);
+    }
+    let references: Vec<&OverlayInput> = inputs.iter().collect();
+    let results = overlay::digest_many(&references, &mut cache);
+    let mut problems = Problems::new();
+    let mut digests = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(digest) => digests.push(digest),
+            Err(found) => problems.extend(found),
+        }
+    }
+    problems.finish((), "invalid overlay files")?;
+    // Write back only what this run learned, so a warm plan writes nothing.
+    let changed: Vec<(String, Vec<u8>)> = cache
+        .iter()
+        .filter_map(|(path, stamp, hash)| {
+            let path = path.to_str()?.to_string();
+            let bytes = MemoryHashCache::encode_entry(stamp, hash);
+            (loaded.get(&path) != Some(&bytes)).then_some((path, bytes))
+        })
+        .collect();
+    if !changed.is_empty() {
+        let mut writer = store.write()?;
+        writer.put_file_hashes(changed)?;
+        writer.commit()?;
+    }
+    Ok(digests)
+}
+
+fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDigest]) -> Desired {
+    let mut builders: BTreeMap<String, DesiredBuilder> = BTreeMap::new();
+    let mut builds = Vec::new();
+    for (loaded, digest) in fleet.profiles.iter().zip(digests) {
+        let profile = &loaded.profile;
+        let key = builder_key(
+            &profile.openwrt_release,
+            &profile.target,
+            &profile.subtarget,
+        );
+        let entry = lock.and_then(|lock| lock.entries.get(&key));
+        let pin = BuilderPin {
+            release: profile.openwrt_release.clone(),
+            target: profile.target.clone(),
+            subtarget: profile.subtarget.clone(),
+            archive_sha256: entry.map(|entry| entry.archive_sha256.clone()),
+            version_code: entry.map(|entry| entry.version_code.clone()),
+        };
+        builders.entry(key).or_insert_with(|| DesiredBuilder {
+            pin: pin.clone(),
+            archive: entry.map(|entry| entry.archive.clone()),
+        });
+        builds.push(DesiredBuild {
+            profile_id: profile.profile_id.clone(),
+            device_id: profile.device_id.clone(),
+            inputs: build_inputs(loaded, pin, digest),
+        });
+    }
+    let flashes = fleet
+        .devices
+        .iter()
+        .filter_map(|device| {
+            let flash = device.flash.as_ref()?;
+            Some(DesiredFlash {
+                device_id: device.id.clone(),
+                profile_id: device.profile.clone(),
+                path: flash.path.clone(),
+                image: flash.image.clone(),
+            })
+        })
+        .collect();
+    Desired {
+        fleet: fleet.name.clone(),
+        builders: builders.into_values().collect(),
+        builds,
+        flashes,
+    }
+}
+
+/// One profile's key inputs. Everything that changes the image, nothing that doesn't.
+pub fn build_inputs(
+    loaded: &LoadedProfile,
+    builder: BuilderPin,
+    digest: &OverlayDigest,
+) -> BuildInputs {
+    let profile = &loaded.profile;
+    let entries = digest
+        .entries
+        .iter()
+        .map(|entry| {
+            let fact = OverlayFact {
+                kind: entry_kind_name(entry.kind).to_string(),
+                mode: entry.mode,
+                owner: entry.owner.clone(),
+                digest: entry.digest.clone(),
+            };
+            (entry.path.clone(), fact)
+        })
+        .collect();
+    BuildInputs {
+        schema: ACTION_SCHEMA_VERSION,
+        builder,
+        imagebuilder_profile: profile.imagebuilder_profile.clone(),
+        packages: normalize_names(&profile.packages),
+        packages_remove: normalize_names(&profile.packages_remove),
+        overlay: OverlayInputs {
+            tree_hash: digest.tree_hash.clone(),
+            entries,
+        },
+        options: ImageOptions {
+            extra_image_name: profile.extra_image_name.clone(),
+            disabled_services: normalize_names(&profile.disabled_services),
+            rootfs_partsize: profile.rootfs_partsize.map(u64::from),
+            add_local_key: profile.add_local_key,
+            filesystem: profile
+                .policies
+                .filesystem
+                .map(|filesystem| filesystem.as_str().to_string()),
+            provenance: profile.provenance,
+        },
+    }
+}
+
+fn entry_kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Directory => "directory",
+        EntryKind::Symlink => "symlink",
+    }
+}
+
+fn recorded_state(fleet: &str, reader: &Reader, artifacts_dir: &Path) -> Result<Recorded> {
+    let mut recorded = Recorded::default();
+    for builder in reader.builders()? {
+        let key = builder_key(&builder.release, &builder.target, &builder.subtarget);
+        let ready = builder.status == crate::state::BuilderStatus::Ready;
+        recorded.builders.insert(
+            key,
+            RecordedBuilder {
+                archive_sha256: builder.archive_sha256,
+                ready,
+            },
+        );
+    }
+    for (profile_id, pointer) in reader.profile_pointers(fleet)? {
+        let record = reader.build(&pointer.build_key)?;
+        let inputs = record
+            .as_ref()
+            .and_then(|record| serde_json::from_value::<BuildInputs>(record.inputs.clone()).ok());
+        let usable = record.as_ref().is_some_and(|record| {
+            record.status == BuildStatus::Succeeded
+                && record.artifacts.iter().all(|artifact| {
+                    crate::plan::blob_path(artifacts_dir, &artifact.sha256).is_file()
+                })
+        });
+        let artifacts = record
+            .map(|record| {
+                record
+                    .artifacts
+                    .into_iter()
+                    .map(|artifact| (artifact.kind, artifact.sha256))
+                    .collect()
+            })
+            .unwrap_or_default();
+        recorded.builds.insert(
+            profile_id,
+            RecordedBuild {
+                key: pointer.build_key,
+                inputs,
+                usable,
+                artifacts,
+            },
+        );
+    }
+    for (device_id, pointer) in reader.device_pointers(fleet)? {
+        recorded.devices.insert(
+            device_id,
+            RecordedDevice {
+                artifact_sha256: pointer.artifact_sha256,
+            },
+        );
+    }
+    Ok(recorded)
+}
+
+fn fleet_fingerprint(fleet: &Fleet) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(fleet.manifest.text().as_bytes());
+    for loaded in &fleet.profiles {
+        hasher.update(loaded.source.display_name().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(loaded.source.text().as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+fn lock_fingerprint(fleet: &Fleet) -> Result<Option<String>> {
+    let path = lock_path(fleet);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(blake3::hash(&bytes).to_hex().to_string())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(Error::io("reading", &path, error)),
+    }
+}
+
+fn state_fingerprint(recorded: &Recorded) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for (key, builder) in &recorded.builders {
+        hasher.update(
+            format!(
+                "builder {key} {} {}\n",
+                builder.archive_sha256, builder.ready
+            )
+            .as_bytes(),
+        );
+    }
+    for (profile, build) in &recorded.builds {
+        hasher.update(format!("build {profile} {} {}\n", build.key, build.usable).as_bytes());
+    }
+    for (device, flashed) in &recorded.devices {
+        hasher.update(format!("device {device} {}\n", flashed.artifact_sha256).as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
+}

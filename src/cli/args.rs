@@ -1,0 +1,156 @@
+//! clap definitions. Nothing outside `cli` sees these types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Typical session:
+  imagegen validate                 check imagegen.toml and every profile
+  imagegen plan                     show what would be fetched, built and flashed, and why
+  imagegen plan --detailed-exitcode exit 2 when changes are pending (for CI gates)
+
+Settings come from flags > OWRT_IMG_* environment > imagegen.toml [settings] > defaults;
+`imagegen config` shows each effective value and where it came from.
+Exit codes: 0 ok, 1 a step failed, 2 changes pending (--detailed-exitcode), 3 invalid input,
+4 stale plan or lock, 5 state locked, 64 usage error, 70 internal error, 130 interrupted.";
+
+/// Declarative fleet manager for custom OpenWrt firmware.
+///
+/// A git repository describes the fleet (imagegen.toml, profiles/, files/). `plan` compares
+/// it with what the local store recorded and explains every Image Builder fetch, image build
+/// and device flash it would take.
+#[derive(Debug, Parser)]
+#[command(name = "imagegen", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The fleet manifest [default: ./imagegen.toml, searched upwards from the current directory]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// State database (redb) [env: OWRT_IMG_DB_URL]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Content-addressed artifact store [env: OWRT_IMG_ARTIFACTS_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub artifacts_dir: Option<PathBuf>,
+    /// Image Builder cache [env: OWRT_IMG_CACHE_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Temporary work directory [env: OWRT_IMG_TMP_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub tmp_dir: Option<PathBuf>,
+    /// Never touch the network [env: OWRT_IMG_OFFLINE]
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// Log level: error, warn, info, debug, trace [env: OWRT_IMG_LOG_LEVEL]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Download mirror: https://..., http://... or file:///path [env: OWRT_IMG_MIRROR]
+    #[arg(long, global = true, value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Concurrent builds [env: OWRT_IMG_JOBS]
+    #[arg(long, short = 'j', global = true, value_name = "N")]
+    pub jobs: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the manifest and every profile; report all problems at once
+    Validate,
+    /// Show what apply would fetch, build and flash, and why
+    Plan(PlanArgs),
+    /// Show every effective setting and where its value came from
+    Config,
+    /// List, show, validate, import and export device profiles
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Exit 0 when there are no changes, 2 when there are (errors stay non-zero)
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Fail when imagegen.lock is missing or does not pin every Image Builder the fleet uses
+    #[arg(long)]
+    pub locked: bool,
+    /// Save the plan as JSON to FILE, for `imagegen apply FILE`
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Also list unchanged actions
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ProfileFilterArgs {
+    /// Only profiles with this tag
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only profiles for this OpenWrt release
+    #[arg(long)]
+    pub release: Option<String>,
+    /// Only profiles for this target
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only profiles for this subtarget
+    #[arg(long)]
+    pub subtarget: Option<String>,
+    /// Only profiles for this device id
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Yaml,
+    Json,
+    Toml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// List the fleet's profiles, optionally filtered
+    List(ProfileFilterArgs),
+    /// Show one profile
+    Show { profile_id: String },
+    /// Validate profile files (or, without FILES, every profile of the fleet)
+    Validate { files: Vec<PathBuf> },
+    /// Validate profile files and copy them into the fleet's profiles directory
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write them in this format [default: the source's format]
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+        /// Overwrite an existing profile file with the same profile id
+        #[arg(long)]
+        force: bool,
+    },
+    /// Export profiles (all, or the ids given) to stdout or to a directory
+    Export {
+        profile_ids: Vec<String>,
+        #[arg(long, value_enum, default_value = "yaml")]
+        format: FormatArg,
+        /// Write one file per profile into DIR instead of stdout
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        filter: ProfileFilterArgs,
+    },
+}
