@@ -113,3 +113,49 @@ fn now_rfc3339() -> String {
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_file_sits_next_to_the_database() {
+        assert_eq!(
+            lock_path(Path::new("/data/state.redb")),
+            Path::new("/data/state.redb.lock")
+        );
+    }
+
+    #[test]
+    fn the_locked_error_names_the_holder_when_known() {
+        let holder = LockHolder {
+            pid: 42,
+            command: "imagegen apply".to_string(),
+            since: "2026-11-25T18:00:00Z".to_string(),
+        };
+        let error = locked_error(Path::new("/s/state.redb"), Some(holder));
+        assert_eq!(error.code, ErrorCode::StateLocked);
+        assert_eq!(
+            error.message,
+            "state `/s/state.redb` is locked by another imagegen process (pid 42, `imagegen apply`, since 2026-11-25T18:00:00Z)"
+        );
+        let error = locked_error(Path::new("/s/state.redb"), None);
+        assert_eq!(
+            error.message,
+            "state `/s/state.redb` is locked by another imagegen process"
+        );
+    }
+
+    #[test]
+    fn the_holder_writes_its_details_and_clears_them_on_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.redb");
+        let lock = StateLock::try_acquire(&db, "imagegen apply").unwrap();
+        let holder = read_holder(&lock_path(&db)).unwrap();
+        assert_eq!(holder.pid, std::process::id());
+        assert_eq!(holder.command, "imagegen apply");
+        drop(lock);
+        assert_eq!(read_holder(&lock_path(&db)), None);
+        assert!(lock_path(&db).exists(), "the lock file is never deleted");
+    }
+}

@@ -296,3 +296,25 @@ pub(crate) fn encode<T: Serialize>(table: &str, record: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(record)
         .map_err(|error| Error::internal(format!("state table `{table}`: cannot encode: {error}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shareable<T: Send + Sync>() {}
+
+    #[test]
+    fn a_store_can_be_shared_between_threads() {
+        shareable::<Store>();
+        shareable::<Reader>();
+    }
+
+    #[test]
+    fn a_new_database_records_the_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let store = Store::open(&path, "imagegen test").unwrap();
+        let db = store.db().unwrap();
+        assert_eq!(stored_schema(db, &path).unwrap(), Some(SCHEMA_VERSION));
+    }
+}
