@@ -430,7 +430,8 @@ mod tests {
     #[test]
     fn every_field_changes_the_key_and_is_explained() {
         let base = sample();
-        let mutations: Vec<(&str, Box<dyn Fn(&mut BuildInputs)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut BuildInputs)>;
+        let mutations: Vec<(&str, Mutation)> = vec![
             ("schema", Box::new(|i| i.schema += 1)),
             (
                 "builder",
