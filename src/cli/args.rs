@@ -61,6 +61,18 @@ pub struct GlobalArgs {
     /// Concurrent builds [env: OWRT_IMG_JOBS]
     #[arg(long, short = 'j', global = true, value_name = "N")]
     pub jobs: Option<u32>,
+    /// Concurrent Image Builder downloads [env: OWRT_IMG_DOWNLOAD_JOBS]
+    #[arg(long, global = true, value_name = "N")]
+    pub download_jobs: Option<u32>,
+    /// Extra trusted usign public key file (repeatable) [env: OWRT_IMG_TRUSTED_KEYS]
+    #[arg(long = "trusted-key", global = true, value_name = "FILE")]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Verify sha256sums signatures: true or false [env: OWRT_IMG_VERIFY_SIGNATURES]
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub verify_signatures: Option<bool>,
+    /// Seconds one image build may run before it is stopped [env: OWRT_IMG_BUILD_TIMEOUT]
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub build_timeout: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

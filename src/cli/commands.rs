@@ -29,6 +29,7 @@ struct ValidateReport<'a> {
 
 pub(crate) fn validate(context: &Context) -> Result<i32> {
     let fleet = context.load_fleet()?;
+    plan::validate_overlays(&fleet)?;
     let report = ValidateReport {
         fleet: &fleet.name,
         profiles: fleet.profiles.len(),

@@ -65,7 +65,10 @@ impl Context {
             log_level: global.log_level.clone(),
             mirror: global.mirror.clone(),
             jobs: global.jobs,
-            ..FlagSettings::default()
+            download_jobs: global.download_jobs,
+            trusted_keys: (!global.trusted_keys.is_empty()).then(|| global.trusted_keys.clone()),
+            verify_signatures: global.verify_signatures,
+            build_timeout: global.build_timeout,
         }
     }
 

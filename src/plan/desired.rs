@@ -134,6 +134,24 @@ fn overlay_input(fleet: &Fleet, loaded: &LoadedProfile) -> OverlayInput {
     }
 }
 
+/// Checks every profile's overlay sources (existence, escapes, special files) without
+/// touching the state store; all problems of all profiles at once.
+pub fn validate_overlays(fleet: &Fleet) -> Result<()> {
+    let inputs: Vec<OverlayInput> = fleet
+        .profiles
+        .iter()
+        .map(|loaded| overlay_input(fleet, loaded))
+        .collect();
+    let references: Vec<&OverlayInput> = inputs.iter().collect();
+    let mut problems = Problems::new();
+    for result in overlay::digest_many(&references, &mut overlay::NoHashCache) {
+        if let Err(found) = result {
+            problems.extend(found);
+        }
+    }
+    problems.finish((), "invalid overlay files")
+}
+
 /// Hashes every profile's overlay (in parallel, with the per-file hash cache kept in the
 /// state store) and reports every overlay problem of every profile at once.
 fn overlay_digests(fleet: &Fleet, store: &Store) -> Result<Vec<OverlayDigest>> {

@@ -255,3 +255,37 @@ fn profiles_list_filters_and_show_export_import() {
     let twice = other.run(&["profiles", "import", exported.to_str().expect("utf8")]);
     assert_eq!(twice.code, 3, "importing an existing id needs --force");
 }
+
+#[test]
+fn missing_overlay_source_is_reported_in_every_profile_that_uses_it() {
+    let fleet = TestFleet::example();
+    std::fs::remove_file(fleet.path().join("files/common/etc/banner")).expect("remove banner");
+    let run = fleet.run(&["validate", "--json"]);
+    assert_eq!(run.code, 3);
+    let json = run.json();
+    let locations: Vec<String> = json["error"]["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|problem| {
+            let location = &problem["location"];
+            format!(
+                "{}:{}:{}",
+                location["file"].as_str().unwrap_or(""),
+                location["line"],
+                location["column"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        locations,
+        vec![
+            "profiles/home-ap-livingroom.yaml:22:13",
+            "profiles/home-router-main.toml:15:10",
+            "profiles/lab-router1-snapshot.yaml:12:13",
+            "profiles/office-gateway-x86.json:14:17",
+        ]
+    );
+    // plan refuses the same way before doing anything.
+    assert_eq!(fleet.run(&["plan"]).code, 3);
+}

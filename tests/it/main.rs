@@ -3,5 +3,6 @@
 
 mod cli;
 mod manifest;
+mod plan_state;
 mod state;
 mod support;
