@@ -361,10 +361,9 @@ fn read_device(mut reader: MapReader<'_, '_>) -> Option<Device> {
     }
     let profile = reader.string("profile");
     let description = reader.opt_string("description").map(|text| text.value);
-    let flash = match reader.node("flash") {
-        Some(_) => Some(reader.nested("flash").and_then(read_flash)),
-        None => None,
-    };
+    let flash = reader
+        .node("flash")
+        .map(|_| reader.nested("flash").and_then(read_flash));
     let id_location = id.as_ref().map(|id| reader.location(id.span.clone()));
     let profile_location = profile
         .as_ref()
@@ -384,15 +383,16 @@ fn read_device(mut reader: MapReader<'_, '_>) -> Option<Device> {
 
 fn read_flash(mut reader: MapReader<'_, '_>) -> Option<FlashTarget> {
     let path = reader.string("path");
-    if let Some(path) = &path {
-        if !path.value.starts_with('/') || path.value.contains('\0') {
-            let message = format!(
-                "`{}` must be an absolute device path such as `/dev/disk/by-id/...`, not `{}`",
-                reader.path_of("path"),
-                path.value
-            );
-            reader.invalid(path.span.clone(), message, "not an absolute path");
-        }
+    if let Some(path) = path
+        .as_ref()
+        .filter(|path| !path.value.starts_with('/') || path.value.contains('\0'))
+    {
+        let message = format!(
+            "`{}` must be an absolute device path such as `/dev/disk/by-id/...`, not `{}`",
+            reader.path_of("path"),
+            path.value
+        );
+        reader.invalid(path.span.clone(), message, "not an absolute path");
     }
     let image = reader.opt_string("image");
     if let Some(image) = &image {

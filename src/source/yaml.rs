@@ -223,10 +223,11 @@ pub(crate) fn resolve_plain(text: &str) -> Node {
         };
         return Node::Float(infinity);
     }
-    if is_core_float(text) {
-        if let Ok(value) = text.parse::<f64>() {
-            return Node::Float(value);
-        }
+    if let Some(value) = is_core_float(text)
+        .then(|| text.parse::<f64>().ok())
+        .flatten()
+    {
+        return Node::Float(value);
     }
     Node::String(text.to_string())
 }
