@@ -48,7 +48,7 @@ pub struct Fleet {
     pub profiles: Vec<LoadedProfile>,
     /// In manifest order.
     pub devices: Vec<Device>,
-    tree: Spanned<Node>,
+    pub(crate) tree: Spanned<Node>,
 }
 
 impl Fleet {

@@ -110,6 +110,10 @@ flash = { path = "dev/sdb", verify = "most" }
 [[device]]
 id = "sd-1"
 profile = "lab.router-1"
+
+[[device]]
+id = "no-profile"
+flash = { path = "/dev/sdz", image = "combined", verify = "none", wipe = "yes" }
 "#,
     );
     write(
