@@ -266,7 +266,7 @@ mod octal_mode {
     ) -> Result<Option<u32>, D::Error> {
         let text: Option<String> = Option::deserialize(deserializer)?;
         text.map(|text| {
-            crate::manifest::read::parse_mode_text(&text)
+            crate::manifest::rules::parse_mode_text(&text)
                 .ok_or_else(|| serde::de::Error::custom(format!("invalid file mode `{text}`")))
         })
         .transpose()
