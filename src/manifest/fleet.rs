@@ -117,6 +117,13 @@ impl VerifyMode {
 /// Load `imagegen.toml` and every profile it names. The error carries every problem found
 /// in the manifest and in all profile files at once.
 pub fn load_fleet(manifest_path: &Path) -> Result<Fleet> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    load_fleet_with_home(manifest_path, home.as_deref())
+}
+
+/// [`load_fleet`] with `~/` in `[settings]` paths expanded to `home` (tests and callers that
+/// pass the environment in explicitly).
+pub fn load_fleet_with_home(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
     let manifest_path = std::path::absolute(manifest_path)
         .map_err(|error| Error::io("resolving", manifest_path, error))?;
     let root = manifest_path
@@ -130,9 +137,8 @@ pub fn load_fleet(manifest_path: &Path) -> Result<Fleet> {
     let tree = source::parse(&manifest, Format::Toml)
         .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
     let mut problems = Problems::new();
-    let home = std::env::var_os("HOME").map(PathBuf::from);
     let raw = MapReader::new(&tree, &manifest, &mut problems)
-        .and_then(|reader| read_manifest(reader, &root, home.as_deref()));
+        .and_then(|reader| read_manifest(reader, &root, home));
     let Some(raw) = raw else {
         return Err(Error::from_problems(invalid, sorted(problems.into_vec())));
     };
