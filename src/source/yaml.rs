@@ -415,6 +415,18 @@ mod tests {
     }
 
     #[test]
+    fn crlf_and_bom_keep_positions() {
+        let text = "\u{feff}a: 1\r\nb: [x,\r\n  y]\r\nc: z\r\n";
+        let root = tree(text);
+        assert_eq!(root.lookup("c").map(|node| slice(text, node)), Some("z"));
+        assert_eq!(root.lookup("b[1]").map(|node| slice(text, node)), Some("y"));
+        assert_eq!(
+            problem("a: 1\r\nb: 2\r\na: 3\r\n"),
+            "test.yaml:3:1: duplicate key `a` (first defined at line 1, column 1)"
+        );
+    }
+
+    #[test]
     fn empty_document_is_null() {
         assert_eq!(tree("# nothing\n").value, Node::Null);
     }
