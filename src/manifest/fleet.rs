@@ -2,39 +2,24 @@
 //! at (loaded and validated here) and the `[[device]]` list, with the checks that span files
 //! (duplicate ids, devices naming unknown profiles). Reads files; writes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::profile::LoadedProfile;
-use super::read::{check_id, declared_profile_id, load_profile, sorted};
+use super::read::{declared_profile_id, load_profile, sorted};
+use super::rules::check_id;
+use super::settings_table::read_settings;
 use crate::error::{Error, Location, Problem, Problems, Result};
 use crate::settings::FileSettings;
 use crate::source::{self, Format, MapReader, Node, SourceFile, Spanned, suggest};
 
 const TOP_FIELDS: &[&str] = &["fleet", "settings", "device"];
 const FLEET_FIELDS: &[&str] = &["name", "profiles"];
-const SETTINGS_FIELDS: &[&str] = &[
-    "db",
-    "artifacts_dir",
-    "cache_dir",
-    "tmp_dir",
-    "offline",
-    "log_level",
-    "mirror",
-    "jobs",
-    "download_jobs",
-    "trusted_keys",
-    "verify_signatures",
-    "build_timeout",
-];
 const DEVICE_FIELDS: &[&str] = &["id", "profile", "description", "flash"];
 const FLASH_FIELDS: &[&str] = &["path", "image", "verify", "wipe"];
-const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
-/// Upper bound for `jobs` and `download_jobs`; more is a typo, not a machine.
-const MAX_JOBS: u64 = 256;
 
 /// A loaded, validated fleet repository.
 #[derive(Debug, Clone)]
@@ -48,7 +33,7 @@ pub struct Fleet {
     pub profiles: Vec<LoadedProfile>,
     /// In manifest order.
     pub devices: Vec<Device>,
-    tree: Spanned<Node>,
+    pub(crate) tree: Spanned<Node>,
 }
 
 impl Fleet {
@@ -132,6 +117,13 @@ impl VerifyMode {
 /// Load `imagegen.toml` and every profile it names. The error carries every problem found
 /// in the manifest and in all profile files at once.
 pub fn load_fleet(manifest_path: &Path) -> Result<Fleet> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    load_fleet_with_home(manifest_path, home.as_deref())
+}
+
+/// [`load_fleet`] with `~/` in `[settings]` paths expanded to `home` (tests and callers that
+/// pass the environment in explicitly).
+pub fn load_fleet_with_home(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
     let manifest_path = std::path::absolute(manifest_path)
         .map_err(|error| Error::io("resolving", manifest_path, error))?;
     let root = manifest_path
@@ -145,9 +137,8 @@ pub fn load_fleet(manifest_path: &Path) -> Result<Fleet> {
     let tree = source::parse(&manifest, Format::Toml)
         .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
     let mut problems = Problems::new();
-    let home = std::env::var_os("HOME").map(PathBuf::from);
     let raw = MapReader::new(&tree, &manifest, &mut problems)
-        .and_then(|reader| read_manifest(reader, &root, home.as_deref()));
+        .and_then(|reader| read_manifest(reader, &root, home));
     let Some(raw) = raw else {
         return Err(Error::from_problems(invalid, sorted(problems.into_vec())));
     };
@@ -218,128 +209,6 @@ fn read_manifest(
     })
 }
 
-fn read_settings(mut reader: MapReader<'_, '_>, root: &Path, home: Option<&Path>) -> FileSettings {
-    let path = |reader: &mut MapReader<'_, '_>, key: &str| {
-        let text = reader.opt_string(key)?;
-        resolve_path(reader, &text, root, home)
-    };
-    let db = path(&mut reader, "db");
-    let artifacts_dir = path(&mut reader, "artifacts_dir");
-    let cache_dir = path(&mut reader, "cache_dir");
-    let tmp_dir = path(&mut reader, "tmp_dir");
-    let offline = reader.opt_bool("offline").map(|flag| flag.value);
-    let log_level = read_log_level(&mut reader);
-    let mirror = read_mirror(&mut reader);
-    let jobs = read_count(&mut reader, "jobs");
-    let download_jobs = read_count(&mut reader, "download_jobs");
-    let trusted_keys = reader.node("trusted_keys").map(|_| {
-        let keys = reader.string_list("trusted_keys");
-        keys.iter()
-            .filter_map(|key| resolve_path(&mut reader, key, root, home))
-            .collect()
-    });
-    let verify_signatures = reader.opt_bool("verify_signatures").map(|flag| flag.value);
-    let build_timeout = reader.opt_u64("build_timeout").and_then(|seconds| {
-        if seconds.value == 0 {
-            reader.invalid(
-                seconds.span,
-                "`build_timeout` must be at least 1 second",
-                "zero",
-            );
-            return None;
-        }
-        Some(seconds.value)
-    });
-    reader.finish(SETTINGS_FIELDS);
-    FileSettings {
-        path: PathBuf::new(),
-        db,
-        artifacts_dir,
-        cache_dir,
-        tmp_dir,
-        offline,
-        log_level,
-        mirror,
-        jobs,
-        download_jobs,
-        trusted_keys,
-        verify_signatures,
-        build_timeout,
-    }
-}
-
-/// `~/x` → `$HOME/x`; relative → under the fleet root.
-fn resolve_path(
-    reader: &mut MapReader<'_, '_>,
-    text: &Spanned<String>,
-    root: &Path,
-    home: Option<&Path>,
-) -> Option<PathBuf> {
-    if text.value.is_empty() {
-        reader.invalid(text.span.clone(), "path must not be empty", "empty");
-        return None;
-    }
-    if let Some(rest) = text.value.strip_prefix("~/") {
-        let Some(home) = home else {
-            reader.invalid(
-                text.span.clone(),
-                "cannot expand `~/`: `HOME` is not set",
-                "needs HOME",
-            );
-            return None;
-        };
-        return Some(home.join(rest));
-    }
-    Some(root.join(&text.value))
-}
-
-fn read_log_level(reader: &mut MapReader<'_, '_>) -> Option<String> {
-    let level = reader.opt_string("log_level")?;
-    if LOG_LEVELS.contains(&level.value.as_str()) {
-        return Some(level.value);
-    }
-    let mut problem = Problem::validation(format!("unknown `log_level` `{}`", level.value))
-        .at(reader.location(level.span.clone()))
-        .with_label("unknown level");
-    problem = match suggest(&level.value, LOG_LEVELS.iter().copied()) {
-        Some(close) => problem.with_help(format!("did you mean `{close}`?")),
-        None => problem.with_help("use `trace`, `debug`, `info`, `warn` or `error`"),
-    };
-    reader.push(problem);
-    None
-}
-
-fn read_mirror(reader: &mut MapReader<'_, '_>) -> Option<String> {
-    let mirror = reader.opt_string("mirror")?;
-    let scheme_ok = ["https://", "http://", "file:///"]
-        .iter()
-        .any(|scheme| mirror.value.starts_with(scheme) && mirror.value.len() > scheme.len());
-    if scheme_ok && !mirror.value.contains(char::is_whitespace) {
-        return Some(mirror.value.trim_end_matches('/').to_string());
-    }
-    let problem = Problem::validation(format!("invalid `mirror` `{}`", mirror.value))
-        .at(reader.location(mirror.span.clone()))
-        .with_label("not a mirror URL")
-        .with_help(
-            "use an `https://`, `http://` or `file:///` URL, e.g. `https://downloads.openwrt.org`",
-        );
-    reader.push(problem);
-    None
-}
-
-fn read_count(reader: &mut MapReader<'_, '_>, key: &str) -> Option<u32> {
-    let count = reader.opt_u64(key)?;
-    if (1..=MAX_JOBS).contains(&count.value) {
-        return u32::try_from(count.value).ok();
-    }
-    let message = format!(
-        "`{key}` must be between 1 and {MAX_JOBS}, not {}",
-        count.value
-    );
-    reader.invalid(count.span, message, "out of range");
-    None
-}
-
 fn read_devices(reader: &mut MapReader<'_, '_>) -> Vec<Device> {
     let Some(items) = reader.opt_list("device") else {
         return Vec::new();
@@ -361,10 +230,9 @@ fn read_device(mut reader: MapReader<'_, '_>) -> Option<Device> {
     }
     let profile = reader.string("profile");
     let description = reader.opt_string("description").map(|text| text.value);
-    let flash = match reader.node("flash") {
-        Some(_) => Some(reader.nested("flash").and_then(read_flash)),
-        None => None,
-    };
+    let flash = reader
+        .node("flash")
+        .map(|_| reader.nested("flash").and_then(read_flash));
     let id_location = id.as_ref().map(|id| reader.location(id.span.clone()));
     let profile_location = profile
         .as_ref()
@@ -384,15 +252,16 @@ fn read_device(mut reader: MapReader<'_, '_>) -> Option<Device> {
 
 fn read_flash(mut reader: MapReader<'_, '_>) -> Option<FlashTarget> {
     let path = reader.string("path");
-    if let Some(path) = &path {
-        if !path.value.starts_with('/') || path.value.contains('\0') {
-            let message = format!(
-                "`{}` must be an absolute device path such as `/dev/disk/by-id/...`, not `{}`",
-                reader.path_of("path"),
-                path.value
-            );
-            reader.invalid(path.span.clone(), message, "not an absolute path");
-        }
+    if let Some(path) = path
+        .as_ref()
+        .filter(|path| !path.value.starts_with('/') || path.value.contains('\0'))
+    {
+        let message = format!(
+            "`{}` must be an absolute device path such as `/dev/disk/by-id/...`, not `{}`",
+            reader.path_of("path"),
+            path.value
+        );
+        reader.invalid(path.span.clone(), message, "not an absolute path");
     }
     let image = reader.opt_string("image");
     if let Some(image) = &image {
@@ -443,6 +312,7 @@ fn load_profiles(
     problems: &mut Problems,
 ) -> (Vec<LoadedProfile>, Vec<String>) {
     let mut paths: Vec<PathBuf> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::new();
     for pattern in patterns {
         match expand_pattern(root, &pattern.value) {
             // An existing but empty directory is a fleet without profiles yet (before
@@ -457,7 +327,7 @@ fn load_profiles(
             ),
             Ok(found) => {
                 for path in found {
-                    if !paths.contains(&path) {
+                    if seen.insert(path.clone()) {
                         paths.push(path);
                     }
                 }

@@ -4,11 +4,17 @@
 //! problem is reported at once with its line and column. This module checks the files
 //! against themselves and each other, never against upstream metadata or the state store.
 
+// `Problem` and `Error` are large on purpose (spans, help, details) and only travel on
+// error paths; boxing them would cost every caller for nothing.
+#![allow(clippy::result_large_err)]
+
 mod export;
 mod fleet;
 mod lock;
 mod profile;
 mod read;
+mod rules;
+mod settings_table;
 
 pub use export::export_profile;
 pub use fleet::{Device, FlashTarget, Fleet, VerifyMode, load_fleet};
@@ -17,7 +23,8 @@ pub use profile::{
     BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile, ProfileFilter,
     is_snapshot_release,
 };
-pub use read::{is_valid_id, is_valid_release, load_profile, parse_profile};
+pub use read::{load_profile, parse_profile};
+pub use rules::{is_valid_id, is_valid_release};
 
 /// The fleet manifest's file name.
 pub const MANIFEST_FILE_NAME: &str = "imagegen.toml";

@@ -173,6 +173,26 @@ pub struct LoadedProfile {
 }
 
 impl LoadedProfile {
+    /// A profile that did not come from a file (an API request, a test): its source is the
+    /// profile exported as YAML under `display_name`, so locations still point somewhere real.
+    pub fn detached(profile: Profile, display_name: &str) -> crate::error::Result<LoadedProfile> {
+        let text = super::export::export_profile(&profile, crate::source::Format::Yaml)?;
+        let source = Arc::new(SourceFile::new(
+            display_name.into(),
+            display_name.to_string(),
+            text,
+        ));
+        let tree =
+            crate::source::parse(&source, crate::source::Format::Yaml).map_err(|problem| {
+                crate::error::Error::from_problems("exported profile does not parse", vec![problem])
+            })?;
+        Ok(LoadedProfile {
+            profile,
+            source,
+            tree,
+        })
+    }
+
     /// Where a field is, by path (`openwrt_release`, `files[0].source`); falls back to the
     /// start of the document when the field is not written in the file.
     pub fn location(&self, field_path: &str) -> Location {
@@ -246,9 +266,32 @@ mod octal_mode {
     ) -> Result<Option<u32>, D::Error> {
         let text: Option<String> = Option::deserialize(deserializer)?;
         text.map(|text| {
-            crate::manifest::read::parse_mode_text(&text)
+            crate::manifest::rules::parse_mode_text(&text)
                 .ok_or_else(|| serde::de::Error::custom(format!("invalid file mode `{text}`")))
         })
         .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_profiles_have_real_locations() {
+        let yaml = "profile_id: a\nname: A\ndevice_id: d\nopenwrt_release: 23.05.4\ntarget: t\nsubtarget: s\nimagebuilder_profile: p\n";
+        let source = Arc::new(SourceFile::new(
+            "a.yaml".into(),
+            "a.yaml".into(),
+            yaml.into(),
+        ));
+        let profile = match crate::manifest::parse_profile(&source, crate::source::Format::Yaml) {
+            Ok(loaded) => loaded.profile,
+            Err(problems) => panic!("{problems:?}"),
+        };
+        let detached = LoadedProfile::detached(profile.clone(), "api:a")
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(detached.profile, profile);
+        assert_eq!(detached.location("target").to_string(), "api:a:5:9");
     }
 }

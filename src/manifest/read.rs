@@ -1,12 +1,15 @@
-//! Profile files → [`LoadedProfile`]: type checks through [`MapReader`] and the profile
-//! rules (patterns, paths, modes, release shapes, the snapshot policy). Every problem in a
-//! file is reported at once. Reads the one file it is given and nothing else.
+//! Profile files → [`LoadedProfile`]: type checks through [`MapReader`], then the value
+//! rules of `manifest::rules` (patterns, paths, modes, release shapes, snapshot policy).
+//! Every problem in a file is reported at once. Reads the one file it is given, no other.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use super::profile::{
-    BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile, is_snapshot_release,
+use super::profile::{BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile};
+use super::rules::{
+    check_builder_name, check_charset, check_destination, check_id, check_owner,
+    check_relative_path, check_release, check_snapshot_policy, check_word, is_name_char, non_empty,
+    parse_mode_text, read_relative_path,
 };
 use crate::error::{Location, Problem, Problems};
 use crate::source::{self, Format, MapReader, Node, SourceFile, Spanned};
@@ -309,18 +312,6 @@ fn read_mode(reader: &mut MapReader<'_, '_>) -> Option<u32> {
     mode
 }
 
-/// `"0644"`, `"644"`, `"0o644"`, `"04755"` → permission bits (at most `0o7777`).
-pub(crate) fn parse_mode_text(text: &str) -> Option<u32> {
-    let digits = text.strip_prefix("0o").unwrap_or(text);
-    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
-    {
-        return None;
-    }
-    u32::from_str_radix(digits, 8)
-        .ok()
-        .filter(|mode| *mode <= 0o7777)
-}
-
 fn read_policies(reader: &mut MapReader<'_, '_>) -> Option<Policies> {
     if reader.node("policies").is_none() {
         return Some(Policies::default());
@@ -421,203 +412,10 @@ fn read_image_options(reader: &mut MapReader<'_, '_>) -> ImageOptions {
     }
 }
 
-fn check_snapshot_policy(
-    reader: &mut MapReader<'_, '_>,
-    release: &Spanned<String>,
-    policies: &Policies,
-) {
-    if is_snapshot_release(&release.value) && !policies.allow_snapshot {
-        let problem = Problem::validation(format!(
-            "release `{}` is a snapshot, which the profile does not allow",
-            release.value
-        ))
-        .at(reader.location(release.span.clone()))
-        .with_label("snapshot release")
-        .with_help(
-            "snapshots change daily; set `policies.allow_snapshot: true` to build them anyway",
-        );
-        reader.push(problem);
-    }
-}
-
-/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`: profile, fleet and device ids.
-pub fn is_valid_id(id: &str) -> bool {
-    id.len() <= 128
-        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && id.chars().all(is_name_char)
-}
-
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
-}
-
-pub(crate) fn check_id(reader: &mut MapReader<'_, '_>, field: &str, id: &Spanned<String>) {
-    if !is_valid_id(&id.value) {
-        let message = format!(
-            "invalid `{}` `{}`: use up to 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit",
-            reader.path_of(field),
-            id.value
-        );
-        reader.invalid(id.span.clone(), message, "invalid id");
-    }
-}
-
-/// OpenWrt release shapes: `23.05.4`, `24.10.0-rc2`, `SNAPSHOT`, `24.10-SNAPSHOT`.
-pub fn is_valid_release(release: &str) -> bool {
-    let numbers = |text: &str, count: usize| {
-        let parts: Vec<&str> = text.split('.').collect();
-        parts.len() == count
-            && parts.iter().all(|part| {
-                !part.is_empty() && part.len() <= 4 && part.bytes().all(|b| b.is_ascii_digit())
-            })
-    };
-    if release == "SNAPSHOT" {
-        return true;
-    }
-    if let Some(branch) = release.strip_suffix("-SNAPSHOT") {
-        return numbers(branch, 2);
-    }
-    match release.split_once("-rc") {
-        Some((version, candidate)) => {
-            numbers(version, 3)
-                && !candidate.is_empty()
-                && candidate.bytes().all(|b| b.is_ascii_digit())
-        }
-        None => numbers(release, 3),
-    }
-}
-
-fn check_release(reader: &mut MapReader<'_, '_>, release: &Spanned<String>) {
-    if !is_valid_release(&release.value) {
-        let problem = Problem::validation(format!("invalid `openwrt_release` `{}`", release.value))
-            .at(reader.location(release.span.clone()))
-            .with_label("not a release")
-            .with_help(
-                "use a release such as `23.05.4`, `24.10.0-rc2`, `SNAPSHOT` or `24.10-SNAPSHOT`",
-            );
-        reader.push(problem);
-    }
-}
-
-/// `^[A-Za-z0-9_.,-]+$`: target, subtarget and Image Builder profile names.
-fn check_builder_name(reader: &mut MapReader<'_, '_>, field: &str, value: &Spanned<String>) {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ',' | '-');
-    check_charset(
-        reader,
-        field,
-        value,
-        allowed,
-        "letters, digits, `_`, `.`, `,` or `-`",
-    );
-}
-
-fn check_charset(
-    reader: &mut MapReader<'_, '_>,
-    field: &str,
-    value: &Spanned<String>,
-    allowed: impl Fn(char) -> bool,
-    expected: &str,
-) {
-    if value.value.is_empty() || !value.value.chars().all(allowed) {
-        let message = format!(
-            "invalid `{}` `{}`: expected {expected}",
-            reader.path_of(field),
-            value.value
-        );
-        reader.invalid(value.span.clone(), message, "invalid characters");
-    }
-}
-
-fn check_word(
-    reader: &mut MapReader<'_, '_>,
-    field: &str,
-    value: &Spanned<String>,
-    expected: &str,
-) {
-    check_charset(
-        reader,
-        field,
-        value,
-        |c| !c.is_whitespace() && !c.is_control(),
-        expected,
-    );
-}
-
-fn non_empty(reader: &mut MapReader<'_, '_>, field: &str, value: Option<&Spanned<String>>) {
-    if let Some(value) = value.filter(|value| value.value.trim().is_empty()) {
-        let message = format!("`{}` must not be empty", reader.path_of(field));
-        reader.invalid(value.span.clone(), message, "empty");
-    }
-}
-
-fn read_relative_path(reader: &mut MapReader<'_, '_>, field: &str) -> Option<String> {
-    let path = reader.opt_string(field)?;
-    check_relative_path(reader, field, &path);
-    Some(path.value)
-}
-
-/// Sources and overlay directories stay inside the fleet repository.
-fn check_relative_path(reader: &mut MapReader<'_, '_>, field: &str, path: &Spanned<String>) {
-    let text = &path.value;
-    let escapes = text.split('/').any(|part| part == "..");
-    if text.is_empty() || text.starts_with('/') || escapes || text.contains('\0') {
-        let message = format!(
-            "`{}` must be a path relative to the fleet root that stays inside it, not `{text}`",
-            reader.path_of(field)
-        );
-        reader.invalid(
-            path.span.clone(),
-            message,
-            "not a relative path inside the fleet",
-        );
-    }
-}
-
-fn check_destination(reader: &mut MapReader<'_, '_>, destination: &Spanned<String>) {
-    let text = &destination.value;
-    let problem = if !text.starts_with('/') {
-        Some("must be an absolute path inside the image")
-    } else if text.split('/').any(|part| part == "..") {
-        Some("must not contain `..`")
-    } else if text.trim_end_matches('/').is_empty() || text.ends_with('/') {
-        Some("must name a file, not a directory")
-    } else if text.contains('\0') {
-        Some("must not contain NUL")
-    } else {
-        None
-    };
-    if let Some(problem) = problem {
-        let message = format!("`{}` {problem}: `{text}`", reader.path_of("destination"));
-        reader.invalid(destination.span.clone(), message, "invalid destination");
-    }
-}
-
-/// `user` or `user:group`; names or numeric ids.
-fn check_owner(reader: &mut MapReader<'_, '_>, owner: &Spanned<String>) {
-    let valid_part = |part: &str| {
-        !part.is_empty()
-            && part.len() <= 32
-            && part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    };
-    let valid = match owner.value.split_once(':') {
-        Some((user, group)) => valid_part(user) && valid_part(group),
-        None => valid_part(&owner.value),
-    };
-    if !valid {
-        let message = format!(
-            "invalid `{}` `{}`: expected `user` or `user:group`",
-            reader.path_of("owner"),
-            owner.value
-        );
-        reader.invalid(owner.span.clone(), message, "invalid owner");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::rules::{is_valid_id, is_valid_release};
 
     const BASE: &str = "profile_id: home.ap\nname: AP\ndevice_id: tplink_archer-c7-v2\nopenwrt_release: \"23.05.4\"\ntarget: ath79\nsubtarget: generic\nimagebuilder_profile: tplink_archer-c7-v2\n";
 

@@ -126,12 +126,14 @@ impl<'n, 'p> MapReader<'n, 'p> {
         let node = self.node(key);
         if node.is_none() {
             let path = self.path_of(key);
-            let start = self.span.start;
-            self.invalid(
-                start..start,
-                format!("missing required field `{path}`"),
-                "in this mapping",
-            );
+            match self.key_span(key) {
+                Some(span) => self.invalid(span, format!("`{path}` has no value"), "no value"),
+                None => {
+                    let start = self.span.start;
+                    let message = format!("missing required field `{path}`");
+                    self.invalid(start..start, message, "in this mapping");
+                }
+            }
         }
         node
     }
@@ -317,11 +319,11 @@ mod tests {
 
     #[test]
     fn typed_fields_and_every_problem_at_once() {
-        let text =
-            "name: 5\nflag: yes\ncount: -1\nlist: [a, 2]\nsub:\n  inner: x\n  extra: y\nnaem: z\n";
+        let text = "name: 5\nflag: yes\ncount: -1\nlist: [a, 2]\nsub:\n  inner: x\n  extra: y\nnaem: z\nempty:\n";
         let problems = read(text, |mut reader| {
             assert_eq!(reader.string("name"), None);
             assert_eq!(reader.string("missing"), None);
+            assert_eq!(reader.string("empty"), None);
             assert_eq!(reader.opt_bool("flag"), None);
             assert_eq!(reader.opt_u64("count"), None);
             let list: Vec<_> = reader
@@ -334,13 +336,14 @@ mod tests {
                 assert_eq!(sub.string("inner").map(|s| s.value), Some("x".to_string()));
                 sub.finish(&["inner"]);
             }
-            reader.finish(&["name", "flag", "count", "list", "sub", "missing"]);
+            reader.finish(&["name", "flag", "count", "list", "sub", "missing", "empty"]);
         });
         assert_eq!(
             problems,
             [
                 "r.yaml:1:7: expected a string for `name`, found an integer",
                 "r.yaml:1:1: missing required field `missing`",
+                "r.yaml:9:1: `empty` has no value",
                 "r.yaml:2:7: expected a boolean (`true` or `false`) for `flag`, found a string",
                 "r.yaml:3:8: expected a non-negative integer for `count`, found an integer",
                 "r.yaml:4:11: expected a string for `list[1]`, found an integer",

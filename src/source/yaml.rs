@@ -223,10 +223,11 @@ pub(crate) fn resolve_plain(text: &str) -> Node {
         };
         return Node::Float(infinity);
     }
-    if is_core_float(text) {
-        if let Ok(value) = text.parse::<f64>() {
-            return Node::Float(value);
-        }
+    if let Some(value) = is_core_float(text)
+        .then(|| text.parse::<f64>().ok())
+        .flatten()
+    {
+        return Node::Float(value);
     }
     Node::String(text.to_string())
 }
@@ -410,6 +411,18 @@ mod tests {
         assert_eq!(
             root.lookup("mode").map(|node| node.value.clone()),
             Some(Node::String("0644".into()))
+        );
+    }
+
+    #[test]
+    fn crlf_and_bom_keep_positions() {
+        let text = "\u{feff}a: 1\r\nb: [x,\r\n  y]\r\nc: z\r\n";
+        let root = tree(text);
+        assert_eq!(root.lookup("c").map(|node| slice(text, node)), Some("z"));
+        assert_eq!(root.lookup("b[1]").map(|node| slice(text, node)), Some("y"));
+        assert_eq!(
+            problem("a: 1\r\nb: 2\r\na: 3\r\n"),
+            "test.yaml:3:1: duplicate key `a` (first defined at line 1, column 1)"
         );
     }
 

@@ -110,6 +110,10 @@ flash = { path = "dev/sdb", verify = "most" }
 [[device]]
 id = "sd-1"
 profile = "lab.router-1"
+
+[[device]]
+id = "no-profile"
+flash = { path = "/dev/sdz", image = "combined", verify = "none", wipe = "yes" }
 "#,
     );
     write(
@@ -162,4 +166,90 @@ fn lock_file_round_trips_through_disk() {
     lock.write(&path).expect("write lock");
     let read = LockFile::read(&path).expect("read lock");
     assert_eq!(read, Some(lock));
+}
+
+#[test]
+fn example_profiles_export_and_reload_in_every_format() {
+    use imagegen::manifest::{export_profile, parse_profile};
+    use imagegen::source::{Format, SourceFile};
+    use std::sync::Arc;
+
+    let fleet = load_fleet(&repo_root().join("imagegen.toml")).expect("example fleet loads");
+    for loaded in &fleet.profiles {
+        for format in [Format::Yaml, Format::Json, Format::Toml] {
+            let text = export_profile(&loaded.profile, format).expect("export");
+            let name = format!("export.{}", format.extension());
+            let source = Arc::new(SourceFile::new(name.clone().into(), name, text.clone()));
+            match parse_profile(&source, format) {
+                Ok(again) => assert_eq!(again.profile, loaded.profile, "{format}:\n{text}"),
+                Err(problems) => panic!("{format} export does not load: {problems:?}\n{text}"),
+            }
+        }
+    }
+}
+
+/// Every prefix of every example file is either a profile or a list of problems; nothing
+/// panics, whatever the cut (inside strings, escapes, multi-byte characters, flow lists).
+#[test]
+fn truncated_profiles_never_panic() {
+    use imagegen::manifest::parse_profile;
+    use imagegen::source::{Format, SourceFile};
+    use std::sync::Arc;
+
+    let directory = repo_root().join("profiles");
+    let mut files: Vec<_> = std::fs::read_dir(&directory)
+        .expect("profiles directory")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    for path in files {
+        let Some(format) = Format::from_path(&path) else {
+            continue;
+        };
+        let mut text = std::fs::read_to_string(&path).expect("read example");
+        text.push_str("\nnotes: \"Grüße \\u00e9 ✓\"\n");
+        for cut in (0..=text.len()).filter(|cut| text.is_char_boundary(*cut)) {
+            let source = Arc::new(SourceFile::new(
+                path.clone(),
+                "cut".into(),
+                text[..cut].to_string(),
+            ));
+            let _ = parse_profile(&source, format);
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000, "only {checked} prefixes checked");
+}
+
+/// Single-character corruptions at every position: problems, never a panic.
+#[test]
+fn corrupted_profiles_never_panic() {
+    use imagegen::manifest::parse_profile;
+    use imagegen::source::{Format, SourceFile};
+    use std::sync::Arc;
+
+    let directory = repo_root().join("profiles");
+    let mut files: Vec<_> = std::fs::read_dir(&directory)
+        .expect("profiles directory")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .collect();
+    files.sort();
+    for path in files {
+        let Some(format) = Format::from_path(&path) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).expect("read example");
+        let positions: Vec<usize> = (0..text.len())
+            .filter(|at| text.is_char_boundary(*at))
+            .collect();
+        for (index, at) in positions.iter().enumerate() {
+            let next = positions.get(index + 1).copied().unwrap_or(text.len());
+            for replacement in ["\"", ":", "[", "\\", "\n", "&", "ü", ""] {
+                let corrupted = format!("{}{replacement}{}", &text[..*at], &text[next..]);
+                let source = Arc::new(SourceFile::new(path.clone(), "x".into(), corrupted));
+                let _ = parse_profile(&source, format);
+            }
+        }
+    }
 }
