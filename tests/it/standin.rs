@@ -441,6 +441,7 @@ fn too_big_images_are_dropped_with_a_warning_and_exit_0() {
         "image",
         &format!("PROFILE={device}"),
         &format!("BIN_DIR={}", bin_dir.display()),
+        "FILES=/no/such/overlay",
     ]);
     assert_ok(&output);
     let warning = stderr(&output);
@@ -595,7 +596,7 @@ fn concurrent_builds_in_one_tree_are_caught() {
         .root
         .join("build_dir/target-x86_64_musl/root-x86/.standin-build-id");
     let first_bin = format!("BIN_DIR={}", standin.bin_dir("a").display());
-    let mut first = Command::new("make")
+    let first = Command::new("make")
         .current_dir(&standin.root)
         .args(["image", &first_bin])
         .env_remove("MAKEFLAGS")

@@ -24,4 +24,5 @@ TMP_DIR:=$(TOPDIR)/tmp
 DL_DIR:=$(TOPDIR)/dl
 PACKAGE_DIR:=$(TOPDIR)/packages
 STAGING_DIR_HOST:=$(TOPDIR)/staging_dir/host
-PYTHON:=python3
+# -S: the engine needs only the standard library, and skipping `site` halves start-up.
+PYTHON:=python3 -S

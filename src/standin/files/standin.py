@@ -436,6 +436,11 @@ def cmd_prepare_rootfs():
     root = target_dir()
     check_owner("prepare_rootfs")
     print("Finalizing root filesystem...")
+    # The real prepare_rootfs keeps a copy of the package-only rootfs next to it.
+    orig = env("TARGET_DIR_ORIG")
+    if orig:
+        shutil.rmtree(orig, ignore_errors=True)
+        shutil.copytree(root, orig, symlinks=True)
     if env("ADD_LOCAL_KEY") == "1" and config.get("CONFIG_SIGNATURE_CHECK") == "y":
         add_local_key(root, config)
     files = env("USER_FILES")
