@@ -472,6 +472,10 @@ fn profiles_json_merges_builds_into_one_bin_dir() {
     let sums = fs::read_to_string(standin.bin_dir("shared").join("sha256sums")).expect("sums");
     assert!(sums.contains("-8dev_carambola2-squashfs-sysupgrade.bin\n"));
     assert!(sums.contains("-tplink_archer-c7-v2-squashfs-factory.bin\n"));
+
+    assert_ok(&standin.make(&["clean", &bin]));
+    assert!(!standin.bin_dir("shared").exists(), "clean removes BIN_DIR");
+    assert!(!standin.root.join("tmp").exists() && !standin.root.join("dl").exists());
 }
 
 #[test]
@@ -493,6 +497,13 @@ fn package_queries_need_package() {
     assert_eq!(
         stdout(&depends),
         "luci depends on:\n\tluci-light\n\tluci-app-opkg\n"
+    );
+    let list = standin.make(&["package_list"]);
+    assert_ok(&list);
+    assert!(
+        stdout(&list)
+            .lines()
+            .any(|line| line.starts_with("tcpdump - 4.99.4-1 - "))
     );
     let manifest = standin.make(&["manifest", "PACKAGES=collectd -ppp"]);
     assert_ok(&manifest);
@@ -591,37 +602,46 @@ fn build_cpu_seconds_burns_real_cpu() {
 
 #[test]
 fn concurrent_builds_in_one_tree_are_caught() {
-    let standin = Standin::new("x86", "64", |spec| spec.build_cpu_seconds = 1.0);
+    let standin = Standin::new("x86", "64", |_| {});
     let marker = standin
         .root
         .join("build_dir/target-x86_64_musl/root-x86/.standin-build-id");
-    let first_bin = format!("BIN_DIR={}", standin.bin_dir("a").display());
-    let first = Command::new("make")
-        .current_dir(&standin.root)
-        .args(["image", &first_bin])
-        .env_remove("MAKEFLAGS")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    while !marker.exists() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let hold = standin.dir.path().join("hold");
+    fs::write(&hold, "").expect("hold file");
+    let spawn = |bin: &str| {
+        Command::new(which("make"))
+            .current_dir(&standin.root)
+            .args([
+                "image",
+                &format!("BIN_DIR={}", standin.bin_dir(bin).display()),
+            ])
+            .env_remove("MAKEFLAGS")
+            .env("STANDIN_HOLD_FILE", &hold)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn make")
+    };
+    let read_marker = || fs::read_to_string(&marker).unwrap_or_default();
+    // The first build claims the staging dir, then waits in build_image on the hold file.
+    let first = spawn("a");
+    while !read_marker().ends_with('\n') {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let second = standin.make(&[
-        "image",
-        &format!("BIN_DIR={}", standin.bin_dir("b").display()),
-    ]);
+    let first_id = read_marker();
+    // The second build wipes and claims the same dir, as a careless client would cause.
+    let second = spawn("b");
+    while read_marker() == first_id || !read_marker().ends_with('\n') {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    fs::remove_file(&hold).expect("release");
     let first = first.wait_with_output().expect("wait");
-    let failures: Vec<String> = [&first, &second]
-        .iter()
-        .filter(|output| !output.status.success())
-        .map(|output| stderr(output))
-        .collect();
-    assert!(!failures.is_empty(), "two builds shared one tree unnoticed");
+    // The second build usually succeeds, but the first may have scribbled into its dirs.
+    let _ = second.wait_with_output().expect("wait");
+    assert_eq!(first.status.code(), Some(2), "{}", stdout(&first));
     assert!(
-        failures.iter().any(
-            |text| text.contains("concurrent builds in one Image Builder directory are unsafe")
-        ),
-        "{failures:?}"
+        stderr(&first).contains("concurrent builds in one Image Builder directory are unsafe"),
+        "{}",
+        stderr(&first)
     );
 }

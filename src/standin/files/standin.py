@@ -523,6 +523,13 @@ def burn_cpu(seconds):
         digest.update(block)
 
 
+def hold_while_exists(path, limit=60.0):
+    """Test hook: park the build here so a test can interleave a second build, no timing."""
+    deadline = time.monotonic() + limit
+    while path and os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def image_bytes(meta, dev, image, tar_bytes):
     header = "STANDIN-IMAGE v1 %s %s %s\n" % (dev["id"], image.get("filesystem", "-"), image["type"])
     payload = header.encode() + tar_bytes
@@ -553,6 +560,8 @@ def cmd_build_image():
     filesystems = enabled_filesystems(config)
     tar_bytes = rootfs_tar(root, meta["source_date_epoch"])
     burn_cpu(float(os.environ.get("STANDIN_BUILD_CPU_SECONDS", meta.get("build_cpu_seconds", 0))))
+    hold_while_exists(env("STANDIN_HOLD_FILE"))
+    check_owner("build_image")
     prefix = img_prefix(meta, config)
     device_prefix = prefix + "-" + dev["id"]
     limit = dev.get("image_size_limit")
@@ -790,10 +799,12 @@ def main(argv):
         fail("usage: standin.py {%s}" % ",".join(sorted(COMMANDS)))
     try:
         COMMANDS[argv[1]]()
-    except FileNotFoundError as error:
-        # The usual sign of a second build wiping our staging directory.
-        fail("ERROR: %s: %s; another build changed this Image Builder directory? "
-             "(concurrent builds in one Image Builder directory are unsafe)" % (argv[1], error))
+    except OSError as error:
+        # Vanishing or appearing files are the usual sign of a second build in this tree;
+        # say so when the staging directory's owner changed, else report the plain error.
+        if env("STANDIN_BUILD_ID") and env("TARGET_DIR"):
+            check_owner(argv[1])
+        fail("ERROR: %s: %s" % (argv[1], error))
 
 
 if __name__ == "__main__":
