@@ -792,8 +792,23 @@ pub fn pack(tree: &Path, compression: Compression, out_dir: &Path) -> Result<Pat
         })?;
     let path = out_dir.join(format!("{top}{}", compression.extension()));
     let partial = out_dir.join(format!(".{top}{}.partial", compression.extension()));
-    let file = fs::File::create(&partial).map_err(|e| Error::io("creating", &partial, e))?;
-    let io_error = |e: std::io::Error| Error::io("writing", &partial, e);
+    let written = write_compressed(tree, top, compression, &partial);
+    if written.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    written?;
+    fs::rename(&partial, &path).map_err(|e| Error::io("renaming", &partial, e))?;
+    Ok(path)
+}
+
+fn write_compressed(
+    tree: &Path,
+    top: &str,
+    compression: Compression,
+    partial: &Path,
+) -> Result<()> {
+    let file = fs::File::create(partial).map_err(|e| Error::io("creating", partial, e))?;
+    let io_error = |e: std::io::Error| Error::io("writing", partial, e);
     match compression {
         Compression::Xz => {
             let mut encoder = liblzma::write::XzEncoder::new(file, 6);
@@ -814,8 +829,7 @@ pub fn pack(tree: &Path, compression: Compression, out_dir: &Path) -> Result<Pat
                 .map_err(io_error)?;
         }
     }
-    fs::rename(&partial, &path).map_err(|e| Error::io("renaming", &partial, e))?;
-    Ok(path)
+    Ok(())
 }
 
 fn write_tar(tree: &Path, top: &str, out: &mut dyn Write) -> Result<()> {

@@ -410,7 +410,7 @@ fn unknown_package_fails_with_opkg_and_apk_text() {
     let apk = Standin::new("ath79", "generic", |spec| {
         spec.package_manager = PackageManager::Apk
     });
-    assert!(apk.root.join("repositories").exists());
+    assert!(apk.root.join("repositories").exists() && !apk.root.join("repositories.conf").exists());
     let output = apk.make(&["manifest", "PACKAGES=no-such-pkg"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains(
@@ -428,6 +428,49 @@ fn unknown_package_fails_with_opkg_and_apk_text() {
         text.lines().any(|line| line == "tcpdump 4.99.4-r1"),
         "{text}"
     );
+}
+
+#[test]
+fn snapshot_apk_image_has_versionless_names_and_apk_files() {
+    let standin = Standin::new("ath79", "generic", |spec| {
+        spec.release = "SNAPSHOT".to_string();
+        spec.package_manager = PackageManager::Apk;
+    });
+    assert_eq!(
+        standin.root.file_name().expect("name").to_string_lossy(),
+        "openwrt-imagebuilder-ath79-generic.Linux-x86_64"
+    );
+    let repositories = fs::read_to_string(standin.root.join("repositories")).expect("repos");
+    assert!(repositories.starts_with(
+        "https://downloads.openwrt.org/snapshots/targets/ath79/generic/packages/packages.adb\n"
+    ));
+    assert!(repositories.contains("/kmods/"));
+    let bin_dir = standin.bin_dir("out");
+    let output = standin.make(&[
+        "image",
+        "ADD_LOCAL_KEY=1",
+        "PACKAGES=luci",
+        &format!("BIN_DIR={}", bin_dir.display()),
+    ]);
+    assert_ok(&output);
+    assert!(standin.root.join("keys/local-private-key.pem").exists());
+    let image = bin_dir.join("openwrt-ath79-generic-8dev_carambola2-squashfs-sysupgrade.bin");
+    let rootfs = ib::read_image_rootfs(&image).expect("image");
+    assert!(rootfs.contains_key("/etc/apk/keys/local-public-key.pem"));
+    assert!(rootfs.contains_key("/usr/lib/standin/installed/luci-app-package-manager"));
+    let installed = file(&rootfs, "/lib/apk/db/installed").1;
+    assert!(
+        installed.contains("P:apk-mbedtls\nV:3.0.0_pre20250606-r1\n"),
+        "{installed}"
+    );
+    let manifest =
+        fs::read_to_string(bin_dir.join("openwrt-ath79-generic-8dev_carambola2.manifest"))
+            .expect("manifest");
+    assert!(
+        manifest.contains("\nluci - git-24.192.45505-aa0a8e4-r1\n"),
+        "{manifest}"
+    );
+    assert_eq!(profiles_json(&bin_dir)["version_number"], "SNAPSHOT");
 }
 
 #[test]
@@ -643,5 +686,45 @@ fn concurrent_builds_in_one_tree_are_caught() {
         stderr(&first).contains("concurrent builds in one Image Builder directory are unsafe"),
         "{}",
         stderr(&first)
+    );
+}
+
+#[test]
+fn every_upstream_target_makes_a_tree() {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let mut count = 0;
+    for target in fs::read_dir(Path::new(DATA).join("targets")).expect("targets") {
+        let target = target.expect("entry").path();
+        for subtarget in fs::read_dir(&target).expect("subtargets") {
+            let subtarget = subtarget.expect("entry").path();
+            let name = |path: &Path| {
+                path.file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let spec = ib::spec_from_data(
+                Path::new(DATA),
+                "23.05.4",
+                &name(&target),
+                &name(&subtarget),
+            )
+            .expect("spec");
+            let tree = ib::write_tree(&spec, parent.path()).expect("tree");
+            assert!(tree.join(".targetinfo").exists());
+            count += 1;
+        }
+    }
+    assert_eq!(count, 76);
+}
+
+#[test]
+fn info_quotes_titles_with_apostrophes() {
+    let standin = Standin::new("mvebu", "cortexa9", |_| {});
+    let info = standin.make(&["info"]);
+    assert_ok(&info);
+    assert!(
+        stdout(&info)
+            .contains("plathome_openblocks-ax3-4:\n    Plat'Home OpenBlocks AX3 4 ports\n")
     );
 }
