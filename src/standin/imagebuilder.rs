@@ -640,8 +640,29 @@ fn standin_json(spec: &StandinSpec, info: &TargetInfo) -> Value {
         "feeds": feeds(spec, info),
         "kernel_file": info.kernel_file(),
         "build_cpu_seconds": spec.build_cpu_seconds,
+        "linux_kernel": linux_kernel(spec, info),
+        "image_sizes": new_metadata_fields(&spec.release),
         "devices": devices,
     })
+}
+
+/// `profiles.json` carries `linux_kernel` from 23.05.6 and 24.10 on (reference §3.2).
+fn linux_kernel(spec: &StandinSpec, info: &TargetInfo) -> Option<Value> {
+    let release = spec.release.as_str();
+    let old = release.starts_with("22.")
+        || (release.starts_with("23.05.") && release.as_bytes().get(6).is_some_and(|c| *c < b'6'));
+    (!old).then(
+        || json!({"version": info.kernel_version, "release": "1", "vermagic": vermagic(spec)}),
+    )
+}
+
+/// Per-image `size` and per-device `file_size_limits` exist from 25.12 on (reference §3.3).
+fn new_metadata_fields(release: &str) -> bool {
+    let major = release
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    major.is_none_or(|major| major >= 25)
 }
 
 // ------------------------------------------------------------------ package feed

@@ -297,6 +297,7 @@ fn image_applies_every_variable() {
     assert_eq!(lines, sorted);
 
     let json = profiles_json(&bin_dir);
+    assert!(json.get("linux_kernel").is_none(), "not in 23.05.4");
     let profile = &json["profiles"]["tplink_archer-c7-v2"];
     assert_eq!(profile["image_prefix"], prefix);
     let images = profile["images"].as_array().expect("images");
@@ -305,6 +306,7 @@ fn image_applies_every_variable() {
         let name = image["name"].as_str().expect("name");
         assert_eq!(image["sha256"], sha256_file(&bin_dir.join(name)));
         assert_eq!(image["filesystem"], "squashfs");
+        assert!(image.get("size").is_none(), "not before 25.12");
     }
     let sums = fs::read_to_string(bin_dir.join("sha256sums")).expect("sums");
     let listed: Vec<String> = sums
@@ -470,7 +472,14 @@ fn snapshot_apk_image_has_versionless_names_and_apk_files() {
         manifest.contains("\nluci - git-24.192.45505-aa0a8e4-r1\n"),
         "{manifest}"
     );
-    assert_eq!(profiles_json(&bin_dir)["version_number"], "SNAPSHOT");
+    let json = profiles_json(&bin_dir);
+    assert_eq!(json["version_number"], "SNAPSHOT");
+    assert_eq!(json["linux_kernel"]["version"], "6.12.30");
+    let sysupgrade = &json["profiles"]["8dev_carambola2"]["images"][0];
+    assert_eq!(
+        sysupgrade["size"],
+        fs::metadata(&image).expect("stat").len()
+    );
 }
 
 #[test]

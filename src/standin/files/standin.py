@@ -610,6 +610,8 @@ def write_image_info(json_dir, meta, dev, device_prefix, image, name, data, unsi
              "sha256_unsigned": hashlib.sha256(unsigned).hexdigest()}
     if image.get("filesystem") is not None:
         entry["filesystem"] = image["filesystem"]
+    if meta.get("image_sizes"):
+        entry["size"] = len(data)
     info = {
         "metadata_version": 1,
         "target": "%s/%s" % (meta["board"], meta["subtarget"]),
@@ -624,6 +626,8 @@ def write_image_info(json_dir, meta, dev, device_prefix, image, name, data, unsi
             "titles": dev["titles"],
         }},
     }
+    if meta.get("image_sizes") and dev.get("image_size_limit") is not None:
+        info["profiles"][dev["id"]]["file_size_limits"] = {"image": dev["image_size_limit"]}
     with open(os.path.join(json_dir, name + ".json"), "w", encoding="utf-8") as f:
         json.dump(info, f, sort_keys=True)
 
@@ -649,6 +653,8 @@ def cmd_json_overview_image_info():
         return
     output["default_packages"] = sorted(meta["default_packages"])
     output["arch_packages"] = meta["arch_packages"]
+    if meta.get("linux_kernel"):
+        output["linux_kernel"] = meta["linux_kernel"]
     with open(output_path, "w", encoding="utf-8") as f:
         f.write(json.dumps(output, sort_keys=True, separators=(",", ":")))
 
