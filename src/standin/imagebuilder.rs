@@ -161,6 +161,57 @@ pub fn spec_from_data(
     })
 }
 
+/// The target's `profiles.json` as the download server would publish it for this spec:
+/// upstream devices and images, with the spec's release, revision and file-name prefix
+/// (`openwrt-[<release>-]<t>-<s>`), and `apk-mbedtls` for `opkg` in apk trees. Compact JSON
+/// with sorted keys and no trailing newline, like upstream.
+pub fn server_profiles_json(spec: &StandinSpec) -> Result<String> {
+    let invalid = |message: String| Error::new(ErrorCode::Validation, message);
+    let mut parsed: Value = serde_json::from_str(&spec.profiles_json)
+        .map_err(|e| invalid(format!("stand-in profiles.json: {e}")))?;
+    let old_prefix = image_file_prefix(
+        parsed["version_number"].as_str().unwrap_or(""),
+        &spec.target,
+        &spec.subtarget,
+    );
+    let new_prefix = image_file_prefix(&spec.release, &spec.target, &spec.subtarget);
+    let rename = |value: &mut Value| {
+        if let Some(text) = value
+            .as_str()
+            .and_then(|t| t.strip_prefix(old_prefix.as_str()))
+        {
+            *value = Value::String(format!("{new_prefix}{text}"));
+        }
+    };
+    if let Some(profiles) = parsed["profiles"].as_object_mut() {
+        for profile in profiles.values_mut() {
+            rename(&mut profile["image_prefix"]);
+            if let Some(images) = profile["images"].as_array_mut() {
+                images
+                    .iter_mut()
+                    .for_each(|image| rename(&mut image["name"]));
+            }
+        }
+    }
+    let info = TargetInfo::parse(spec)?;
+    parsed["version_code"] = json!(spec.version_code);
+    parsed["version_number"] = json!(spec.release);
+    let mut default_packages = info.default_packages;
+    default_packages.sort();
+    parsed["default_packages"] = json!(default_packages);
+    // serde_json's map is sorted, so this prints sorted keys.
+    serde_json::to_string(&parsed).map_err(|e| Error::internal(format!("serializing: {e}")))
+}
+
+/// `IMG_PREFIX` of official builds: `openwrt-23.05.4-ath79-generic`, `openwrt-x86-64`.
+fn image_file_prefix(release: &str, target: &str, subtarget: &str) -> String {
+    if versioned_file_names(release) && !release.is_empty() {
+        format!("openwrt-{}-{target}-{subtarget}", release.to_lowercase())
+    } else {
+        format!("openwrt-{target}-{subtarget}")
+    }
+}
+
 /// Writes `parent/<imagebuilder_name>/` with everything a real Image Builder ships, and
 /// returns that directory. Fails if it already exists.
 pub fn write_tree(spec: &StandinSpec, parent: &Path) -> Result<PathBuf> {
@@ -1101,4 +1152,34 @@ mod tests {
     }
 
     const FNAME_FLAG: u8 = 8;
+
+    #[test]
+    fn server_profiles_json_renames_images_for_the_release() {
+        let mut spec = spec("SNAPSHOT");
+        spec.profiles_json = json!({
+            "version_number": "23.05.4", "version_code": "r9-old",
+            "default_packages": ["opkg", "busybox"],
+            "profiles": {"dev": {
+                "image_prefix": "openwrt-23.05.4-ath79-generic-dev",
+                "images": [{"name": "openwrt-23.05.4-ath79-generic-dev-squashfs-sysupgrade.bin"}]
+            }}
+        })
+        .to_string();
+        spec.package_manager = PackageManager::Apk;
+        let text = server_profiles_json(&spec).expect("json");
+        assert!(!text.ends_with('\n'));
+        let parsed: Value = serde_json::from_str(&text).expect("parse");
+        assert_eq!(parsed["version_number"], "SNAPSHOT");
+        assert_eq!(parsed["version_code"], "r1-abc");
+        assert_eq!(
+            parsed["default_packages"],
+            json!(["apk-mbedtls", "busybox"])
+        );
+        let profile = &parsed["profiles"]["dev"];
+        assert_eq!(profile["image_prefix"], "openwrt-ath79-generic-dev");
+        assert_eq!(
+            profile["images"][0]["name"],
+            "openwrt-ath79-generic-dev-squashfs-sysupgrade.bin"
+        );
+    }
 }
