@@ -4,5 +4,6 @@
 mod cli;
 mod manifest;
 mod plan_state;
+mod standin;
 mod state;
 mod support;
