@@ -10,7 +10,9 @@ use imagegen::standin::imagebuilder::{self as ib, Compression, PackageManager, R
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-const DATA: &str = "/work/shared/data/openwrt-23.05.4";
+fn data_dir() -> std::path::PathBuf {
+    crate::support::upstream_data()
+}
 
 struct Standin {
     dir: tempfile::TempDir,
@@ -20,7 +22,7 @@ struct Standin {
 impl Standin {
     fn new(target: &str, subtarget: &str, tweak: impl FnOnce(&mut ib::StandinSpec)) -> Standin {
         let mut spec =
-            ib::spec_from_data(Path::new(DATA), "23.05.4", target, subtarget).expect("spec");
+            ib::spec_from_data(data_dir().as_path(), "23.05.4", target, subtarget).expect("spec");
         tweak(&mut spec);
         let dir = tempfile::tempdir().expect("temp dir");
         let root = ib::write_tree(&spec, dir.path()).expect("tree");
@@ -702,7 +704,7 @@ fn concurrent_builds_in_one_tree_are_caught() {
 fn every_upstream_target_makes_a_tree() {
     let parent = tempfile::tempdir().expect("temp dir");
     let mut count = 0;
-    for target in fs::read_dir(Path::new(DATA).join("targets")).expect("targets") {
+    for target in fs::read_dir(data_dir().as_path().join("targets")).expect("targets") {
         let target = target.expect("entry").path();
         for subtarget in fs::read_dir(&target).expect("subtargets") {
             let subtarget = subtarget.expect("entry").path();
@@ -713,7 +715,7 @@ fn every_upstream_target_makes_a_tree() {
                     .into_owned()
             };
             let spec = ib::spec_from_data(
-                Path::new(DATA),
+                data_dir().as_path(),
                 "23.05.4",
                 &name(&target),
                 &name(&subtarget),
