@@ -37,7 +37,9 @@ pub enum NodeState<K> {
     Succeeded,
     Failed,
     /// Never started because `because` (a failed node) is a transitive dependency.
-    Skipped { because: K },
+    Skipped {
+        because: K,
+    },
     /// Never started because the caller gave up on it ([`DependencyQueue::abandon_pending`]).
     Abandoned,
 }
@@ -332,7 +334,9 @@ impl<K: Ord + Clone> DependencyQueue<K> {
     }
 
     fn insertion(&self, node: &K) -> usize {
-        self.nodes.get(node).map_or(usize::MAX, |entry| entry.insertion)
+        self.nodes
+            .get(node)
+            .map_or(usize::MAX, |entry| entry.insertion)
     }
 
     /// Ok when the dependencies among queued nodes form no cycle; otherwise one cycle, as the
@@ -411,7 +415,13 @@ mod tests {
         let finished = queue.finish(&1, Outcome::Succeeded).unwrap();
         assert_eq!(finished.ready, vec![2, 3]);
         assert_eq!(pop_all(&mut queue), vec![2, 3]);
-        assert!(queue.finish(&2, Outcome::Succeeded).unwrap().ready.is_empty());
+        assert!(
+            queue
+                .finish(&2, Outcome::Succeeded)
+                .unwrap()
+                .ready
+                .is_empty()
+        );
         assert_eq!(queue.state(&4), Some(&NodeState::Waiting));
         assert_eq!(queue.finish(&3, Outcome::Succeeded).unwrap().ready, vec![4]);
         assert!(!queue.is_done());
@@ -455,7 +465,13 @@ mod tests {
         assert_eq!(finished.skipped, vec![(2, 1), (3, 1), (4, 1), (6, 1)]);
         assert_eq!(queue.state(&3), Some(&NodeState::Skipped { because: 1 }));
         assert_eq!(pop_all(&mut queue), vec![5]);
-        assert!(queue.finish(&5, Outcome::Succeeded).unwrap().ready.is_empty());
+        assert!(
+            queue
+                .finish(&5, Outcome::Succeeded)
+                .unwrap()
+                .ready
+                .is_empty()
+        );
         assert!(queue.is_done());
     }
 
@@ -551,6 +567,10 @@ mod tests {
         assert!(queue.is_done());
         assert_eq!(finished_order.len(), (layers * width) as usize);
         let layer_of = |node: &u32| node / width;
-        assert!(finished_order.windows(2).all(|pair| layer_of(&pair[0]) <= layer_of(&pair[1])));
+        assert!(
+            finished_order
+                .windows(2)
+                .all(|pair| layer_of(&pair[0]) <= layer_of(&pair[1]))
+        );
     }
 }
