@@ -333,8 +333,12 @@ impl Default for TerminalReporter {
 
 impl TerminalReporter {
     pub fn new() -> Self {
+        Self::with_draw_target(ProgressDrawTarget::stderr())
+    }
+
+    pub(crate) fn with_draw_target(target: ProgressDrawTarget) -> Self {
         TerminalReporter {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            multi: MultiProgress::with_draw_target(target),
             state: Mutex::new(TerminalState {
                 overall: None,
                 running: HashMap::new(),
@@ -562,6 +566,25 @@ mod tests {
              [3/3] flash.c … skipped: `build.b` failed\n\
              1 succeeded, 1 failed, 1 skipped, 0 cancelled (2 min 05 s)\n"
         );
+    }
+
+    #[test]
+    fn terminal_display_follows_running_steps() {
+        let reporter = TerminalReporter::with_draw_target(ProgressDrawTarget::hidden());
+        for event in sample_run() {
+            reporter.event(&event);
+            let state = reporter.state.lock().unwrap();
+            let running: Vec<&String> = state.running.keys().collect();
+            match &event {
+                Event::StepStarted { .. } | Event::StepProgress { .. } => {
+                    assert_eq!(running, ["build.a"])
+                }
+                _ => assert!(running.is_empty()),
+            }
+        }
+        let state = reporter.state.lock().unwrap();
+        assert_eq!((state.finished, state.total), (3, 3));
+        assert!(state.overall.is_none());
     }
 
     #[test]

@@ -22,6 +22,8 @@ enum Behavior {
     /// Runs until the cancel flag is set (at most 20 s, then claims success so the test fails
     /// instead of hanging).
     UntilCancelled,
+    /// Waits for the cancel flag, then reports success anyway: work that really completed.
+    CompletesDespiteCancel,
 }
 
 fn step(address: &str, pool: Pool, depends_on: &[&str], behavior: Behavior) -> StepSpec<Behavior> {
@@ -70,6 +72,12 @@ fn perform(behavior: Behavior, context: &StepContext, address: &str) -> Result<S
                 thread::sleep(Duration::from_millis(5));
             }
             Ok("never cancelled".to_string())
+        }
+        Behavior::CompletesDespiteCancel => {
+            while !context.cancelled() {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Ok(format!("{address} done"))
         }
     }
 }
@@ -363,6 +371,37 @@ fn cancel_stops_scheduling_and_cancels_running_steps() {
             .iter()
             .all(|(_, outcome, _)| *outcome == OutcomeKind::Cancelled)
     );
+}
+
+#[test]
+fn a_step_that_completes_after_cancel_is_recorded_truthfully() {
+    let options = options(2, false);
+    let flag = Arc::clone(&options.cancel);
+    let steps = vec![
+        build("stops", &[], Behavior::UntilCancelled),
+        build("completes", &[], Behavior::CompletesDespiteCancel),
+        build("queued", &[], Behavior::Sleep(1)),
+    ];
+    let started = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let started = Arc::clone(&started);
+        thread::spawn(move || {
+            while started.load(Ordering::SeqCst) < 2 {
+                thread::sleep(Duration::from_millis(2));
+            }
+            flag.store(true, Ordering::SeqCst);
+        })
+    };
+    let on_start = |_: &StepSpec<Behavior>, _: &StepContext| {
+        started.fetch_add(1, Ordering::SeqCst);
+    };
+    let run = run_with(steps, &options, &on_start, |_| Ok(()));
+    watcher.join().unwrap();
+    assert!(run.report.interrupted);
+    assert_eq!(run.outcome("stops"), OutcomeKind::Cancelled);
+    assert_eq!(run.outcome("completes"), OutcomeKind::Succeeded);
+    assert_eq!(run.outcome("queued"), OutcomeKind::Cancelled);
+    assert!(!run.started().contains("queued"));
 }
 
 #[test]
