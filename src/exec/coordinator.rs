@@ -6,44 +6,23 @@
 //! the queue, the reporter or the store. The loop does not return while any step runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, select};
-use rayon::{Scope, ThreadPool, ThreadPoolBuilder};
+use crossbeam_channel::{Receiver, select};
+use rayon::ThreadPool;
 
 use super::queue::{DependencyQueue, Outcome};
 use super::report::{EVENT_FORMAT_VERSION, ErrorSummary, Event, OutcomeKind, Reporter};
+use super::workers::{Done, Worker, build_pools, elapsed_ms, lane, lane_capacities, with_scopes};
 use super::{
-    ExecOptions, Pool, ProgressMessage, RunReport, StepContext, StepOutcome, StepReport, StepSpec,
+    ExecOptions, ProgressMessage, RunReport, StepContext, StepOutcome, StepReport, StepSpec,
 };
 use crate::error::{Error, ErrorCode};
 
 /// How often the coordinator wakes without messages, to notice the cancel flag.
 const CANCEL_POLL: Duration = Duration::from_millis(50);
-
-/// Index of a pool kind in the per-kind arrays.
-const DOWNLOAD: usize = 0;
-const BUILD: usize = 1;
-const FLASH: usize = 2;
-const POOL_KINDS: [&str; 3] = ["download", "build", "flash"];
-
-fn lane(pool: &Pool) -> usize {
-    match pool {
-        Pool::Download => DOWNLOAD,
-        Pool::Build => BUILD,
-        Pool::Flash(_) => FLASH,
-    }
-}
-
-/// A worker's result for one step.
-struct Done<R> {
-    step: usize,
-    result: Result<R, Error>,
-    duration_ms: u64,
-}
 
 /// Why the coordinator stopped starting steps.
 enum Stop {
@@ -125,105 +104,6 @@ pub fn execute<P: Sync + Send, R: Send>(
         coordinator.run(&spawn, &done_receiver, &progress_receiver);
     });
     coordinator.into_report(started)
-}
-
-/// Nests one rayon scope per pool so steps can borrow from `execute`'s frame; the body (the
-/// coordinator loop) runs on the calling thread and every scope waits for its workers.
-fn with_scopes<'scope>(
-    pools: &[&ThreadPool],
-    acquired: Vec<&Scope<'scope>>,
-    body: &mut dyn FnMut(&[&Scope<'scope>]),
-) {
-    match pools.split_first() {
-        None => body(&acquired),
-        Some((first, rest)) => first.in_place_scope(|scope| {
-            let mut acquired: Vec<&Scope<'scope>> = acquired;
-            acquired.push(scope);
-            with_scopes(rest, acquired, body);
-        }),
-    }
-}
-
-/// One thread pool per pool kind that has steps, sized to its limit (never more threads than
-/// steps of that kind). Flash gets one thread per distinct device.
-fn build_pools<P>(
-    steps: &[StepSpec<P>],
-    options: &ExecOptions,
-) -> Result<Vec<(usize, ThreadPool)>, Error> {
-    let capacity = lane_capacities(steps, options);
-    let mut counts = [0usize; 3];
-    for step in steps {
-        counts[lane(&step.pool)] += 1;
-    }
-    let mut pools = Vec::new();
-    for lane in [DOWNLOAD, BUILD, FLASH] {
-        if counts[lane] == 0 {
-            continue;
-        }
-        let threads = capacity[lane].min(counts[lane]).max(1);
-        let kind = POOL_KINDS[lane];
-        let pool = ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(move |index| format!("imagegen-{kind}-{index}"))
-            .build()
-            .map_err(|error| Error::internal(format!("starting the {kind} workers: {error}")))?;
-        pools.push((lane, pool));
-    }
-    Ok(pools)
-}
-
-/// Slots per pool kind: `download_jobs`, `jobs`, and one per flash device (each device is
-/// further limited to one writer).
-fn lane_capacities<P>(steps: &[StepSpec<P>], options: &ExecOptions) -> [usize; 3] {
-    let devices: BTreeSet<&str> = steps.iter().filter_map(|step| step.pool.device()).collect();
-    [
-        options.download_jobs.max(1),
-        options.jobs.max(1),
-        devices.len().max(1),
-    ]
-}
-
-/// What a worker thread needs to run one step and answer.
-struct Worker<R> {
-    step: usize,
-    slot: usize,
-    cancel: Arc<AtomicBool>,
-    progress: Sender<ProgressMessage>,
-    done: Sender<Done<R>>,
-}
-
-impl<R> Worker<R> {
-    fn run<P>(
-        self,
-        spec: &StepSpec<P>,
-        run_step: &(impl Fn(&StepSpec<P>, &StepContext) -> Result<R, Error> + Sync),
-    ) {
-        let context = StepContext::attached(self.step, self.slot, self.cancel, self.progress);
-        let started = Instant::now();
-        let result = panic::catch_unwind(AssertUnwindSafe(|| run_step(spec, &context)))
-            .unwrap_or_else(|payload| Err(panic_error(&spec.address, payload.as_ref())));
-        let duration_ms = elapsed_ms(started);
-        // The coordinator keeps the receiver until every worker answered.
-        let _ = self.done.send(Done {
-            step: self.step,
-            result,
-            duration_ms,
-        });
-    }
-}
-
-fn panic_error(address: &str, payload: &(dyn std::any::Any + Send)) -> Error {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|text| text.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_string());
-    Error::internal(format!("step `{address}` panicked: {message}"))
-        .with_help("this is a bug in imagegen; please report it")
-}
-
-fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The state of one run, owned by the calling thread.

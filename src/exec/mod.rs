@@ -2,7 +2,8 @@
 //!
 //! [`queue`] is the pure ready-queue; [`coordinator`] is the loop on the calling thread that
 //! owns it, starts steps on rayon pools (one per pool kind) and is the only place that calls
-//! `on_finished` (which writes the state store); [`report`] holds the events and reporters;
+//! `on_finished` (which writes the state store); [`report`] holds the events, the `Reporter`
+//! trait and the machine reporters, [`display`] the ones for people;
 //! [`signal`] turns Ctrl-C into the cancel flag. This is the only module that starts threads
 //! or installs signal handlers. It knows nothing about what a step does: the caller passes
 //! `run_step`. Design notes: `docs/executor.md`.
@@ -11,9 +12,11 @@
 #![allow(clippy::result_large_err)]
 
 pub mod coordinator;
+pub mod display;
 pub mod queue;
 pub mod report;
 pub mod signal;
+mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
