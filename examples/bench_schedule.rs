@@ -19,12 +19,16 @@ use imagegen::exec::{ExecOptions, Pool, StepOutcome, StepSpec, execute};
 const BUFFER: usize = 64 * 1024;
 
 fn thread_cpu_time() -> Duration {
+    cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn cpu_time(clock: libc::clockid_t) -> Duration {
     let mut spec = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `spec` is a valid, writable timespec; the clock id is a constant.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut spec) };
+    let status = unsafe { libc::clock_gettime(clock, &mut spec) };
     if status != 0 {
         return Duration::ZERO;
     }
@@ -95,6 +99,7 @@ fn main() {
     let measured = Mutex::new(Vec::new());
     let reporter = MemoryReporter::new();
     let started = Instant::now();
+    let process_cpu = cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID);
     let report = execute(
         specs,
         &options,
@@ -115,6 +120,7 @@ fn main() {
         &reporter,
     );
     let makespan = started.elapsed().as_secs_f64();
+    let process_cpu = (cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - process_cpu).as_secs_f64();
     let measured = measured.into_inner().unwrap_or_default();
     let total_cpu: f64 = measured.iter().map(|m| m.cpu.as_secs_f64()).sum();
     let total_wall: f64 = measured.iter().map(|m| m.wall.as_secs_f64()).sum();
@@ -133,5 +139,9 @@ fn main() {
     println!(
         "ideal, step wall time    {ideal_wall:8.2} s   ratio {:.3}x (executor overhead)",
         makespan / ideal_wall
+    );
+    println!(
+        "CPU obtained             {:8.0} % of {slots} cores (other processes take the rest)",
+        100.0 * process_cpu / (makespan * slots as f64)
     );
 }
