@@ -2,6 +2,7 @@
 //! library against temp dirs, a real redb file and real files.
 
 mod cli;
+mod exec;
 mod manifest;
 mod plan_state;
 mod standin;
