@@ -28,7 +28,11 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<ChecksumEntry>> {
         let entry = parse_line(line).ok_or_else(|| {
             Error::new(
                 ErrorCode::DownloadError,
-                format!("`sha256sums` line {}: expected `<sha256> *<path>`, found `{}`", index + 1, line.chars().take(120).collect::<String>()),
+                format!(
+                    "`sha256sums` line {}: expected `<sha256> *<path>`, found `{}`",
+                    index + 1,
+                    line.chars().take(120).collect::<String>()
+                ),
             )
         })?;
         entries.push(entry);
@@ -95,7 +99,12 @@ pub fn find_imagebuilder(entries: &[ChecksumEntry]) -> Result<(String, String)> 
             format!(
                 "`sha256sums` lists {} Image Builder archives: {}",
                 several.len(),
-                summarize(&several.iter().map(|entry| entry.path.as_str()).collect::<Vec<_>>())
+                summarize(
+                    &several
+                        .iter()
+                        .map(|entry| entry.path.as_str())
+                        .collect::<Vec<_>>()
+                )
             ),
         )),
     }
@@ -145,14 +154,21 @@ mod tests {
         assert_eq!(entries[1].sha256, A);
         assert_eq!(entries[1].path, "packages/Packages.gz");
         let found = find_imagebuilder(&entries).unwrap();
-        assert_eq!(found.0, "openwrt-imagebuilder-23.05.4-x86-64.Linux-x86_64.tar.xz");
+        assert_eq!(
+            found.0,
+            "openwrt-imagebuilder-23.05.4-x86-64.Linux-x86_64.tar.xz"
+        );
     }
 
     #[test]
     fn malformed_line_names_its_number() {
         let text = format!("{A} *ok\nnot a line\n");
         let error = parse(text.as_bytes()).unwrap_err();
-        assert!(error.message.starts_with("`sha256sums` line 2:"), "{}", error.message);
+        assert!(
+            error.message.starts_with("`sha256sums` line 2:"),
+            "{}",
+            error.message
+        );
         assert!(parse(format!("{A} ok\n").as_bytes()).is_err());
         assert!(parse(format!("{} *x\n", &A[..63]).as_bytes()).is_err());
     }
@@ -174,8 +190,14 @@ mod tests {
     #[test]
     fn render_sorts_and_round_trips() {
         let entries = vec![
-            ChecksumEntry { sha256: A.into(), path: "b".into() },
-            ChecksumEntry { sha256: A.into(), path: "B".into() },
+            ChecksumEntry {
+                sha256: A.into(),
+                path: "b".into(),
+            },
+            ChecksumEntry {
+                sha256: A.into(),
+                path: "B".into(),
+            },
         ];
         let text = render(&entries);
         assert_eq!(text, format!("{A} *B\n{A} *b\n"));

@@ -95,7 +95,10 @@ pub fn fetch_builder(
     remove_stale_staging(parent, &metadata.archive_sha256[..16]);
     let part = downloads.join(format!("{}.part", metadata.archive_sha256));
     let staging = match attempt(client, metadata, parent, &part, &top, progress) {
-        Err(Failure::Mismatch { error, resumed: true }) => {
+        Err(Failure::Mismatch {
+            error,
+            resumed: true,
+        }) => {
             // A corrupt part file from an earlier run: start over once from byte zero.
             tracing::warn!(error = %error.message, "discarding the partial download");
             remove_file_if_exists(&part);
@@ -142,7 +145,10 @@ fn attempt(
     progress: &mut dyn FnMut(FetchProgress),
 ) -> Result<tempfile::TempDir, Failure> {
     let staging = tempfile::Builder::new()
-        .prefix(&format!("{STAGING_PREFIX}{}-", &metadata.archive_sha256[..16]))
+        .prefix(&format!(
+            "{STAGING_PREFIX}{}-",
+            &metadata.archive_sha256[..16]
+        ))
         .tempdir_in(parent)
         .map_err(|error| Error::io("creating a staging directory in", parent, error))?;
     let rel_path = format!(
@@ -266,7 +272,9 @@ impl<'client, 'progress> Source<'client, 'progress> {
     }
 
     fn failure(&mut self) -> Option<Error> {
-        self.write_failure.take().or_else(|| self.network.take_failure())
+        self.write_failure
+            .take()
+            .or_else(|| self.network.take_failure())
     }
 
     /// Flushes the part file and returns the hex digest of everything read.
@@ -343,7 +351,10 @@ fn install(
         "version_code": metadata.version_code,
         "url": metadata.url_of_archive,
     });
-    write_synced(&staging.path().join(COMPLETE_MARKER), marker.to_string().as_bytes())?;
+    write_synced(
+        &staging.path().join(COMPLETE_MARKER),
+        marker.to_string().as_bytes(),
+    )?;
     sync_dir(staging.path())?;
     if final_dir.exists() {
         // Not complete (we checked under the lock): leftovers of a foreign or broken copy.

@@ -69,8 +69,12 @@ mod tests {
 
     #[test]
     fn official_keyring_holds_exactly_the_table() {
-        let ids: Vec<String> = Keyring::official().key_ids().map(|id| id.to_string()).collect();
-        let mut expected: Vec<String> = OFFICIAL_KEYS.iter().map(|k| k.key_id.to_string()).collect();
+        let ids: Vec<String> = Keyring::official()
+            .key_ids()
+            .map(|id| id.to_string())
+            .collect();
+        let mut expected: Vec<String> =
+            OFFICIAL_KEYS.iter().map(|k| k.key_id.to_string()).collect();
         expected.sort();
         assert_eq!(ids, expected);
         assert_eq!(ids.len(), 7);

@@ -105,7 +105,11 @@ pub fn fetch_target(
     target: &str,
     subtarget: &str,
 ) -> Result<TargetMetadata> {
-    for (what, value) in [("release", release), ("target", target), ("subtarget", subtarget)] {
+    for (what, value) in [
+        ("release", release),
+        ("target", target),
+        ("subtarget", subtarget),
+    ] {
         validate_name(what, value)?;
     }
     let dir = target_dir(release, target, subtarget);
@@ -114,7 +118,11 @@ pub fn fetch_target(
         let signature = client.get(&format!("{dir}/sha256sums.sig"))?;
         let signature = String::from_utf8_lossy(&signature);
         let key_id = keyring.verify(&sums, &signature).map_err(|error| Error {
-            message: format!("`{}`: {}", client.url_of(&format!("{dir}/sha256sums")), error.message),
+            message: format!(
+                "`{}`: {}",
+                client.url_of(&format!("{dir}/sha256sums")),
+                error.message
+            ),
             ..error
         })?;
         Some(key_id.to_string())
@@ -122,10 +130,11 @@ pub fn fetch_target(
         None
     };
     let entries = checksums::parse(&sums)?;
-    let (archive, archive_sha256) = checksums::find_imagebuilder(&entries).map_err(|error| Error {
-        message: format!("{} ({})", error.message, client.url_of(&dir)),
-        ..error
-    })?;
+    let (archive, archive_sha256) =
+        checksums::find_imagebuilder(&entries).map_err(|error| Error {
+            message: format!("{} ({})", error.message, client.url_of(&dir)),
+            ..error
+        })?;
     let profiles_path = format!("{dir}/profiles.json");
     let profiles_json = client.get(&profiles_path)?;
     let profiles_json_sha256 = hex::encode(Sha256::digest(&profiles_json));

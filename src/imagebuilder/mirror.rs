@@ -162,7 +162,9 @@ impl MirrorClient {
 
     fn open_once(&self, rel_path: &str, resume_from: u64) -> Result<Body, Attempt> {
         match &self.base {
-            Base::File(root) => open_file(&root.join(rel_path), &self.url_of(rel_path), resume_from),
+            Base::File(root) => {
+                open_file(&root.join(rel_path), &self.url_of(rel_path), resume_from)
+            }
             Base::Http(client) => {
                 let url = self.url_of(rel_path);
                 let Some(client) = client else {
@@ -216,15 +218,21 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
 }
 
 fn offline_error(url: &str) -> Error {
-    Error::new(ErrorCode::Precondition, format!("offline: would fetch `{url}`"))
-        .with_help("turn offline mode off, or point `mirror` at a local `file://` copy")
-        .with_details(serde_json::json!({ "would_fetch": url }))
+    Error::new(
+        ErrorCode::Precondition,
+        format!("offline: would fetch `{url}`"),
+    )
+    .with_help("turn offline mode off, or point `mirror` at a local `file://` copy")
+    .with_details(serde_json::json!({ "would_fetch": url }))
 }
 
 fn not_found_error(url: &str, what: &str) -> Error {
-    Error::new(ErrorCode::DownloadError, format!("`{url}` not found ({what})"))
-        .with_help("check the release, target and subtarget, and the mirror URL")
-        .with_details(serde_json::json!({ "url": url, "not_found": true }))
+    Error::new(
+        ErrorCode::DownloadError,
+        format!("`{url}` not found ({what})"),
+    )
+    .with_help("check the release, target and subtarget, and the mirror URL")
+    .with_details(serde_json::json!({ "url": url, "not_found": true }))
 }
 
 fn download_error(message: String) -> Error {
@@ -577,7 +585,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(client.url_of("a/b"), "file:///srv/my%20mirror/a/b");
-        let Base::File(root) = &client.base else { panic!("file base") };
+        let Base::File(root) = &client.base else {
+            panic!("file base")
+        };
         assert_eq!(root, Path::new("/srv/my mirror"));
         assert!(MirrorClient::new("file://relative", FetchOptions::default()).is_err());
         assert!(MirrorClient::new("ftp://x", FetchOptions::default()).is_err());
@@ -590,7 +600,9 @@ mod tests {
             ..FetchOptions::default()
         };
         let client = MirrorClient::new("https://downloads.openwrt.org", options).unwrap();
-        let error = client.get("releases/23.05.4/targets/x86/64/sha256sums").unwrap_err();
+        let error = client
+            .get("releases/23.05.4/targets/x86/64/sha256sums")
+            .unwrap_err();
         assert_eq!(error.code, ErrorCode::Precondition);
         assert_eq!(
             error.message,

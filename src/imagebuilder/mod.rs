@@ -66,7 +66,10 @@ mod tests {
             target_dir("23.05.4", "ath79", "generic"),
             "releases/23.05.4/targets/ath79/generic"
         );
-        assert_eq!(target_dir("SNAPSHOT", "x86", "64"), "snapshots/targets/x86/64");
+        assert_eq!(
+            target_dir("SNAPSHOT", "x86", "64"),
+            "snapshots/targets/x86/64"
+        );
     }
 
     #[test]

@@ -148,10 +148,7 @@ impl Extractor {
             Some(Component::Normal(first)) if first == self.top => Ok(Some(rel)),
             Some(_) => Err(unsafe_entry(
                 raw,
-                &format!(
-                    "outside the top directory `{}`",
-                    self.top.to_string_lossy()
-                ),
+                &format!("outside the top directory `{}`", self.top.to_string_lossy()),
             )),
         }
     }
@@ -173,7 +170,10 @@ impl Extractor {
                 Ok(_) => {
                     return Err(unsafe_entry(
                         raw,
-                        &format!("goes through `{}`, which is not a directory", prefix.display()),
+                        &format!(
+                            "goes through `{}`, which is not a directory",
+                            prefix.display()
+                        ),
                     ));
                 }
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -202,7 +202,12 @@ impl Extractor {
         let full = self.root.join(&rel);
         match fs::symlink_metadata(&full) {
             Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(unsafe_entry(raw, "a directory would replace a file or link")),
+            Ok(_) => {
+                return Err(unsafe_entry(
+                    raw,
+                    "a directory would replace a file or link",
+                ));
+            }
             Err(_) => {
                 fs::create_dir(&full).map_err(|error| Error::io("creating", &full, error))?;
                 self.stats.directories += 1;
@@ -256,7 +261,10 @@ impl Extractor {
         if lexical_escape(&rel, target) {
             return Err(unsafe_entry(
                 raw,
-                &format!("symlink to `{}` escapes the top directory", target.display()),
+                &format!(
+                    "symlink to `{}` escapes the top directory",
+                    target.display()
+                ),
             ));
         }
         self.ensure_parents(raw, &rel)?;
@@ -270,8 +278,16 @@ impl Extractor {
     }
 
     fn hardlink(&mut self, raw: &Path, rel: &Path, target: &Path) -> Result<()> {
-        let outside = || unsafe_entry(raw, &format!("hardlink to `{}` outside the archive", target.display()));
-        let target_rel = self.normalize(target).map_err(|_| outside())?.ok_or_else(outside)?;
+        let outside = || {
+            unsafe_entry(
+                raw,
+                &format!("hardlink to `{}` outside the archive", target.display()),
+            )
+        };
+        let target_rel = self
+            .normalize(target)
+            .map_err(|_| outside())?
+            .ok_or_else(outside)?;
         if let Some(parent) = target_rel.parent()
             && parent.components().count() > 0
             && !self.known_dirs.contains(parent)
@@ -284,7 +300,10 @@ impl Extractor {
             _ => {
                 return Err(unsafe_entry(
                     raw,
-                    &format!("hardlink to `{}`, which is not an extracted regular file", target.display()),
+                    &format!(
+                        "hardlink to `{}`, which is not an extracted regular file",
+                        target.display()
+                    ),
                 ));
             }
         }
@@ -313,7 +332,10 @@ impl Extractor {
         for link in &self.symlinks {
             let inside = link.strip_prefix(&top).unwrap_or(link);
             if !resolves_inside(&top_root, inside)? {
-                return Err(unsafe_entry(link, "symlink chain escapes the top directory"));
+                return Err(unsafe_entry(
+                    link,
+                    "symlink chain escapes the top directory",
+                ));
             }
         }
         // Deepest first, so a read-only parent does not block its children's updates.
@@ -370,7 +392,8 @@ fn resolves_inside(root: &Path, link: &Path) -> Result<bool> {
         .parent()
         .map(|parent| parent.iter().map(OsString::from).collect())
         .unwrap_or_default();
-    let first = fs::read_link(root.join(link)).map_err(|error| Error::io("reading", link, error))?;
+    let first =
+        fs::read_link(root.join(link)).map_err(|error| Error::io("reading", link, error))?;
     let mut pending: VecDeque<OsString> = VecDeque::new();
     if !push_target(&mut pending, &first) {
         return Ok(false);
@@ -391,7 +414,8 @@ fn resolves_inside(root: &Path, link: &Path) -> Result<bool> {
                 if hops > MAX_SYMLINK_HOPS {
                     return Ok(true);
                 }
-                let target = fs::read_link(&full).map_err(|error| Error::io("reading", &full, error))?;
+                let target =
+                    fs::read_link(&full).map_err(|error| Error::io("reading", &full, error))?;
                 let mut nested = VecDeque::new();
                 if !push_target(&mut nested, &target) {
                     return Ok(false);
@@ -424,7 +448,10 @@ mod tests {
 
     #[test]
     fn top_dir_is_the_archive_name_without_suffix() {
-        assert_eq!(top_dir_name("openwrt-imagebuilder-x.tar.zst").unwrap(), "openwrt-imagebuilder-x");
+        assert_eq!(
+            top_dir_name("openwrt-imagebuilder-x.tar.zst").unwrap(),
+            "openwrt-imagebuilder-x"
+        );
         assert_eq!(top_dir_name("a.tar.xz").unwrap(), "a");
         assert!(top_dir_name("a.tar.gz").is_err());
         assert!(top_dir_name(".tar.xz").is_err());

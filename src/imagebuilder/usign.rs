@@ -75,8 +75,11 @@ impl PublicKey {
     fn from_blob(blob: &[u8]) -> Result<PublicKey> {
         check_layout(blob, PUBLIC_KEY_LEN, "public key")?;
         let key_id = key_id_at(blob, 2);
-        let key = VerifyingKey::from_bytes(&array_at::<32>(blob, 10))
-            .map_err(|_| signature_error(format!("public key `{key_id}` is not a valid Ed25519 point")))?;
+        let key = VerifyingKey::from_bytes(&array_at::<32>(blob, 10)).map_err(|_| {
+            signature_error(format!(
+                "public key `{key_id}` is not a valid Ed25519 point"
+            ))
+        })?;
         Ok(PublicKey { key_id, key })
     }
 
@@ -173,7 +176,9 @@ impl SecretKey {
         }
         let signing = SigningKey::from_bytes(&array_at::<32>(&blob, 40));
         if signing.verifying_key().as_bytes()[..] != blob[72..104] {
-            return Err(signature_error("secret key: public half does not match the seed"));
+            return Err(signature_error(
+                "secret key: public half does not match the seed",
+            ));
         }
         Ok(SecretKey {
             key_id: key_id_at(&blob, 32),
@@ -250,7 +255,8 @@ impl Keyring {
 
     /// Adds the public key in a two-line usign key file.
     pub fn add_file(&mut self, path: &Path) -> Result<KeyId> {
-        let text = std::fs::read_to_string(path).map_err(|error| Error::io("reading", path, error))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|error| Error::io("reading", path, error))?;
         let key = PublicKey::parse(&text).map_err(|error| Error {
             message: format!("trusted key `{}`: {}", path.display(), error.message),
             ..error
@@ -376,10 +382,17 @@ mod tests {
         let mut keyring = Keyring::empty();
         keyring.add(public);
         let signature = secret.sign(b"hello\n");
-        assert_eq!(keyring.verify(b"hello\n", &signature).unwrap(), secret.key_id);
+        assert_eq!(
+            keyring.verify(b"hello\n", &signature).unwrap(),
+            secret.key_id
+        );
         let error = keyring.verify(b"hello", &signature).unwrap_err();
         assert_eq!(error.code, ErrorCode::SignatureError);
-        assert!(error.message.starts_with("bad signature"), "{}", error.message);
+        assert!(
+            error.message.starts_with("bad signature"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
@@ -416,7 +429,11 @@ mod tests {
         for case in cases {
             let error = Signature::parse(case).unwrap_err();
             assert_eq!(error.code, ErrorCode::SignatureError, "{case:?}");
-            assert!(error.message.starts_with("malformed signature"), "{}", error.message);
+            assert!(
+                error.message.starts_with("malformed signature"),
+                "{}",
+                error.message
+            );
         }
         let wrong_alg = format!("untrusted comment: x\n{}\n", BASE64.encode([b'X'; 42]));
         let error = PublicKey::parse(&wrong_alg).unwrap_err();
@@ -425,7 +442,9 @@ mod tests {
 
     #[test]
     fn key_id_is_byte_order_hex() {
-        let key = PublicKey::from_base64("RWR5LZ2bOfGA3FGliZosEDhodiAKDOISmQs/mmjo4rhcbFtqkibJqMzo").unwrap();
+        let key =
+            PublicKey::from_base64("RWR5LZ2bOfGA3FGliZosEDhodiAKDOISmQs/mmjo4rhcbFtqkibJqMzo")
+                .unwrap();
         assert_eq!(key.key_id.to_string(), "792d9d9b39f180dc");
         assert_eq!(KeyId::parse("792D9D9B39F180DC").unwrap(), key.key_id);
     }
