@@ -3,10 +3,11 @@
 //! alone, with peak RSS.
 //!
 //! usage: cargo run --release --example bench_fetch -- [SCRATCH_DIR] [--xz] [--rounds N]
+//!        [--work DIR]   (where trees are unpacked; e.g. a tmpfs to measure CPU cost only)
 //!
 //! The archive is generated once (a synthetic tree written straight into `zstd -T2 -12` or
-//! `xz -T2 -6`) and reused. Our fetch runs in a child process so its VmHWM is its own.
-//! Rounds interleave the contenders; every round deletes the previous trees first, so both
+//! `xz -T2 -7`, the 16 MiB dictionary of OpenWrt's `-7e`) and reused. Our fetch runs in a
+//! child process so its VmHWM is its own. Rounds interleave the contenders; every round deletes the previous trees first, so both
 //! see the same ext4 state (see perf-baselines.md on file-creation noise).
 
 use std::error::Error;
@@ -37,17 +38,23 @@ fn main() -> AnyResult<()> {
         return child_fetch(&args[1..]);
     }
     let xz = args.iter().any(|arg| arg == "--xz");
-    let rounds = args
-        .iter()
-        .position(|arg| arg == "--rounds")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(3usize);
+    let option = |name: &str| {
+        args.iter()
+            .position(|arg| arg == name)
+            .and_then(|index| args.get(index + 1))
+            .cloned()
+    };
     let scratch = args
-        .iter()
-        .find(|arg| !arg.starts_with("--") && arg.parse::<usize>().is_err())
+        .first()
+        .filter(|arg| !arg.starts_with("--"))
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("imagegen-bench"));
+    let work = option("--work")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| scratch.join("work"));
+    let rounds = option("--rounds")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3usize);
     fs::create_dir_all(&scratch)?;
     let suffix = if xz { "tar.xz" } else { "tar.zst" };
     let name = format!("openwrt-imagebuilder-{RELEASE}-{TARGET}-{SUBTARGET}.Linux-x86_64.{suffix}");
@@ -72,8 +79,11 @@ fn main() -> AnyResult<()> {
     let size = fs::metadata(&archive)?.len();
     println!("archive {name}: {:.1} MB", size as f64 / 1e6);
     let server = http_server::TestServer::start(mirror.root());
-    let url = format!("{}/releases/{RELEASE}/targets/{TARGET}/{SUBTARGET}/{name}", server.url());
-    run_rounds(&scratch, &server.url(), &url, &archive, xz, rounds)
+    let url = format!(
+        "{}/releases/{RELEASE}/targets/{TARGET}/{SUBTARGET}/{name}",
+        server.url()
+    );
+    run_rounds(&work, &server.url(), &url, &archive, xz, rounds)
 }
 
 struct Sample {
@@ -81,23 +91,32 @@ struct Sample {
     peak_kb: u64,
 }
 
-fn run_rounds(scratch: &Path, base: &str, url: &str, archive: &Path, xz: bool, rounds: usize) -> AnyResult<()> {
-    let work = scratch.join("work");
+fn run_rounds(
+    work: &Path,
+    base: &str,
+    url: &str,
+    archive: &Path,
+    xz: bool,
+    rounds: usize,
+) -> AnyResult<()> {
     let mut ours = Vec::new();
     let mut curl = Vec::new();
     let mut decompress = Vec::new();
     let tar_flag = if xz { "-J" } else { "--zstd" };
     let decompressor = if xz { "xz -dc" } else { "zstd -dc" };
     for round in 0..rounds {
-        reset(&work)?;
-        ours.push(our_fetch(base, &work)?);
-        reset(&work)?;
+        reset(work)?;
+        ours.push(our_fetch(base, work)?);
+        reset(work)?;
         let shell = format!(
             "curl -s -o {w}/F '{url}' && sha256sum {w}/F && mkdir {w}/d && tar {tar_flag} -xf {w}/F -C {w}/d",
             w = work.display()
         );
         curl.push(timed_shell(&shell)?);
-        decompress.push(timed_shell(&format!("{decompressor} {} > /dev/null", archive.display()))?);
+        decompress.push(timed_shell(&format!(
+            "{decompressor} {} > /dev/null",
+            archive.display()
+        ))?);
         println!(
             "round {round}: imagegen {:.2}s ({} MB peak) | curl+sha256sum+tar {:.2}s | {decompressor} {:.2}s",
             ours[round].wall.as_secs_f64(),
@@ -106,16 +125,23 @@ fn run_rounds(scratch: &Path, base: &str, url: &str, archive: &Path, xz: bool, r
             decompress[round].wall.as_secs_f64(),
         );
     }
-    report("imagegen fetch (download+sha256+decompress+unpack+syncfs)", &mut ours);
+    report(
+        "imagegen fetch (download+sha256+decompress+unpack+syncfs)",
+        &mut ours,
+    );
     report("curl -o F && sha256sum F && tar -xf F", &mut curl);
     report(&format!("{decompressor} F > /dev/null"), &mut decompress);
-    reset(&work)
+    reset(work)
 }
 
 fn report(label: &str, samples: &mut [Sample]) {
     samples.sort_by_key(|sample| sample.wall);
     let median = &samples[samples.len() / 2];
-    let peak = samples.iter().map(|sample| sample.peak_kb).max().unwrap_or(0);
+    let peak = samples
+        .iter()
+        .map(|sample| sample.peak_kb)
+        .max()
+        .unwrap_or(0);
     println!(
         "{label}: median {:.2}s (min {:.2}s, max {:.2}s), peak RSS {:.1} MB",
         median.wall.as_secs_f64(),
@@ -142,7 +168,11 @@ fn our_fetch(base: &str, work: &Path) -> AnyResult<Sample> {
         .output()?;
     let wall = start.elapsed();
     if !output.status.success() {
-        return Err(format!("child fetch failed: {}", String::from_utf8_lossy(&output.stderr)).into());
+        return Err(format!(
+            "child fetch failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let peak_kb = stdout
@@ -181,7 +211,13 @@ fn child_fetch(args: &[String]) -> AnyResult<()> {
     let mut keyring = Keyring::official();
     keyring.add(test_secret_key().public_key());
     let metadata = fetch_target(&client, &keyring, true, RELEASE, TARGET, SUBTARGET)?;
-    let top = fetch_builder(&client, &metadata, Path::new(cache), Path::new(tmp), &mut |_| {})?;
+    let top = fetch_builder(
+        &client,
+        &metadata,
+        Path::new(cache),
+        Path::new(tmp),
+        &mut |_| {},
+    )?;
     let status = fs::read_to_string("/proc/self/status")?;
     let hwm = status
         .lines()
@@ -224,13 +260,27 @@ impl Rng {
 }
 
 fn generate(archive: &Path, name: &str, xz: bool) -> AnyResult<()> {
-    let top = name.strip_suffix(".tar.xz").or_else(|| name.strip_suffix(".tar.zst")).ok_or("bad name")?;
-    println!("generating {} (one-time; compressing takes a while)", archive.display());
+    let top = name
+        .strip_suffix(".tar.xz")
+        .or_else(|| name.strip_suffix(".tar.zst"))
+        .ok_or("bad name")?;
+    println!(
+        "generating {} (one-time; compressing takes a while)",
+        archive.display()
+    );
     let output = fs::File::create(archive)?;
     let mut compressor = if xz {
-        Command::new("xz").args(["-T2", "-6", "-c"]).stdin(Stdio::piped()).stdout(output).spawn()?
+        Command::new("xz")
+            .args(["-T2", "-7", "-c"])
+            .stdin(Stdio::piped())
+            .stdout(output)
+            .spawn()?
     } else {
-        Command::new("zstd").args(["-T2", "-12", "-q", "-c"]).stdin(Stdio::piped()).stdout(output).spawn()?
+        Command::new("zstd")
+            .args(["-T2", "-12", "-q", "-c"])
+            .stdin(Stdio::piped())
+            .stdout(output)
+            .spawn()?
     };
     let stdin = compressor.stdin.take().ok_or("no stdin")?;
     let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, stdin));
@@ -244,7 +294,9 @@ fn generate(archive: &Path, name: &str, xz: bool) -> AnyResult<()> {
 
 fn write_tree<W: Write>(builder: &mut tar::Builder<W>, top: &str) -> AnyResult<()> {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let vocabulary: Vec<String> = (0..4000).map(|index| format!("w{:x}{}", index * 7919, ["", "_t", "s", "()"][index % 4])).collect();
+    let vocabulary: Vec<String> = (0..4000)
+        .map(|index| format!("w{:x}{}", index * 7919, ["", "_t", "s", "()"][index % 4]))
+        .collect();
     let mut dirs = vec![top.to_string()];
     append_dir(builder, top)?;
     for index in 0..2000 {
@@ -263,8 +315,14 @@ fn write_tree<W: Write>(builder: &mut tar::Builder<W>, top: &str) -> AnyResult<(
         let (len, kind) = match index {
             0..16_700 => (rng.log_uniform(100, 10_000), 0),
             16_700..19_300 => (rng.log_uniform(10_000, 100_000), 1),
-            19_300..19_794 => (rng.log_uniform(100_000, 2_000_000), if index % 7 == 0 { 2 } else { 1 }),
-            _ => (rng.log_uniform(4_000_000, 12_000_000), if index % 2 == 0 { 2 } else { 1 }),
+            19_300..19_794 => (
+                rng.log_uniform(100_000, 2_000_000),
+                if index % 7 == 0 { 2 } else { 1 },
+            ),
+            _ => (
+                rng.log_uniform(4_000_000, 12_000_000),
+                if index % 2 == 0 { 2 } else { 1 },
+            ),
         };
         match kind {
             0 => text(&mut rng, &vocabulary, &mut content, len as usize),
@@ -272,7 +330,12 @@ fn write_tree<W: Write>(builder: &mut tar::Builder<W>, top: &str) -> AnyResult<(
             _ => rng.fill(&mut content, len as usize),
         }
         let path = format!("{dir}/f{index}");
-        append_file(builder, &path, &content, if kind == 1 { 0o755 } else { 0o644 })?;
+        append_file(
+            builder,
+            &path,
+            &content,
+            if kind == 1 { 0o755 } else { 0o644 },
+        )?;
         if index % 95 == 0 {
             append_symlink(builder, &format!("{dir}/l{index}"), &format!("f{index}"))?;
         }
@@ -302,7 +365,13 @@ fn code(rng: &mut Rng, out: &mut Vec<u8>, len: usize) {
         } else if choice <= 3 {
             for _ in 0..chunk {
                 let byte = rng.next() as u8;
-                out.push(if byte < 160 { 0 } else if byte < 200 { 0xff } else { byte & 0x1f });
+                out.push(if byte < 160 {
+                    0
+                } else if byte < 200 {
+                    0xff
+                } else {
+                    byte & 0x1f
+                });
             }
         } else {
             let back = (rng.below(out.len().min(65_536) as u64) as usize).max(chunk);
@@ -330,13 +399,22 @@ fn append_dir<W: Write>(builder: &mut tar::Builder<W>, path: &str) -> AnyResult<
     Ok(())
 }
 
-fn append_file<W: Write>(builder: &mut tar::Builder<W>, path: &str, data: &[u8], mode: u32) -> AnyResult<()> {
+fn append_file<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+) -> AnyResult<()> {
     let mut header = header(tar::EntryType::Regular, mode, data.len() as u64);
     builder.append_data(&mut header, path, data)?;
     Ok(())
 }
 
-fn append_symlink<W: Write>(builder: &mut tar::Builder<W>, path: &str, target: &str) -> AnyResult<()> {
+fn append_symlink<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &str,
+    target: &str,
+) -> AnyResult<()> {
     let mut header = header(tar::EntryType::Symlink, 0o777, 0);
     builder.append_link(&mut header, path, target)?;
     Ok(())

@@ -821,6 +821,74 @@ fn corrupt_part_file_is_discarded_and_downloaded_again() {
 }
 
 #[test]
+fn concurrent_fetches_of_one_archive_download_it_once() {
+    let fixture = Fixture::new(Compression::Zstd);
+    fixture.publish_good();
+    let server = TestServer::start(fixture.mirror.root());
+    let client = http_client(&server);
+    let metadata = fixture.metadata(&client).unwrap();
+    let tops: Vec<PathBuf> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    let client = http_client(&server);
+                    fetch_builder(
+                        &client,
+                        &metadata,
+                        &fixture.cache,
+                        &fixture.tmp,
+                        &mut |_| {},
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect()
+    });
+    assert!(tops.iter().all(|top| top == &tops[0]));
+    assert_good_tree(&tops[0]);
+    assert_eq!(server.requests(&fixture.archive_rel()).len(), 1);
+}
+
+#[test]
+fn plain_download_resumes_into_a_file() {
+    let fixture = Fixture::new(Compression::Xz);
+    let archive = fixture.publish_good();
+    let server = TestServer::start(fixture.mirror.root());
+    server.set_fault(
+        &fixture.archive_rel(),
+        Fault {
+            truncate_after: Some(20_000),
+            truncate_times: 2,
+            ..Fault::default()
+        },
+    );
+    let dest = fixture.tmp.join("archive");
+    fs::create_dir_all(&fixture.tmp).unwrap();
+    let length = http_client(&server)
+        .download(&fixture.archive_rel(), &dest)
+        .unwrap();
+    assert_eq!(length, archive.len() as u64);
+    assert_eq!(fs::read(&dest).unwrap(), archive);
+    let ranges: Vec<Option<String>> = server
+        .requests(&fixture.archive_rel())
+        .into_iter()
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            None,
+            Some("bytes=20000-".to_string()),
+            Some("bytes=40000-".to_string())
+        ]
+    );
+}
+
+#[test]
 fn overview_is_fetched_from_the_release_root() {
     let fixture = Fixture::new(Compression::Zstd);
     fixture
