@@ -3,6 +3,8 @@
 
 mod cli;
 mod exec;
+mod fetch;
+mod http_server;
 mod manifest;
 mod plan_state;
 mod standin;
