@@ -25,9 +25,17 @@ const DEVICES_23_05: [(&str, &str, &str); 5] = [
 ];
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|arg| arg.parse().ok()).unwrap_or(3);
-    let binary = std::env::var_os("IMAGEGEN_BIN").map(PathBuf::from).unwrap_or_else(default_binary);
-    let dir = tempfile::Builder::new().prefix("imagegen-bench-plan-").tempdir().expect("temp dir");
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|arg| arg.parse().ok())
+        .unwrap_or(3);
+    let binary = std::env::var_os("IMAGEGEN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_binary);
+    let dir = tempfile::Builder::new()
+        .prefix("imagegen-bench-plan-")
+        .tempdir()
+        .expect("temp dir");
     let started = Instant::now();
     let bytes = generate_fleet(dir.path());
     println!(
@@ -81,7 +89,10 @@ fn generate_fleet(root: &Path) -> u64 {
             let content: Vec<u8> = (0..size).map(|_| b'a' + (next() % 26) as u8).collect();
             bytes += content.len() as u64;
             std::fs::write(&path, content).expect("overlay file");
-            let _ = writeln!(files, "  - source: files/p{index:04}/{relative}\n    destination: /{relative}\n    mode: \"0644\"");
+            let _ = writeln!(
+                files,
+                "  - source: files/p{index:04}/{relative}\n    destination: /{relative}\n    mode: \"0644\""
+            );
         }
         let profile = format!(
             "profile_id: p{index:04}\nname: Profile {index}\ndevice_id: {device}\nopenwrt_release: 23.05.4\ntarget: {target}\nsubtarget: {subtarget}\nimagebuilder_profile: {device}\npackages: [luci, collectd, p{index}]\nfiles:\n{files}"
@@ -90,7 +101,11 @@ fn generate_fleet(root: &Path) -> u64 {
     }
     let mut manifest = String::from("[fleet]\nname = \"bench\"\nprofiles = [\"profiles\"]\n");
     for device in 0..DEVICES {
-        let _ = write!(manifest, "\n[[device]]\nid = \"d{device:05}\"\nprofile = \"p{:04}\"\n", device % PROFILES);
+        let _ = write!(
+            manifest,
+            "\n[[device]]\nid = \"d{device:05}\"\nprofile = \"p{:04}\"\n",
+            device % PROFILES
+        );
     }
     std::fs::write(root.join("imagegen.toml"), manifest).expect("manifest");
     bytes
@@ -136,7 +151,10 @@ fn report(name: &str, samples: &[Sample]) {
     let mut times: Vec<f64> = samples.iter().map(|sample| sample.seconds).collect();
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let rss = samples.iter().map(|sample| sample.max_rss_mb).fold(0.0, f64::max);
+    let rss = samples
+        .iter()
+        .map(|sample| sample.max_rss_mb)
+        .fold(0.0, f64::max);
     println!(
         "{name}: median {median:.3} s (min {:.3}, max {:.3}, n={}); peak RSS of any child so far {rss:.1} MB",
         times[0],

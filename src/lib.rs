@@ -18,10 +18,12 @@
 //!    renders the result as text or JSON. Nothing below it knows about clap.
 
 pub mod build;
+pub mod builders;
 pub mod cas;
 pub mod cli;
 pub mod error;
 pub mod exec;
+pub mod fsutil;
 pub mod imagebuilder;
 pub mod key;
 pub mod manifest;

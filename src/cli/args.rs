@@ -81,6 +81,14 @@ pub enum Command {
     Validate,
     /// Show what apply would fetch, build and flash, and why
     Plan(PlanArgs),
+    /// Pin every Image Builder the fleet uses into imagegen.lock (archive, sha256, key, revision)
+    ///
+    /// Reads each target's signed sha256sums and profiles.json from the mirror. Without
+    /// --upgrade only missing entries are added; commit the file so CI plans are reproducible.
+    Lock(LockArgs),
+    /// List, inspect, fetch and prune cached Image Builders
+    #[command(subcommand)]
+    Builders(BuildersCommand),
     /// Show every effective setting and where its value came from
     Config,
     /// List, show, validate, import and export device profiles
@@ -107,6 +115,33 @@ pub struct PlanArgs {
     /// Also list unchanged actions
     #[arg(long, short = 'v')]
     pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Refresh entries from upstream: all of them, or only the addresses given
+    /// (`23.05.4/ath79/generic` or `builder.23.05.4/ath79/generic`)
+    #[arg(long, num_args = 0.., value_name = "ADDRESS")]
+    pub upgrade: Option<Vec<String>>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildersCommand {
+    /// Image Builders recorded in the state store
+    List,
+    /// One Image Builder: its state record and lock entry
+    Info { address: String },
+    /// Fetch (verify, unpack) the pinned Image Builders the fleet uses, or the ones given
+    Ensure { addresses: Vec<String> },
+    /// Remove cached Image Builders that no recorded build uses
+    Prune {
+        /// Also remove builders that recorded builds use
+        #[arg(long)]
+        force: bool,
+        /// Only show what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args, Default)]

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::args::{FormatArg, PlanArgs, ProfileFilterArgs, ProfilesCommand};
 use super::context::{Context, display_relative};
 use crate::error::{Error, ErrorCode, Problems, Result, exit};
+use crate::fsutil::write_atomically;
 use crate::manifest::{self, Fleet, LoadedProfile, ProfileFilter};
 use crate::plan::{self, PlanOptions};
 use crate::source::Format;
@@ -30,6 +31,10 @@ struct ValidateReport<'a> {
 pub(crate) fn validate(context: &Context) -> Result<i32> {
     let fleet = context.load_fleet()?;
     plan::validate_overlays(&fleet)?;
+    let settings = context.settings(Some(&fleet))?;
+    let lock = crate::manifest::LockFile::read(&plan::lock_path(&fleet))?;
+    let upstream = crate::builders::check_upstream(&fleet, lock.as_ref(), &settings)?;
+    crate::builders::upstream_problems_to_result(&upstream)?;
     let report = ValidateReport {
         fleet: &fleet.name,
         profiles: fleet.profiles.len(),
@@ -79,23 +84,6 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
     } else {
         exit::OK
     })
-}
-
-/// Writes a whole file or nothing: temp file in the same directory, fsync, rename.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut file = tempfile::NamedTempFile::new_in(&dir)
-        .map_err(|error| Error::io("creating a file in", &dir, error))?;
-    file.write_all(bytes)
-        .and_then(|_| file.as_file().sync_all())
-        .map_err(|error| Error::io("writing", path, error))?;
-    file.persist(path)
-        .map_err(|error| Error::io("writing", path, error.error))?;
-    Ok(())
 }
 
 pub(crate) fn config(context: &Context) -> Result<i32> {
@@ -212,8 +200,8 @@ fn profiles_list(context: &Context, filter: &ProfileFilterArgs) -> Result<i32> {
         .unwrap_or(0)
         .max(10);
     println!(
-        "{:id_width$}  {:12}  {:24}  {}",
-        "PROFILE", "RELEASE", "TARGET", "IMAGE BUILDER PROFILE"
+        "{:id_width$}  {:12}  {:24}  IMAGE BUILDER PROFILE",
+        "PROFILE", "RELEASE", "TARGET"
     );
     for row in &rows {
         let target = format!("{}/{}", row.target, row.subtarget);

@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 mod context;
+mod fetching;
 mod report;
 
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Validate => commands::validate(context),
         Command::Plan(args) => commands::plan(context, &args),
         Command::Config => commands::config(context),
+        Command::Lock(args) => fetching::lock(context, &args),
+        Command::Builders(command) => fetching::builders(context, command),
         Command::Profiles(command) => commands::profiles(context, command),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -131,24 +130,7 @@ impl LockFile {
 
     /// Write atomically: a temp file in the same directory, fsync, rename, fsync the dir.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let directory = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        let mut temp = tempfile::Builder::new()
-            .prefix(".imagegen.lock.")
-            .tempfile_in(directory)
-            .map_err(|error| Error::io("creating a temporary file in", directory, error))?;
-        temp.write_all(self.to_text().as_bytes())
-            .and_then(|()| temp.as_file().sync_all())
-            .map_err(|error| Error::io("writing", temp.path(), error))?;
-        temp.persist(path)
-            .map_err(|error| Error::io("replacing", path, error.error))?;
-        // Make the rename itself durable; a failure here leaves a complete file behind.
-        if let Ok(directory) = std::fs::File::open(directory) {
-            let _ = directory.sync_all();
-        }
-        Ok(())
+        crate::fsutil::write_atomically(path, self.to_text().as_bytes())
     }
 }
 

@@ -41,6 +41,15 @@ pub fn compute(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
     if options.locked {
         check_locked(fleet, lock.as_ref())?;
     }
+    let upstream = crate::builders::check_upstream(fleet, lock.as_ref(), settings)?;
+    crate::builders::upstream_problems_to_result(&upstream)?;
+    if options.locked && !upstream.moved.is_empty() {
+        return Err(Error::new(
+            ErrorCode::StalePlan,
+            format!("imagegen.lock is outdated: {}", upstream.moved.join("; ")),
+        )
+        .with_help("run `imagegen lock --upgrade`, review and commit imagegen.lock"));
+    }
     let store = Store::open(&settings.db.value, "imagegen plan")?;
     let digests = overlay_digests(fleet, &store)?;
     let desired = desired_state(fleet, lock.as_ref(), &digests);
@@ -52,6 +61,7 @@ pub fn compute(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
         state: state_fingerprint(&recorded),
     };
     let mut plan = diff(&desired, &recorded, fingerprint);
+    plan.notices = upstream_notices(&upstream);
     if options.offline {
         plan.offline_needs = plan
             .actions
@@ -69,6 +79,26 @@ pub fn compute(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
             .collect();
     }
     Ok(plan)
+}
+
+fn upstream_notices(upstream: &crate::builders::UpstreamCheck) -> Vec<String> {
+    let mut notices: Vec<String> = upstream
+        .moved
+        .iter()
+        .map(|moved| format!("upstream moved: {moved}"))
+        .collect();
+    if let Some(reason) = &upstream.unreachable {
+        notices.push(format!(
+            "mirror not reachable ({reason}); planned from imagegen.lock without checking upstream"
+        ));
+    }
+    if !upstream.unchecked.is_empty() {
+        notices.push(format!(
+            "Image Builder profiles not checked against upstream profiles.json (not cached offline): {}",
+            upstream.unchecked.join(", ")
+        ));
+    }
+    notices
 }
 
 fn builder_key(release: &str, target: &str, subtarget: &str) -> String {

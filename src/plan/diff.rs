@@ -146,6 +146,7 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
         summary,
         fingerprint,
         offline_needs: Vec::new(),
+        notices: Vec::new(),
     }
 }
 

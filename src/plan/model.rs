@@ -112,6 +112,10 @@ pub struct Plan {
     /// In offline mode: what apply would have to download first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offline_needs: Vec<String>,
+    /// Things the operator should know that are not actions (upstream moved, metadata not
+    /// checked offline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 impl Plan {

@@ -40,6 +40,13 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
         }
         out.push('\n');
     }
+    if !plan.notices.is_empty() {
+        let _ = writeln!(out, "Notes:");
+        for notice in &plan.notices {
+            let _ = writeln!(out, "  {notice}");
+        }
+        out.push('\n');
+    }
     if plan.has_changes() {
         out.push_str(&summary_line(plan));
         out.push('\n');

@@ -5,6 +5,7 @@ mod cli;
 mod exec;
 mod fetch;
 mod http_server;
+mod lock_cli;
 mod manifest;
 mod plan_state;
 mod standin;

@@ -1,0 +1,102 @@
+//! A complete stand-in download mirror for the offline demo and the tests: for each
+//! (release, target, subtarget), a stand-in Image Builder generated from the real upstream
+//! `profiles.json` in `data_dir`, packed like the real archive (`.tar.xz` up to 23.05,
+//! `.tar.zst` after), listed in a signed `sha256sums`, with the release's `.overview.json`.
+//! The signing key is the public TEST key of [`super::mirror`]; its public half is written
+//! next to the mirror so a fleet can name it in `trusted_keys`.
+
+use std::path::{Path, PathBuf};
+
+use super::imagebuilder::{self as standin_ib, Compression};
+use super::mirror::{ArchiveSource, MirrorWriter, TargetFiles, test_secret_key};
+use crate::error::{Error, Result};
+
+/// What [`write_mirror`] produced.
+#[derive(Debug, Clone)]
+pub struct DemoMirror {
+    pub root: PathBuf,
+    /// `file:///...` URL of the root.
+    pub url: String,
+    /// The usign public key file (TEST key) that verifies every `sha256sums.sig`.
+    pub public_key: PathBuf,
+}
+
+/// Writes a mirror under `root` for `triples` (release, target, subtarget), taking device
+/// data from `data_dir` (e.g. `../shared/data/openwrt-23.05.4`). `build_cpu_seconds` makes
+/// each stand-in `make image` burn that much CPU (0 for tests).
+pub fn write_mirror(
+    root: &Path,
+    data_dir: &Path,
+    triples: &[(&str, &str, &str)],
+    build_cpu_seconds: f64,
+) -> Result<DemoMirror> {
+    let writer = MirrorWriter::new(root);
+    let key = test_secret_key();
+    let work = root.join(".work");
+    std::fs::create_dir_all(&work).map_err(|error| Error::io("creating", &work, error))?;
+    let mut releases: Vec<&str> = Vec::new();
+    for (release, target, subtarget) in triples {
+        let mut spec = standin_ib::spec_from_data(data_dir, release, target, subtarget)?;
+        spec.build_cpu_seconds = build_cpu_seconds;
+        write_target(&writer, &work, &spec, &key)?;
+        if !releases.contains(release) {
+            releases.push(release);
+        }
+    }
+    let overview = std::fs::read(data_dir.join(".overview.json"))
+        .map_err(|error| Error::io("reading", &data_dir.join(".overview.json"), error))?;
+    for release in releases {
+        let targets: Vec<(String, &str)> = triples
+            .iter()
+            .filter(|(r, _, _)| r == &release)
+            .map(|(_, target, subtarget)| (format!("{target}/{subtarget}"), "stand-in"))
+            .collect();
+        let targets: Vec<(&str, &str)> = targets.iter().map(|(t, a)| (t.as_str(), *a)).collect();
+        writer.write_release_index(release, &targets, &overview)?;
+    }
+    std::fs::remove_dir_all(&work).map_err(|error| Error::io("removing", &work, error))?;
+    let public_key = root.join("imagegen-standin-test-key.pub");
+    crate::fsutil::write_atomically(&public_key, key.public_key().to_file_text().as_bytes())?;
+    Ok(DemoMirror {
+        root: root.to_path_buf(),
+        url: writer.file_url(),
+        public_key,
+    })
+}
+
+/// Generates, packs and publishes one stand-in Image Builder; returns its archive name.
+pub fn write_target(
+    writer: &MirrorWriter,
+    work: &Path,
+    spec: &standin_ib::StandinSpec,
+    key: &crate::imagebuilder::usign::SecretKey,
+) -> Result<String> {
+    let compression = Compression::for_release(&spec.release);
+    let scratch = work.join(format!(
+        "{}-{}-{}",
+        spec.release, spec.target, spec.subtarget
+    ));
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)
+            .map_err(|error| Error::io("removing", &scratch, error))?;
+    }
+    std::fs::create_dir_all(&scratch).map_err(|error| Error::io("creating", &scratch, error))?;
+    let tree = standin_ib::write_tree(spec, &scratch)?;
+    let archive = standin_ib::pack(&tree, compression, &scratch)?;
+    let archive_name = standin_ib::archive_name(spec, compression);
+    let profiles_json = standin_ib::server_profiles_json(spec)?;
+    writer.write_target(
+        &TargetFiles {
+            release: &spec.release,
+            target: &spec.target,
+            subtarget: &spec.subtarget,
+            archive_name: &archive_name,
+            archive: ArchiveSource::File(&archive),
+            profiles_json: profiles_json.as_bytes(),
+            extra: vec![("version.buildinfo", spec.version_code.as_bytes())],
+        },
+        Some(key),
+    )?;
+    std::fs::remove_dir_all(&scratch).map_err(|error| Error::io("removing", &scratch, error))?;
+    Ok(archive_name)
+}
