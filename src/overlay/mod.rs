@@ -12,6 +12,7 @@ mod canonical;
 mod hash;
 mod owner;
 mod resolve;
+mod sources;
 mod stage;
 
 use std::path::{Path, PathBuf};
@@ -213,7 +214,7 @@ fn assemble(
             NodeKind::File { source, .. } => match hashes.get(source.as_os_str()) {
                 Some(Some(Ok(file))) => (EntryKind::File, file.size, hex::encode(file.hash)),
                 Some(Some(Err(error))) => {
-                    problems.push(resolve::read_problem(input, node.origin, source, error));
+                    problems.push(sources::read_problem(input, node.origin, source, error));
                     continue;
                 }
                 Some(None) | None => {
