@@ -150,7 +150,7 @@ fn generate(root: &Path) -> BenchResult<()> {
             std::fs::create_dir_all(base.join(directory))?;
         }
         for file in 0..FILES_PER_PROFILE {
-            let size = if rng.next() % 40 == 0 {
+            let size = if rng.next().is_multiple_of(40) {
                 rng.log_uniform(100_000, 2_000_000)
             } else {
                 rng.log_uniform(100, 10_000)

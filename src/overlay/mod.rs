@@ -5,14 +5,16 @@
 //!
 //! The rules (override order, security, canonical format, cache) are in `docs/overlay.md`.
 
+// `Error` and `Problem` are shared types (src/error.rs) whose size is not ours to change.
+#![allow(clippy::result_large_err)]
+
 mod canonical;
 mod hash;
 mod owner;
 mod resolve;
+mod sources;
 mod stage;
 
-use std::collections::HashMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -25,7 +27,7 @@ pub use canonical::FORMAT_HEADER;
 pub use hash::{FileStamp, HashCache, MemoryHashCache, NoHashCache};
 pub use stage::stage;
 
-use hash::FileHash;
+use hash::{FileHash, PathMap};
 use resolve::{Layout, NodeKind};
 
 /// A path as the profile wrote it, with where it was written (for problems).
@@ -96,6 +98,11 @@ impl OverlayDigest {
         }
     }
 
+    /// The exact text the tree hash is computed over (see docs/overlay.md).
+    pub fn canonical_text(&self) -> String {
+        canonical::serialize(&self.entries)
+    }
+
     /// The entry at an image path, if any.
     pub fn entry(&self, path: &str) -> Option<&OverlayEntry> {
         self.entries
@@ -148,7 +155,7 @@ pub(crate) fn digest_many_at(
 
 /// Hash results by source path. Keyed by the raw bytes: `Path`'s own `Hash` walks components
 /// and shows up in profiles of large fleets.
-type FileHashes = HashMap<OsString, std::io::Result<FileHash>>;
+type FileHashes = PathMap<Option<std::io::Result<FileHash>>>;
 
 /// Looks every distinct source file up in the cache, hashes the misses in parallel and
 /// records the results that are safe to remember.
@@ -157,7 +164,7 @@ fn hash_distinct_files(
     cache: &mut dyn HashCache,
     now: SystemTime,
 ) -> FileHashes {
-    let mut results = FileHashes::new();
+    let mut results = FileHashes::default();
     let mut misses: Vec<(&Path, FileStamp)> = Vec::new();
     for node in layouts.iter().flatten().flat_map(|layout| layout.values()) {
         let NodeKind::File { source, stamp } = &node.kind else {
@@ -166,17 +173,16 @@ fn hash_distinct_files(
         if results.contains_key(source.as_os_str()) {
             continue;
         }
-        let outcome = match cache.lookup(source, stamp) {
-            Some(hash) => Ok(FileHash {
+        // `None` marks a queued miss, so a file shared by several profiles is read once.
+        let outcome = cache.lookup(source, stamp).map(|hash| {
+            Ok(FileHash {
                 hash,
                 size: stamp.size,
-            }),
-            None => {
-                misses.push((source, *stamp));
-                // Placeholder so a file shared by several profiles is queued once.
-                Err(std::io::Error::other("not hashed"))
-            }
-        };
+            })
+        });
+        if outcome.is_none() {
+            misses.push((source, *stamp));
+        }
         results.insert(source.as_os_str().to_os_string(), outcome);
     }
     let hashed: Vec<_> = misses
@@ -190,7 +196,9 @@ fn hash_distinct_files(
             }
             read.file
         });
-        results.insert(path.as_os_str().to_os_string(), outcome);
+        if let Some(slot) = results.get_mut(path.as_os_str()) {
+            *slot = Some(outcome);
+        }
     }
     results
 }
@@ -209,12 +217,12 @@ fn assemble(
                 (EntryKind::Symlink, target.len() as u64, target.clone())
             }
             NodeKind::File { source, .. } => match hashes.get(source.as_os_str()) {
-                Some(Ok(file)) => (EntryKind::File, file.size, hex::encode(file.hash)),
-                Some(Err(error)) => {
-                    problems.push(resolve::read_problem(input, node.origin, source, error));
+                Some(Some(Ok(file))) => (EntryKind::File, file.size, hex::encode(file.hash)),
+                Some(Some(Err(error))) => {
+                    problems.push(sources::read_problem(input, node.origin, source, error));
                     continue;
                 }
-                None => {
+                Some(None) | None => {
                     problems.push(Problem::new(
                         crate::ErrorCode::InternalError,
                         format!("`{}` was not hashed", source.display()),

@@ -2,8 +2,9 @@
 //! exact bytes it writes so the returned digest describes the staged tree. Sets modes
 //! explicitly (umask-independent) and owners only when running as root.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, OpenOptions, Permissions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -18,6 +19,11 @@ use super::resolve::{self, Layout, Node, NodeKind};
 use super::{EntryKind, OverlayDigest, OverlayEntry, OverlayInput};
 
 const COPY_CHUNK: usize = 1024 * 1024;
+
+thread_local! {
+    /// One copy buffer per rayon worker instead of a 1 MiB allocation per file.
+    static COPY_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Whether and how owners are applied while staging.
 pub(crate) enum OwnerPolicy {
@@ -135,7 +141,12 @@ fn copy_and_hash(
     mode: u32,
     owner: Option<&OwnerIds>,
 ) -> Result<FileHash, Error> {
-    let mut reader = File::open(source).map_err(|error| Error::io("reading", source, error))?;
+    // The walk saw a regular file here; refuse to follow a symlink swapped in since.
+    let mut reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(source)
+        .map_err(|error| Error::io("reading", source, error))?;
     let mut writer = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -143,20 +154,23 @@ fn copy_and_hash(
         .open(target)
         .map_err(|error| Error::io("creating", target, error))?;
     let mut hasher = blake3::Hasher::new();
-    let mut buffer = vec![0u8; COPY_CHUNK];
-    loop {
-        let count = match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(count) => count,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(Error::io("reading", source, error)),
-        };
-        let chunk = &buffer[..count];
-        hasher.update(chunk);
-        writer
-            .write_all(chunk)
-            .map_err(|error| Error::io("writing", target, error))?;
-    }
+    COPY_BUFFER.with(|buffer| {
+        let buffer = &mut buffer.borrow_mut();
+        buffer.resize(COPY_CHUNK, 0);
+        loop {
+            let count = match reader.read(buffer) {
+                Ok(0) => return Ok(()),
+                Ok(count) => count,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(Error::io("reading", source, error)),
+            };
+            let chunk = &buffer[..count];
+            hasher.update(chunk);
+            writer
+                .write_all(chunk)
+                .map_err(|error| Error::io("writing", target, error))?;
+        }
+    })?;
     // chown clears set-id bits, so it must come before the mode.
     if let Some(ids) = owner {
         std::os::unix::fs::fchown(&writer, ids.uid, ids.gid)

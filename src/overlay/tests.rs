@@ -640,3 +640,56 @@ fn stage_applies_numeric_owners_when_root() {
     assert_eq!(ids("a"), (1234, 4321, 0o2755), "set-id bits survive chown");
     assert_eq!((ids("t").0, ids("t/l").0, ids("t/f").1), (7, 7, 8));
 }
+
+#[test]
+fn destinations_through_symlinks_and_oversized_modes_are_refused() {
+    let fleet = Fleet::new();
+    fleet
+        .file("files/a", "a\n", 0o644)
+        .link("overlay/etc/config", "/tmp/config");
+    let input = fleet.input(
+        Some("overlay"),
+        &[
+            ("files/a", "/etc/config/network", None, None),
+            ("files/a", "/etc/b", Some(0o10644), None),
+        ],
+    );
+    let problems = digest_now(&input).expect_err("invalid");
+    assert_eq!(
+        messages(&problems),
+        [
+            "profiles/p.yaml#files[0]: destination `/etc/config/network` needs `/etc/config` to be a directory, but an earlier entry places a file or symlink there",
+            "profiles/p.yaml#files[1]: mode `10644` has bits above `7777`",
+        ]
+    );
+}
+
+#[test]
+fn hashing_refuses_a_symlink_swapped_in_after_the_walk() {
+    let fleet = Fleet::new();
+    fleet
+        .file("files/real", "real\n", 0o644)
+        .link("files/swapped", "real");
+    let real = fleet.root().join("files/real");
+    let stamp = FileStamp::from_metadata(&fs::metadata(&real).expect("stat"));
+    assert!(hash::hash_file(&real, &stamp).is_ok_and(|read| read.stable));
+    let error = hash::hash_file(&fleet.root().join("files/swapped"), &stamp)
+        .err()
+        .expect("refused");
+    assert_eq!(error.raw_os_error(), Some(libc::ELOOP));
+}
+
+#[test]
+fn large_files_hash_like_blake3_in_one_call() {
+    let fleet = Fleet::new();
+    let contents: Vec<u8> = (0..3_000_000u32).map(|index| (index % 251) as u8).collect();
+    fs::create_dir_all(fleet.root().join("files")).expect("mkdir");
+    fs::write(fleet.root().join("files/big"), &contents).expect("write");
+    let digest =
+        digest_now(&fleet.input(None, &[("files/big", "/big", None, None)])).expect("valid");
+    let entry = digest.entry("/big").expect("entry");
+    assert_eq!(
+        (entry.size, entry.digest.clone()),
+        (3_000_000, blake3::hash(&contents).to_hex().to_string())
+    );
+}

@@ -7,6 +7,7 @@ mod fetch;
 mod http_server;
 mod lock_cli;
 mod manifest;
+mod overlay;
 mod plan_state;
 mod standin;
 mod state;
