@@ -232,7 +232,10 @@ fn build_action(
         "imagebuilder_profile".into(),
         build.inputs.imagebuilder_profile.clone(),
     );
-    if builder_changes.get(&builder).is_some_and(|kind| kind.is_change()) {
+    if builder_changes
+        .get(&builder)
+        .is_some_and(|kind| kind.is_change())
+    {
         result.depends_on.push(builder);
     }
     result
