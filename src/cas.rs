@@ -10,6 +10,8 @@
 //! tmp/                         temp files of puts in progress (same filesystem as blobs/)
 //! ```
 
+#![allow(clippy::result_large_err)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -447,7 +447,7 @@ mod tests {
             size: 8,
         };
         let bin = dir.path().join("bin");
-        let written = copy_to_bin_dir(&[artifact.clone()], &bin).unwrap();
+        let written = copy_to_bin_dir(std::slice::from_ref(&artifact), &bin).unwrap();
         assert_eq!(fs::read(&written[0]).unwrap(), b"firmware");
         copy_to_bin_dir(&[artifact], &bin).unwrap();
         let names: Vec<_> = fs::read_dir(&bin)

@@ -52,33 +52,46 @@ pub(crate) fn scan_log(input: impl BufRead) -> LogFindings {
 }
 
 fn inspect_line(line: &str, findings: &mut LogFindings) {
-    if let Some(profile) = between(line, "Profile \"", "\" does not exist!") {
+    // Markers are matched with their surroundings (line starts, digits), so a command line
+    // that merely mentions the text (make echoing a recipe) does not count.
+    let trimmed = line.trim();
+    if trimmed.starts_with("Profile \"")
+        && let Some(profile) = between(trimmed, "Profile \"", "\" does not exist!")
+    {
         findings
             .unknown_profile
             .get_or_insert_with(|| profile.to_string());
     }
-    let package = line
-        .split_once("Cannot install package ")
-        .map(|(_, rest)| rest.trim().trim_end_matches('.'))
-        .or_else(|| {
-            line.split_once(" (no such package)")
-                .map(|(name, _)| name.trim())
-        });
-    if let Some(package) = package.filter(|name| !name.is_empty() && !name.contains(' ')) {
-        if !findings
+    if let Some(package) = unknown_package(trimmed)
+        && !findings
             .unknown_packages
             .iter()
             .any(|known| known == package)
-        {
-            findings.unknown_packages.push(package.to_string());
-        }
+    {
+        findings.unknown_packages.push(package.to_string());
     }
-    if line.contains("is too big") || line.contains("out of space?") {
+    let too_big = line
+        .split_once("is too big: ")
+        .is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()));
+    if too_big || trimmed.ends_with("out of space?") {
         findings.too_big = true;
     }
-    if line.contains("Prerequisite check failed") {
+    if trimmed.starts_with("Prerequisite check failed") {
         findings.prerequisite_failed = true;
     }
+}
+
+/// opkg: ` * opkg_install_cmd: Cannot install package <name>.`;
+/// apk: `  <name> (no such package):`.
+fn unknown_package(trimmed: &str) -> Option<&str> {
+    let name = if trimmed.starts_with("* ") {
+        let (_, rest) = trimmed.split_once("Cannot install package ")?;
+        rest.trim_end_matches('.')
+    } else {
+        trimmed.strip_suffix(" (no such package):")?
+    };
+    let plain = !name.is_empty() && !name.contains(char::is_whitespace);
+    plain.then_some(name)
 }
 
 /// How the make process ended.
@@ -291,6 +304,10 @@ mod tests {
             classify("    WARNING: Image file /x/sysupgrade.bin is too big: 9000000 > 8000000\n");
         assert_eq!(error.message, "image too big for the device");
         let error = classify("make_ext4fs: failed to allocate block, out of space?\n");
+        assert_eq!(error.message, "image too big for the device");
+        let echoed = classify("echo \"WARNING: Image file $@ is too big: $$size > $$limit\"\n");
+        assert_ne!(echoed.message, "image too big for the device");
+        let error = classify("    WARNING: Image file x is too big: 2 > 1\n");
         assert_eq!(error.message, "image too big for the device");
     }
 

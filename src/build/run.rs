@@ -290,16 +290,14 @@ fn stage_files(
     files_dir: Option<&Path>,
     provenance: Option<&Value>,
 ) -> Result<Option<PathBuf>> {
-    if let Some(files) = files_dir {
-        if !files.is_dir() {
-            return Err(Error::new(
-                ErrorCode::Precondition,
-                format!(
-                    "the staged overlay `{}` is not a directory",
-                    files.display()
-                ),
-            ));
-        }
+    if let Some(files) = files_dir.filter(|files| !files.is_dir()) {
+        return Err(Error::new(
+            ErrorCode::Precondition,
+            format!(
+                "the staged overlay `{}` is not a directory",
+                files.display()
+            ),
+        ));
     }
     let Some(provenance) = provenance else {
         return Ok(files_dir.map(Path::to_path_buf));

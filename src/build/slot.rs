@@ -383,10 +383,11 @@ impl Walk<'_> {
         let previous = self.previous.and_then(|records| records.get(relative));
         let share =
             self.method == SlotMethod::Hardlink && placement(relative, false) == Placement::Share;
-        if let Some(record) = previous.filter(|record| record.kind == RecordKind::Shared) {
-            if record.pristine.ino == facts.ino && !record.pristine.same_state(&facts) {
-                outcome.modified.push(relative.to_path_buf());
-            }
+        if let Some(record) = previous.filter(|record| record.kind == RecordKind::Shared)
+            && record.pristine.ino == facts.ino
+            && !record.pristine.same_state(&facts)
+        {
+            outcome.modified.push(relative.to_path_buf());
         }
         if let Some(metadata) = current {
             if is_intact(share, &facts, pristine, metadata, previous) {
