@@ -24,6 +24,7 @@
 mod artifacts;
 mod config;
 mod failure;
+mod fsops;
 mod placement;
 mod process;
 mod records;

@@ -21,6 +21,10 @@ pub(crate) enum RecordKind {
     Shared,
     /// A private copy (real or reflink) whose own inode and ctime are remembered.
     Copied,
+    /// A real directory; the pristine mode and mtime are restored after every pass.
+    Dir,
+    /// A symlink the slot created; its own inode is remembered (`copy.ino`).
+    Symlink,
 }
 
 /// The facts of a pristine file that a write would change.
@@ -42,6 +46,15 @@ impl FileFacts {
         }
     }
 
+    pub fn of_stat(stat: &libc::stat) -> FileFacts {
+        FileFacts {
+            ino: stat.st_ino,
+            size: stat.st_size as u64,
+            mtime_ns: stat.st_mtime * 1_000_000_000 + stat.st_mtime_nsec,
+            mode: stat.st_mode,
+        }
+    }
+
     /// Same content and metadata as far as a write can tell (the inode number aside).
     pub fn same_state(&self, other: &FileFacts) -> bool {
         self.size == other.size && self.mtime_ns == other.mtime_ns && self.mode == other.mode
@@ -57,6 +70,13 @@ pub(crate) struct CopyIdentity {
 }
 
 impl CopyIdentity {
+    pub fn of_stat(stat: &libc::stat) -> CopyIdentity {
+        CopyIdentity {
+            ino: stat.st_ino,
+            ctime_ns: stat.st_ctime * 1_000_000_000 + stat.st_ctime_nsec,
+        }
+    }
+
     pub fn of(metadata: &fs::Metadata) -> CopyIdentity {
         CopyIdentity {
             ino: metadata.ino(),
@@ -85,6 +105,8 @@ pub(crate) fn write_records(path: &Path, records: &[Record]) -> Result<()> {
             let kind: u8 = match record.kind {
                 RecordKind::Shared => b'S',
                 RecordKind::Copied => b'C',
+                RecordKind::Dir => b'D',
+                RecordKind::Symlink => b'L',
             };
             let path_bytes = record.path.as_os_str().as_bytes();
             out.write_all(&[kind])?;
@@ -137,6 +159,8 @@ fn read_one(input: &mut impl Read, kind: u8) -> Option<Record> {
     let kind = match kind {
         b'S' => RecordKind::Shared,
         b'C' => RecordKind::Copied,
+        b'D' => RecordKind::Dir,
+        b'L' => RecordKind::Symlink,
         _ => return None,
     };
     let pristine = FileFacts {

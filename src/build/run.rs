@@ -21,7 +21,7 @@ use super::failure::{
     Ending, FailureContext, LogFindings, failed_build, missing_image, scan_log, with_log,
 };
 use super::process::{Finish, describe, run_supervised};
-use super::slot::{claim_slot, private_files_dir, verify_slot};
+use super::slot::{claim_slot, mark_verified, private_files_dir, verify_slot};
 use crate::error::{Error, ErrorCode, Result};
 use crate::key::BuildInputs;
 
@@ -117,6 +117,7 @@ pub fn run_build(request: &BuildRequest) -> Result<BuildOutput> {
     // Whatever happened, a write through a shared file must be reported first: it damaged
     // the pristine tree every other slot uses.
     verify_slot(&slot).map_err(|error| error.with_log(request.log_path))?;
+    mark_verified(&slot)?;
     let findings = read_log(request.log_path)?;
     let context = FailureContext {
         target: &target,

@@ -9,12 +9,12 @@
 //! two directory walks plus the work of undoing what the last build changed.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::fsops::{DirFd, EntryKind, RawEntry, c_path};
 use super::placement::{Placement, SLOT_META_DIR, is_kept_on_reset, placement};
 use super::records::{CopyIdentity, FileFacts, Record, RecordKind, read_records, write_records};
 use crate::error::{Error, ErrorCode, Result};
@@ -31,6 +32,8 @@ const STATE_FILE: &str = "slot.json";
 const RECORDS_FILE: &str = "records";
 /// Present while a build has used the slot and it was not reset since.
 const USED_MARKER: &str = "used";
+/// Present when the build that used the slot passed [`verify_slot`].
+const VERIFIED_MARKER: &str = "verified";
 /// The private overlay directory a build passes as `FILES=`.
 pub(crate) const FILES_DIR: &str = "files";
 /// The file a fetcher writes into a completely unpacked Image Builder.
@@ -157,6 +160,15 @@ pub(crate) fn private_files_dir(slot_dir: &Path) -> PathBuf {
     slot_dir.join(SLOT_META_DIR).join(FILES_DIR)
 }
 
+/// Marks a claimed slot's build as checked by [`verify_slot`], so the next reset can skip
+/// re-checking every shared file.
+pub(crate) fn mark_verified(slot_dir: &Path) -> Result<()> {
+    let path = slot_dir.join(SLOT_META_DIR).join(VERIFIED_MARKER);
+    File::create(&path)
+        .map(drop)
+        .map_err(|error| Error::io("creating", &path, error))
+}
+
 fn fresh_slot(pristine: &Path, slot_dir: &Path, marker: &str) -> Result<SlotReport> {
     if fs::symlink_metadata(slot_dir).is_ok() {
         remove_tree(slot_dir)?;
@@ -168,10 +180,10 @@ fn fresh_slot(pristine: &Path, slot_dir: &Path, marker: &str) -> Result<SlotRepo
         pristine,
         slot: slot_dir,
         method,
-        previous: None,
+        expected: HashMap::new(),
     };
-    let outcome = walk.sync_dir(Path::new(""))?;
-    finish_dir(slot_dir, &root_metadata(pristine)?)?;
+    let outcome = walk.fresh_dir(Path::new(""))?;
+    finish_dir(slot_dir, &root_stat(pristine)?)?;
     write_records(&meta.join(RECORDS_FILE), &outcome.records)?;
     let state = SlotState {
         format: SLOT_FORMAT,
@@ -185,10 +197,15 @@ fn fresh_slot(pristine: &Path, slot_dir: &Path, marker: &str) -> Result<SlotRepo
 
 fn reset_slot(pristine: &Path, slot_dir: &Path, method: SlotMethod) -> Result<SlotReport> {
     let meta = slot_dir.join(SLOT_META_DIR);
-    let previous: HashMap<PathBuf, Record> = read_records(&meta.join(RECORDS_FILE))?
-        .into_iter()
-        .map(|record| (record.path.clone(), record))
-        .collect();
+    let used = meta.join(USED_MARKER).exists();
+    if used && !meta.join(VERIFIED_MARKER).exists() {
+        // The last build never reached its integrity check (crash, kill): do it now.
+        if let Err(error) = verify_slot(slot_dir) {
+            let _ = fs::remove_file(meta.join(STATE_FILE));
+            return Err(error);
+        }
+    }
+    let records = read_records(&meta.join(RECORDS_FILE))?;
     let files = meta.join(FILES_DIR);
     if fs::symlink_metadata(&files).is_ok() {
         remove_tree(&files)?;
@@ -197,10 +214,10 @@ fn reset_slot(pristine: &Path, slot_dir: &Path, method: SlotMethod) -> Result<Sl
         pristine,
         slot: slot_dir,
         method,
-        previous: Some(&previous),
+        expected: group_by_parent(records),
     };
-    let mut outcome = walk.sync_dir(Path::new(""))?;
-    finish_dir(slot_dir, &root_metadata(pristine)?)?;
+    let mut outcome = walk.reset_dir(Path::new(""))?;
+    finish_dir(slot_dir, &root_stat(pristine)?)?;
     write_records(&meta.join(RECORDS_FILE), &outcome.records)?;
     if !outcome.modified.is_empty() {
         // The slot now mirrors a damaged tree; forget it so nothing reuses it silently.
@@ -208,12 +225,29 @@ fn reset_slot(pristine: &Path, slot_dir: &Path, method: SlotMethod) -> Result<Sl
         outcome.modified.sort();
         return Err(pristine_modified(&outcome.modified));
     }
-    match fs::remove_file(meta.join(USED_MARKER)) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(Error::io("removing", &meta.join(USED_MARKER), error)),
+    for marker in [USED_MARKER, VERIFIED_MARKER] {
+        match fs::remove_file(meta.join(marker)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(Error::io("removing", &meta.join(marker), error)),
+        }
     }
     Ok(outcome.report(slot_dir, method, true))
+}
+
+/// Records grouped by their parent directory, keyed by entry name.
+type Expected = HashMap<PathBuf, HashMap<OsString, Record>>;
+
+fn group_by_parent(records: Vec<Record>) -> Expected {
+    let mut expected: Expected = HashMap::new();
+    for record in records {
+        let parent = record.path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let Some(name) = record.path.file_name().map(OsStr::to_os_string) else {
+            continue;
+        };
+        expected.entry(parent).or_default().insert(name, record);
+    }
+    expected
 }
 
 /// One pass that makes the slot match the pristine tree.
@@ -221,8 +255,8 @@ struct Walk<'a> {
     pristine: &'a Path,
     slot: &'a Path,
     method: SlotMethod,
-    /// The records of the last pass; `None` for a fresh slot (nothing to compare or delete).
-    previous: Option<&'a HashMap<PathBuf, Record>>,
+    /// The last pass's records by directory; empty for a fresh slot.
+    expected: Expected,
 }
 
 #[derive(Default)]
@@ -269,230 +303,334 @@ impl Outcome {
     }
 }
 
+/// Both directories of one level: pristine and slot.
+struct Level {
+    pristine: DirFd,
+    slot: DirFd,
+}
+
 impl Walk<'_> {
-    /// Syncs one directory's entries, then its subdirectories in parallel.
-    fn sync_dir(&self, relative: &Path) -> Result<Outcome> {
+    fn open_level(&self, relative: &Path) -> Result<Level> {
+        let (pristine, slot) = (self.pristine.join(relative), self.slot.join(relative));
+        Ok(Level {
+            pristine: DirFd::open(&pristine)
+                .map_err(|error| Error::io("opening", &pristine, error))?,
+            slot: DirFd::open(&slot).map_err(|error| Error::io("opening", &slot, error))?,
+        })
+    }
+
+    /// Populates an empty slot directory from the pristine one, then its subdirectories in
+    /// parallel (descriptors are closed before recursing, so depth does not pile them up).
+    fn fresh_dir(&self, relative: &Path) -> Result<Outcome> {
         let mut outcome = Outcome::default();
-        let mut existing = self.slot_entries(relative)?;
         let mut subdirs = Vec::new();
-        for (name, metadata) in list_dir(&self.pristine.join(relative))? {
-            let child = relative.join(&name);
-            let file_type = metadata.file_type();
-            let supported = file_type.is_dir() || file_type.is_file() || file_type.is_symlink();
-            if !supported || placement(&child, file_type.is_dir()) == Placement::RunTime {
-                continue;
-            }
-            let current = existing.remove(&name);
-            if file_type.is_dir() {
-                self.ensure_dir(&child, current.as_ref(), &mut outcome)?;
-                subdirs.push((child, metadata));
-            } else if file_type.is_symlink() {
-                self.ensure_symlink(&child, current.as_ref(), &mut outcome)?;
-            } else {
-                self.ensure_file(&child, &metadata, current.as_ref(), &mut outcome)?;
+        {
+            let level = self.open_level(relative)?;
+            let entries = level
+                .pristine
+                .entries()
+                .map_err(|error| Error::io("listing", &self.pristine.join(relative), error))?;
+            for entry in entries {
+                let child = relative.join(entry.os_name());
+                if let Some(stat) =
+                    self.create(&level, &entry.name, entry.kind, &child, &mut outcome)?
+                {
+                    subdirs.push((child, stat));
+                }
             }
         }
-        for (name, metadata) in existing {
-            let child = relative.join(&name);
-            if !is_kept_on_reset(&child) {
-                remove_entry(&self.slot.join(&child), &metadata)?;
-                outcome.removed += 1;
-            }
-        }
-        let children: Vec<Result<Outcome>> = subdirs
+        self.descend(subdirs, Vec::new(), outcome)
+    }
+
+    /// Recurses into fresh and reset subdirectories, then restores their mode and mtime.
+    fn descend(
+        &self,
+        fresh: Vec<(PathBuf, libc::stat)>,
+        reset: Vec<(PathBuf, libc::stat)>,
+        mut outcome: Outcome,
+    ) -> Result<Outcome> {
+        let jobs: Vec<(&PathBuf, bool)> = fresh
+            .iter()
+            .map(|(child, _)| (child, true))
+            .chain(reset.iter().map(|(child, _)| (child, false)))
+            .collect();
+        let children: Vec<Result<Outcome>> = jobs
             .par_iter()
-            .map(|(child, _)| self.sync_dir(child))
+            .map(|(child, is_fresh)| {
+                if *is_fresh {
+                    self.fresh_dir(child)
+                } else {
+                    self.reset_dir(child)
+                }
+            })
             .collect();
         for child in children {
             outcome.merge(child?);
         }
-        for (child, metadata) in &subdirs {
-            finish_dir(&self.slot.join(child), metadata)?;
+        for (child, stat) in fresh.iter().chain(&reset) {
+            finish_dir(&self.slot.join(child), stat)?;
         }
         Ok(outcome)
     }
 
-    /// The slot's entries of a directory, when a previous pass may have left some.
-    fn slot_entries(&self, relative: &Path) -> Result<HashMap<OsString, fs::Metadata>> {
-        if self.previous.is_none() {
-            return Ok(HashMap::new());
-        }
-        Ok(list_dir(&self.slot.join(relative))?.into_iter().collect())
-    }
-
-    fn ensure_dir(
+    /// Creates the slot counterpart of one pristine entry. Returns the pristine `stat` of a
+    /// directory that still needs filling.
+    fn create(
         &self,
-        relative: &Path,
-        current: Option<&fs::Metadata>,
+        level: &Level,
+        name: &CStr,
+        kind: EntryKind,
+        child: &Path,
         outcome: &mut Outcome,
-    ) -> Result<()> {
-        let path = self.slot.join(relative);
-        if let Some(metadata) = current {
-            if metadata.is_dir() {
-                // A previous pass may have given it a read-only mode; it must take entries.
-                if metadata.mode() & 0o700 != 0o700 {
-                    set_mode(&path, metadata.mode() | 0o700)?;
-                }
-                return Ok(());
+    ) -> Result<Option<libc::stat>> {
+        let is_dir = kind == EntryKind::Directory;
+        if kind == EntryKind::Other || placement(child, is_dir) == Placement::RunTime {
+            return Ok(None);
+        }
+        let io_error = |what: &str, error| Error::io(what, &self.slot.join(child), error);
+        let stat = level
+            .pristine
+            .stat_at(name)
+            .map_err(|error| io_error("reading", error))?;
+        match kind {
+            EntryKind::Directory => {
+                level
+                    .slot
+                    .mkdir_at(name, 0o755)
+                    .map_err(|error| io_error("creating", error))?;
+                outcome.directories += 1;
+                outcome.records.push(record(
+                    RecordKind::Dir,
+                    child,
+                    &stat,
+                    CopyIdentity::default(),
+                ));
+                Ok(Some(stat))
             }
-            remove_entry(&path, metadata)?;
-            outcome.removed += 1;
-        }
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .map_err(|error| Error::io("creating", &path, error))?;
-        outcome.directories += 1;
-        Ok(())
-    }
-
-    fn ensure_symlink(
-        &self,
-        relative: &Path,
-        current: Option<&fs::Metadata>,
-        outcome: &mut Outcome,
-    ) -> Result<()> {
-        let source = self.pristine.join(relative);
-        let path = self.slot.join(relative);
-        let target =
-            fs::read_link(&source).map_err(|error| Error::io("reading", &source, error))?;
-        if let Some(metadata) = current {
-            if metadata.file_type().is_symlink()
-                && fs::read_link(&path).ok() == Some(target.clone())
-            {
-                outcome.kept += 1;
-                return Ok(());
+            EntryKind::Symlink => {
+                let target = level
+                    .pristine
+                    .read_link_at(name)
+                    .map_err(|error| io_error("reading", error))?;
+                level
+                    .slot
+                    .symlink_at(&target, name)
+                    .map_err(|error| io_error("creating", error))?;
+                let link = level
+                    .slot
+                    .stat_at(name)
+                    .map_err(|error| io_error("reading", error))?;
+                outcome.symlinks += 1;
+                outcome.records.push(record(
+                    RecordKind::Symlink,
+                    child,
+                    &stat,
+                    CopyIdentity::of_stat(&link),
+                ));
+                Ok(None)
             }
-            remove_entry(&path, metadata)?;
-            outcome.removed += 1;
+            _ => {
+                self.create_file(level, name, child, &stat, outcome)?;
+                Ok(None)
+            }
         }
-        std::os::unix::fs::symlink(&target, &path)
-            .map_err(|error| Error::io("creating", &path, error))?;
-        outcome.symlinks += 1;
-        Ok(())
     }
 
-    fn ensure_file(
+    fn create_file(
         &self,
-        relative: &Path,
-        pristine: &fs::Metadata,
-        current: Option<&fs::Metadata>,
+        level: &Level,
+        name: &CStr,
+        child: &Path,
+        stat: &libc::stat,
         outcome: &mut Outcome,
     ) -> Result<()> {
-        let facts = FileFacts::of(pristine);
-        let previous = self.previous.and_then(|records| records.get(relative));
         let share =
-            self.method == SlotMethod::Hardlink && placement(relative, false) == Placement::Share;
-        if let Some(record) = previous.filter(|record| record.kind == RecordKind::Shared)
-            && record.pristine.ino == facts.ino
-            && !record.pristine.same_state(&facts)
-        {
-            outcome.modified.push(relative.to_path_buf());
-        }
-        if let Some(metadata) = current {
-            if is_intact(share, &facts, pristine, metadata, previous) {
-                outcome.kept += 1;
-                outcome
-                    .records
-                    .push(kept_record(share, relative, facts, metadata));
-                return Ok(());
-            }
-            remove_entry(&self.slot.join(relative), metadata)?;
-            outcome.removed += 1;
-        }
-        let (source, target) = (self.pristine.join(relative), self.slot.join(relative));
+            self.method == SlotMethod::Hardlink && placement(child, false) == Placement::Share;
         if share {
-            fs::hard_link(&source, &target)
-                .map_err(|error| Error::io("linking", &target, error))?;
+            level
+                .pristine
+                .link_at(name, &level.slot, name)
+                .map_err(|error| Error::io("linking", &self.slot.join(child), error))?;
             outcome.shared += 1;
-            outcome
-                .records
-                .push(kept_record(true, relative, facts, pristine));
+            outcome.records.push(record(
+                RecordKind::Shared,
+                child,
+                stat,
+                CopyIdentity::default(),
+            ));
             return Ok(());
         }
-        let copy = copy_file(
-            &source,
-            &target,
-            pristine,
-            self.method == SlotMethod::Reflink,
-        )?;
+        let identity = copy_file(level, name, stat, self.method == SlotMethod::Reflink)
+            .map_err(|error| Error::io("copying", &self.slot.join(child), error))?;
         outcome.copied += 1;
-        outcome.copied_bytes += facts.size;
+        outcome.copied_bytes += stat.st_size as u64;
         outcome
             .records
-            .push(kept_record(false, relative, facts, &copy));
+            .push(record(RecordKind::Copied, child, stat, identity));
+        Ok(())
+    }
+
+    /// Brings a used slot directory back to its recorded state: keeps intact entries,
+    /// deletes what the last build added, recreates what it replaced or removed. Walks the
+    /// slot only; `readdir`'s inode numbers tell intact entries from replaced ones.
+    fn reset_dir(&self, relative: &Path) -> Result<Outcome> {
+        let mut outcome = Outcome::default();
+        let mut fresh = Vec::new();
+        let mut reset = Vec::new();
+        {
+            let level = self.open_level(relative)?;
+            let slot_path = self.slot.join(relative);
+            let own = level
+                .slot
+                .stat()
+                .map_err(|error| Error::io("reading", &slot_path, error))?;
+            if own.st_mode & 0o700 != 0o700 {
+                level
+                    .slot
+                    .chmod(own.st_mode | 0o700)
+                    .map_err(|error| Error::io("setting permissions of", &slot_path, error))?;
+            }
+            let empty = HashMap::new();
+            let expected = self.expected.get(relative).unwrap_or(&empty);
+            let mut seen: HashSet<&OsStr> = HashSet::new();
+            for entry in level
+                .slot
+                .entries()
+                .map_err(|error| Error::io("listing", &slot_path, error))?
+            {
+                let child = relative.join(entry.os_name());
+                let Some((name, record)) = expected.get_key_value(entry.os_name()) else {
+                    if !is_kept_on_reset(&child) {
+                        remove_child(&level.slot, &entry, &self.slot.join(&child))?;
+                        outcome.removed += 1;
+                    }
+                    continue;
+                };
+                seen.insert(name.as_os_str());
+                if self.is_intact(&level, &entry, record)? {
+                    outcome.kept += u64::from(record.kind != RecordKind::Dir);
+                    outcome.records.push(record.clone());
+                    if record.kind == RecordKind::Dir {
+                        reset.push((child, dir_stat(record)));
+                    }
+                    continue;
+                }
+                remove_child(&level.slot, &entry, &self.slot.join(&child))?;
+                outcome.removed += 1;
+                seen.remove(name.as_os_str());
+            }
+            for (name, record) in expected
+                .iter()
+                .filter(|(name, _)| !seen.contains(name.as_os_str()))
+            {
+                self.restore(&level, name, record, &mut outcome, &mut fresh)?;
+            }
+        }
+        self.descend(fresh, reset, outcome)
+    }
+
+    /// Whether a slot entry is still exactly what the last pass put there.
+    fn is_intact(&self, level: &Level, entry: &RawEntry, record: &Record) -> Result<bool> {
+        Ok(match record.kind {
+            RecordKind::Dir => entry.kind == EntryKind::Directory,
+            RecordKind::Shared => entry.kind == EntryKind::File && entry.ino == record.pristine.ino,
+            RecordKind::Symlink => entry.kind == EntryKind::Symlink && entry.ino == record.copy.ino,
+            RecordKind::Copied => {
+                if entry.kind != EntryKind::File || entry.ino != record.copy.ino {
+                    return Ok(false);
+                }
+                let stat = level
+                    .slot
+                    .stat_at(&entry.name)
+                    .map_err(|error| Error::io("reading", &self.slot.join(&record.path), error))?;
+                CopyIdentity::of_stat(&stat) == record.copy
+            }
+        })
+    }
+
+    /// Recreates a recorded entry the last build removed or replaced.
+    fn restore(
+        &self,
+        level: &Level,
+        name: &OsStr,
+        record: &Record,
+        outcome: &mut Outcome,
+        fresh: &mut Vec<(PathBuf, libc::stat)>,
+    ) -> Result<()> {
+        let c_name = CString::new(name.as_bytes())
+            .map_err(|_| Error::internal(format!("a slot entry name contains NUL: {name:?}")))?;
+        let kind = match record.kind {
+            RecordKind::Dir => EntryKind::Directory,
+            RecordKind::Symlink => EntryKind::Symlink,
+            RecordKind::Shared | RecordKind::Copied => EntryKind::File,
+        };
+        let created = self.create(level, &c_name, kind, &record.path, outcome)?;
+        if let Some(stat) = created {
+            fresh.push((record.path.clone(), stat));
+        }
+        let recreated = outcome.records.last().filter(|new| new.path == record.path);
+        if let Some(new) = recreated
+            && record.kind == RecordKind::Shared
+            && new.pristine.ino == record.pristine.ino
+            && !new.pristine.same_state(&record.pristine)
+        {
+            outcome.modified.push(record.path.clone());
+        }
         Ok(())
     }
 }
 
-/// Whether the slot's entry is still exactly what the last pass put there.
-fn is_intact(
-    share: bool,
-    facts: &FileFacts,
-    pristine: &fs::Metadata,
-    slot: &fs::Metadata,
-    previous: Option<&Record>,
-) -> bool {
-    if !slot.file_type().is_file() {
-        return false;
+fn record(kind: RecordKind, path: &Path, stat: &libc::stat, copy: CopyIdentity) -> Record {
+    Record {
+        kind,
+        path: path.to_path_buf(),
+        pristine: FileFacts::of_stat(stat),
+        copy,
     }
-    if share {
-        return slot.ino() == facts.ino && slot.dev() == pristine.dev();
-    }
-    previous.is_some_and(|record| {
-        record.kind == RecordKind::Copied
-            && record.copy == CopyIdentity::of(slot)
-            && record.pristine.ino == facts.ino
-            && record.pristine.same_state(facts)
-    })
 }
 
-fn kept_record(share: bool, relative: &Path, facts: FileFacts, slot: &fs::Metadata) -> Record {
-    Record {
-        kind: if share {
-            RecordKind::Shared
-        } else {
-            RecordKind::Copied
-        },
-        path: relative.to_path_buf(),
-        pristine: facts,
-        copy: if share {
-            CopyIdentity::default()
-        } else {
-            CopyIdentity::of(slot)
-        },
+/// The pristine mode and mtime a directory record carries, as a `stat` for [`finish_dir`].
+fn dir_stat(record: &Record) -> libc::stat {
+    // SAFETY: stat is plain data; only the fields set below are read.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    stat.st_mode = record.pristine.mode;
+    stat.st_mtime = record.pristine.mtime_ns.div_euclid(1_000_000_000);
+    stat.st_mtime_nsec = record.pristine.mtime_ns.rem_euclid(1_000_000_000);
+    stat
+}
+
+fn remove_child(dir: &DirFd, entry: &RawEntry, path: &Path) -> Result<()> {
+    if entry.kind == EntryKind::Directory {
+        remove_tree(path)
+    } else {
+        dir.unlink_at(&entry.name)
+            .map_err(|error| Error::io("removing", path, error))
     }
 }
 
 /// Copies one file (a reflink when asked and possible), keeping mode and mtime, and
-/// returns the copy's metadata.
+/// returns the copy's identity.
 fn copy_file(
-    source: &Path,
-    target: &Path,
-    metadata: &fs::Metadata,
+    level: &Level,
+    name: &CStr,
+    stat: &libc::stat,
     reflink: bool,
-) -> Result<fs::Metadata> {
-    let mut input = File::open(source).map_err(|error| Error::io("reading", source, error))?;
-    let mut output = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(target)
-        .map_err(|error| Error::io("creating", target, error))?;
+) -> io::Result<CopyIdentity> {
+    let mut input = level.pristine.open_file_at(name)?;
+    let mut output = level.slot.create_file_at(name)?;
     let cloned = reflink && clone_file(&input, &output).is_ok();
     if !cloned {
-        io::copy(&mut input, &mut output).map_err(|error| Error::io("copying", source, error))?;
+        io::copy(&mut input, &mut output)?;
     }
-    let modified = metadata
-        .modified()
-        .map_err(|error| Error::io("reading", source, error))?;
-    output
-        .set_permissions(fs::Permissions::from_mode(metadata.mode() & 0o7777))
-        .and_then(|()| output.set_modified(modified))
-        .map_err(|error| Error::io("setting metadata of", target, error))?;
-    output
-        .metadata()
-        .map_err(|error| Error::io("reading", target, error))
+    let modified = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            stat.st_mtime.max(0) as u64,
+            stat.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+        );
+    output.set_permissions(fs::Permissions::from_mode(stat.st_mode & 0o7777))?;
+    output.set_modified(modified)?;
+    let metadata = output.metadata()?;
+    Ok(CopyIdentity::of(&metadata))
 }
 
 /// `ioctl(FICLONE)`: share the source's extents copy-on-write.
@@ -540,13 +678,13 @@ fn probe_method(pristine: &Path, meta: &Path) -> Result<SlotMethod> {
 
 /// Gives a slot directory the pristine directory's mode and mtime (after its entries are in
 /// place, since adding entries moves the mtime).
-fn finish_dir(path: &Path, pristine: &fs::Metadata) -> Result<()> {
+fn finish_dir(path: &Path, pristine: &libc::stat) -> Result<()> {
     let current = fs::symlink_metadata(path).map_err(|error| Error::io("reading", path, error))?;
-    if current.mode() & 0o7777 != pristine.mode() & 0o7777 {
-        set_mode(path, pristine.mode())?;
+    if current.mode() & 0o7777 != pristine.st_mode & 0o7777 {
+        set_mode(path, pristine.st_mode)?;
     }
-    if (current.mtime(), current.mtime_nsec()) != (pristine.mtime(), pristine.mtime_nsec()) {
-        set_mtime(path, pristine.mtime(), pristine.mtime_nsec())?;
+    if (current.mtime(), current.mtime_nsec()) != (pristine.st_mtime, pristine.st_mtime_nsec) {
+        set_mtime(path, pristine.st_mtime, pristine.st_mtime_nsec)?;
     }
     Ok(())
 }
@@ -587,28 +725,6 @@ fn set_mtime(path: &Path, seconds: i64, nanoseconds: i64) -> Result<()> {
             path,
             io::Error::last_os_error(),
         ))
-    }
-}
-
-/// Entries of a directory with their `lstat` metadata (via the directory descriptor).
-fn list_dir(dir: &Path) -> Result<Vec<(OsString, fs::Metadata)>> {
-    let entries = fs::read_dir(dir).map_err(|error| Error::io("listing", dir, error))?;
-    let mut listed = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|error| Error::io("listing", dir, error))?;
-        let metadata = entry
-            .metadata()
-            .map_err(|error| Error::io("reading", &entry.path(), error))?;
-        listed.push((entry.file_name(), metadata));
-    }
-    Ok(listed)
-}
-
-fn remove_entry(path: &Path, metadata: &fs::Metadata) -> Result<()> {
-    if metadata.is_dir() {
-        remove_tree(path)
-    } else {
-        fs::remove_file(path).map_err(|error| Error::io("removing", path, error))
     }
 }
 
@@ -667,14 +783,22 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|error| Error::io("resolving", path, error))
 }
 
-fn root_metadata(pristine: &Path) -> Result<fs::Metadata> {
-    fs::symlink_metadata(pristine).map_err(|error| Error::io("reading", pristine, error))
+fn root_stat(pristine: &Path) -> Result<libc::stat> {
+    let path = c_path(pristine).map_err(|error| Error::io("reading", pristine, error))?;
+    // SAFETY: stat is plain data, filled by lstat on success.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::lstat(path.as_ptr(), &mut stat) } != 0 {
+        return Err(Error::io("reading", pristine, io::Error::last_os_error()));
+    }
+    Ok(stat)
 }
 
 /// Identifies one extraction of a pristine tree: its root inode (a re-extraction renames a
 /// new directory into place) and the fetcher's completion marker.
 fn pristine_marker(pristine: &Path) -> Result<String> {
-    let root = root_metadata(pristine)?;
+    let root =
+        fs::symlink_metadata(pristine).map_err(|error| Error::io("reading", pristine, error))?;
     let complete = fs::read(pristine.join(PRISTINE_COMPLETE_MARKER)).unwrap_or_default();
     let digest = hex::encode(Sha256::digest(&complete));
     Ok(format!("{}:{}:{}", root.dev(), root.ino(), &digest[..16]))
