@@ -168,6 +168,30 @@ impl DirFd {
         check(unsafe { libc::symlinkat(target.as_ptr(), self.raw(), name.as_ptr()) }).map(drop)
     }
 
+    /// Sets an entry's mtime without following a symlink (atime untouched).
+    pub fn set_mtime_at(&self, name: &CStr, seconds: i64, nanoseconds: i64) -> io::Result<()> {
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: seconds,
+                tv_nsec: nanoseconds,
+            },
+        ];
+        // SAFETY: valid descriptor, C string and two valid timespecs.
+        check(unsafe {
+            libc::utimensat(
+                self.raw(),
+                name.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop)
+    }
+
     pub fn read_link_at(&self, name: &CStr) -> io::Result<CString> {
         let mut buffer = vec![0u8; libc::PATH_MAX as usize + 1];
         // SAFETY: the buffer is writable for its full length.

@@ -416,6 +416,10 @@ impl Walk<'_> {
                     .slot
                     .symlink_at(&target, name)
                     .map_err(|error| io_error("creating", error))?;
+                level
+                    .slot
+                    .set_mtime_at(name, stat.st_mtime, stat.st_mtime_nsec)
+                    .map_err(|error| io_error("setting the mtime of", error))?;
                 let link = level
                     .slot
                     .stat_at(name)

@@ -107,9 +107,19 @@ fn write_fixture(root: &Path) {
 /// A digest of everything a build could change in a tree: paths, types, modes, sizes,
 /// mtimes, contents and link targets (not ctimes: hardlinking moves those).
 fn tree_digest(root: &Path) -> String {
+    hex::encode(Sha256::digest(format!("{:?}", tree_entries(root))))
+}
+
+fn tree_entries(root: &Path) -> BTreeMap<String, String> {
     fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, String>) {
         for entry in fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .is_some_and(|name| name == ".imagegen-slot")
+            {
+                continue;
+            }
             let metadata = fs::symlink_metadata(&path).unwrap();
             let relative = path.strip_prefix(root).unwrap().display().to_string();
             let mut line = format!(
@@ -131,7 +141,7 @@ fn tree_digest(root: &Path) -> String {
     }
     let mut entries = BTreeMap::new();
     walk(root, root, &mut entries);
-    hex::encode(Sha256::digest(format!("{entries:?}")))
+    entries
 }
 
 fn inputs(profile: &str, packages: &[&str], options: ImageOptions) -> BuildInputs {
@@ -326,6 +336,7 @@ fn parallel_builds_in_two_slots_leave_the_pristine_untouched() {
 fn a_reused_slot_is_reset_to_the_pristine_state() {
     let fixture = Fixture::new();
     let slot = fixture.path("slot");
+    let pristine_before = tree_digest(&fixture.pristine);
     prepare_slot(&fixture.pristine, &slot).unwrap();
     let options = ImageOptions {
         filesystem: Some("ext4".into()),
@@ -398,6 +409,32 @@ fn a_reused_slot_is_reset_to_the_pristine_state() {
             .unwrap()
             .ino()
     );
+
+    assert_eq!(tree_entries(&slot), tree_entries(&fixture.pristine));
+
+    // Whatever a build does to shared, copied, linked and directory entries is undone.
+    fs::remove_file(slot.join("include/version.mk")).unwrap();
+    fs::write(slot.join("Makefile.new"), "replaced").unwrap();
+    fs::rename(slot.join("Makefile.new"), slot.join("Makefile")).unwrap();
+    fs::remove_file(slot.join("staging_dir/host/bin/mkhash-link")).unwrap();
+    fs::write(slot.join("staging_dir/host/bin/mkhash-link"), "not a link").unwrap();
+    fs::remove_dir_all(slot.join("target/linux")).unwrap();
+    fs::write(slot.join("target/linux"), "a file where a directory was").unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(slot.join("keys/b5043e70f9a75cde"))
+        .unwrap();
+    fs::write(slot.join("keys/b5043e70f9a75cde"), "rewritten in place").unwrap();
+    fs::set_permissions(slot.join("include"), fs::Permissions::from_mode(0o500)).unwrap();
+    fs::create_dir_all(slot.join("build_dir/target-test/linux-test_sub/tmp/deep")).unwrap();
+    fs::write(
+        slot.join("build_dir/target-test/linux-test_sub/root.squashfs"),
+        "fs",
+    )
+    .unwrap();
+    prepare_slot(&fixture.pristine, &slot).unwrap();
+    assert_eq!(tree_entries(&slot), tree_entries(&fixture.pristine));
+    assert_eq!(tree_digest(&fixture.pristine), pristine_before);
 
     // A reset of an untouched slot changes nothing.
     let idle = prepare_slot(&fixture.pristine, &slot).unwrap();
