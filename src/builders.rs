@@ -484,8 +484,8 @@ pub struct Ensured {
     pub fetched: bool,
 }
 
-/// Makes sure the Image Builder pinned for `triple` is unpacked in the cache, recording
-/// pending → ready in the state store (broken on failure, never claiming success).
+/// Makes sure the Image Builder pinned for `triple` is unpacked in the cache and recorded
+/// as ready. A failure records nothing: a transient download error is never a fact.
 pub fn ensure(
     store: &Store,
     settings: &Settings,
@@ -494,30 +494,49 @@ pub fn ensure(
     progress: &mut dyn FnMut(imagebuilder::FetchProgress),
 ) -> Result<Ensured> {
     let address = format!("builder.{}", triple.key());
-    let entry = lock.and_then(|lock| lock.entries.get(&triple.key()));
-    let existing = store
-        .read()?
-        .builder(&triple.release, &triple.target, &triple.subtarget)?;
-    if let (Some(entry), Some(record)) = (entry, &existing)
-        && record.status == BuilderStatus::Ready
-        && record.archive_sha256 == entry.archive_sha256
-        && let Some(path) = record.path.as_ref().filter(|path| path.is_dir())
-    {
-        return Ok(Ensured {
-            address,
-            path: path.clone(),
-            archive_sha256: record.archive_sha256.clone(),
-            fetched: false,
-        });
+    if let Some(path) = ready_path(store, lock, triple)? {
+        let archive_sha256 = lock
+            .and_then(|lock| lock.entries.get(&triple.key()))
+            .map(|entry| entry.archive_sha256.clone())
+            .unwrap_or_default();
+        return Ok(Ensured { address, path, archive_sha256, fetched: false });
     }
+    let existing = store.read()?.builder(&triple.release, &triple.target, &triple.subtarget)?;
+    let record = fetch_pinned(settings, lock, triple, existing.as_ref(), progress)?;
+    put_builder(store, &record)?;
+    Ok(Ensured {
+        address,
+        path: record.path.clone().unwrap_or_default(),
+        archive_sha256: record.archive_sha256,
+        fetched: true,
+    })
+}
+
+/// The unpacked tree of a recorded, ready builder matching the lock pin, if there is one.
+pub fn ready_path(store: &Store, lock: Option<&LockFile>, triple: &Triple) -> Result<Option<PathBuf>> {
+    let entry = lock.and_then(|lock| lock.entries.get(&triple.key()));
+    let record = store.read()?.builder(&triple.release, &triple.target, &triple.subtarget)?;
+    Ok(record.and_then(|record| {
+        let pinned = entry.is_none_or(|entry| entry.archive_sha256 == record.archive_sha256);
+        let path = record.path.filter(|path| path.is_dir())?;
+        (record.status == BuilderStatus::Ready && pinned).then_some(path)
+    }))
+}
+
+/// Fetches, verifies and unpacks the builder the lock pins for `triple` (the live upstream
+/// one when unpinned) and returns the record to store. Touches no database.
+pub fn fetch_pinned(
+    settings: &Settings,
+    lock: Option<&LockFile>,
+    triple: &Triple,
+    previous: Option<&BuilderRecord>,
+    progress: &mut dyn FnMut(imagebuilder::FetchProgress),
+) -> Result<BuilderRecord> {
     if !mirror_reachable(settings) {
-        return Err(offline_error(&format!(
-            "fetch Image Builder {}",
-            triple.key()
-        )));
+        return Err(offline_error(&format!("fetch Image Builder {}", triple.key())));
     }
     let metadata = fetch_metadata(settings, triple)?;
-    if let Some(entry) = entry
+    if let Some(entry) = lock.and_then(|lock| lock.entries.get(&triple.key()))
         && entry.archive_sha256 != metadata.archive_sha256
     {
         return Err(Error::new(
@@ -529,13 +548,12 @@ pub fn ensure(
                 crate::key::short_hash(&metadata.archive_sha256)
             ),
         )
-        .with_help(format!(
-            "run `imagegen lock --upgrade {}` and review the change",
-            triple.key()
-        )));
+        .with_help(format!("run `imagegen lock --upgrade {}` and review the change", triple.key())));
     }
+    let client = client(settings)?;
+    let path = imagebuilder::fetch_builder(&client, &metadata, &settings.cache_dir.value, &settings.tmp_dir.value, progress)?;
     let now = crate::state::unix_now();
-    let mut record = BuilderRecord {
+    Ok(BuilderRecord {
         release: triple.release.clone(),
         target: triple.target.clone(),
         subtarget: triple.subtarget.clone(),
@@ -544,42 +562,13 @@ pub fn ensure(
         url: metadata.url_of_archive.clone(),
         key_id: metadata.key_id.clone(),
         version_code: Some(metadata.version_code.clone()),
-        status: BuilderStatus::Pending,
-        path: None,
-        size: 0,
-        first_used: existing.as_ref().map_or(now, |record| record.first_used),
+        status: BuilderStatus::Ready,
+        size: tree_size(&path),
+        path: Some(path),
+        first_used: previous.map_or(now, |record| record.first_used),
         last_used: now,
         error: None,
-    };
-    put_builder(store, &record)?;
-    let client = client(settings)?;
-    let result = imagebuilder::fetch_builder(
-        &client,
-        &metadata,
-        &settings.cache_dir.value,
-        &settings.tmp_dir.value,
-        progress,
-    );
-    match result {
-        Ok(path) => {
-            record.status = BuilderStatus::Ready;
-            record.size = tree_size(&path);
-            record.path = Some(path.clone());
-            put_builder(store, &record)?;
-            Ok(Ensured {
-                address,
-                path,
-                archive_sha256: record.archive_sha256,
-                fetched: true,
-            })
-        }
-        Err(error) => {
-            record.status = BuilderStatus::Broken;
-            record.error = Some(error.message.clone());
-            put_builder(store, &record)?;
-            Err(error)
-        }
-    }
+    })
 }
 
 fn put_builder(store: &Store, record: &BuilderRecord) -> Result<()> {

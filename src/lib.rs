@@ -17,6 +17,7 @@
 //! 7. [`cli`] is the command-line frontend: it parses arguments, calls one operation and
 //!    renders the result as text or JSON. Nothing below it knows about clap.
 
+pub mod apply;
 pub mod build;
 pub mod builders;
 pub mod cas;

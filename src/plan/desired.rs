@@ -138,7 +138,7 @@ fn check_locked(fleet: &Fleet, lock: Option<&LockFile>) -> Result<()> {
     .with_help("run `imagegen lock` and commit imagegen.lock"))
 }
 
-fn overlay_input(fleet: &Fleet, loaded: &LoadedProfile) -> OverlayInput {
+pub fn overlay_input(fleet: &Fleet, loaded: &LoadedProfile) -> OverlayInput {
     let profile = &loaded.profile;
     let files = profile
         .files
