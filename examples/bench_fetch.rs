@@ -62,7 +62,7 @@ fn main() -> AnyResult<()> {
     if !archive.exists() {
         generate(&archive, &name, xz)?;
     }
-    let mirror = MirrorWriter::new(scratch.join("mirror"));
+    let mirror = MirrorWriter::new(scratch.join(format!("mirror-{suffix}")));
     let published = mirror.target_path(RELEASE, TARGET, SUBTARGET).join(&name);
     if !published.exists() {
         let files = TargetFiles {

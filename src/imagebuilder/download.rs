@@ -39,7 +39,8 @@ pub enum FetchPhase {
     Done,
 }
 
-/// A progress report; `downloaded` counts compressed bytes, the resumed part included.
+/// A progress report. In the `Downloading` phase `downloaded` counts compressed bytes, the
+/// resumed part included; the later phases carry no byte counts (all zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct FetchProgress {
     pub phase: FetchPhase,
