@@ -499,9 +499,16 @@ pub fn ensure(
             .and_then(|lock| lock.entries.get(&triple.key()))
             .map(|entry| entry.archive_sha256.clone())
             .unwrap_or_default();
-        return Ok(Ensured { address, path, archive_sha256, fetched: false });
+        return Ok(Ensured {
+            address,
+            path,
+            archive_sha256,
+            fetched: false,
+        });
     }
-    let existing = store.read()?.builder(&triple.release, &triple.target, &triple.subtarget)?;
+    let existing = store
+        .read()?
+        .builder(&triple.release, &triple.target, &triple.subtarget)?;
     let record = fetch_pinned(settings, lock, triple, existing.as_ref(), progress)?;
     put_builder(store, &record)?;
     Ok(Ensured {
@@ -513,9 +520,15 @@ pub fn ensure(
 }
 
 /// The unpacked tree of a recorded, ready builder matching the lock pin, if there is one.
-pub fn ready_path(store: &Store, lock: Option<&LockFile>, triple: &Triple) -> Result<Option<PathBuf>> {
+pub fn ready_path(
+    store: &Store,
+    lock: Option<&LockFile>,
+    triple: &Triple,
+) -> Result<Option<PathBuf>> {
     let entry = lock.and_then(|lock| lock.entries.get(&triple.key()));
-    let record = store.read()?.builder(&triple.release, &triple.target, &triple.subtarget)?;
+    let record = store
+        .read()?
+        .builder(&triple.release, &triple.target, &triple.subtarget)?;
     Ok(record.and_then(|record| {
         let pinned = entry.is_none_or(|entry| entry.archive_sha256 == record.archive_sha256);
         let path = record.path.filter(|path| path.is_dir())?;
@@ -533,7 +546,10 @@ pub fn fetch_pinned(
     progress: &mut dyn FnMut(imagebuilder::FetchProgress),
 ) -> Result<BuilderRecord> {
     if !mirror_reachable(settings) {
-        return Err(offline_error(&format!("fetch Image Builder {}", triple.key())));
+        return Err(offline_error(&format!(
+            "fetch Image Builder {}",
+            triple.key()
+        )));
     }
     let metadata = fetch_metadata(settings, triple)?;
     if let Some(entry) = lock.and_then(|lock| lock.entries.get(&triple.key()))
@@ -548,10 +564,19 @@ pub fn fetch_pinned(
                 crate::key::short_hash(&metadata.archive_sha256)
             ),
         )
-        .with_help(format!("run `imagegen lock --upgrade {}` and review the change", triple.key())));
+        .with_help(format!(
+            "run `imagegen lock --upgrade {}` and review the change",
+            triple.key()
+        )));
     }
     let client = client(settings)?;
-    let path = imagebuilder::fetch_builder(&client, &metadata, &settings.cache_dir.value, &settings.tmp_dir.value, progress)?;
+    let path = imagebuilder::fetch_builder(
+        &client,
+        &metadata,
+        &settings.cache_dir.value,
+        &settings.tmp_dir.value,
+        progress,
+    )?;
     let now = crate::state::unix_now();
     Ok(BuilderRecord {
         release: triple.release.clone(),

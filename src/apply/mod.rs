@@ -17,7 +17,9 @@ use serde::Serialize;
 
 use crate::builders::Triple;
 use crate::error::{Error, ErrorCode, Result};
-use crate::exec::{self, ExecOptions, OutcomeKind, Pool, Reporter, RunReport, StepOutcome, StepSpec};
+use crate::exec::{
+    self, ExecOptions, OutcomeKind, Pool, Reporter, RunReport, StepOutcome, StepSpec,
+};
 use crate::key::BuildInputs;
 use crate::manifest::{Fleet, LockFile};
 use crate::plan::{ActionKind, Plan, Resource};
@@ -167,7 +169,8 @@ fn to_steps(plan: &Plan, force: bool) -> Result<(Vec<StepSpec<Payload>>, Vec<Str
     let mut specs = Vec::new();
     let mut not_run = Vec::new();
     for action in &plan.actions {
-        let wanted = action.action.is_change() || (force && action.resource == Resource::Build && action.action == ActionKind::NoOp);
+        let wanted = action.action.is_change()
+            || (force && action.resource == Resource::Build && action.action == ActionKind::NoOp);
         if !wanted {
             continue;
         }
@@ -189,9 +192,14 @@ fn to_steps(plan: &Plan, force: bool) -> Result<(Vec<StepSpec<Payload>>, Vec<Str
                 key: required(action.key.clone(), &action.address).map_err(|_| {
                     Error::new(
                         ErrorCode::Precondition,
-                        format!("the build key of `{}` is not known: its Image Builder is not pinned", action.address),
+                        format!(
+                            "the build key of `{}` is not known: its Image Builder is not pinned",
+                            action.address
+                        ),
                     )
-                    .with_help("run `imagegen lock` first (apply does this itself unless `--locked`)")
+                    .with_help(
+                        "run `imagegen lock` first (apply does this itself unless `--locked`)",
+                    )
                 })?,
                 inputs: required(action.inputs.clone(), &action.address)?,
             }),

@@ -9,7 +9,9 @@ use super::{BuildJob, Done, Payload, Shared};
 use crate::build::{BuildManifest, BuildRequest, prepare_slot, run_build, verify_slot};
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{StepContext, StepOutcome, StepSpec};
-use crate::state::{ArtifactRecord, ArtifactRef, BuildRecord, BuildStatus, ProfilePointer, unix_now};
+use crate::state::{
+    ArtifactRecord, ArtifactRef, BuildRecord, BuildStatus, ProfilePointer, unix_now,
+};
 
 /// A build step's result.
 #[derive(Debug, Clone)]
@@ -40,14 +42,33 @@ pub(crate) fn fleet_commit(root: &Path) -> Option<String> {
 }
 
 /// Runs one step on a worker thread. Reads the store, never writes it.
-pub(crate) fn run(shared: &Shared, spec: &StepSpec<Payload>, context: &StepContext) -> Result<Done> {
+pub(crate) fn run(
+    shared: &Shared,
+    spec: &StepSpec<Payload>,
+    context: &StepContext,
+) -> Result<Done> {
     match &spec.payload {
         Payload::Builder(triple) => {
-            let previous = shared.store.read()?.builder(&triple.release, &triple.target, &triple.subtarget)?;
-            let record = crate::builders::fetch_pinned(shared.settings, shared.lock, triple, previous.as_ref(), &mut |progress| {
-                let fraction = progress.total.map(|total| progress.downloaded as f64 / total.max(1) as f64);
-                context.progress(&format!("{:.1} MB", progress.downloaded as f64 / 1e6), fraction);
-            })?;
+            let previous =
+                shared
+                    .store
+                    .read()?
+                    .builder(&triple.release, &triple.target, &triple.subtarget)?;
+            let record = crate::builders::fetch_pinned(
+                shared.settings,
+                shared.lock,
+                triple,
+                previous.as_ref(),
+                &mut |progress| {
+                    let fraction = progress
+                        .total
+                        .map(|total| progress.downloaded as f64 / total.max(1) as f64);
+                    context.progress(
+                        &format!("{:.1} MB", progress.downloaded as f64 / 1e6),
+                        fraction,
+                    );
+                },
+            )?;
             Ok(Done::Builder(Box::new(record)))
         }
         Payload::Build(job) => build(shared, job, context).map(|done| Done::Build(Box::new(done))),
@@ -56,7 +77,11 @@ pub(crate) fn run(shared: &Shared, spec: &StepSpec<Payload>, context: &StepConte
 }
 
 /// Records one finished step (coordinator thread only): one transaction per step.
-pub(crate) fn record(shared: &Shared, spec: &StepSpec<Payload>, outcome: &StepOutcome<Done>) -> Result<()> {
+pub(crate) fn record(
+    shared: &Shared,
+    spec: &StepSpec<Payload>,
+    outcome: &StepOutcome<Done>,
+) -> Result<()> {
     match (outcome, &spec.payload) {
         (StepOutcome::Succeeded(Done::Builder(record)), _) => {
             let mut writer = shared.store.write()?;
@@ -69,7 +94,9 @@ pub(crate) fn record(shared: &Shared, spec: &StepSpec<Payload>, outcome: &StepOu
             writer.remove_profile_pointer(&shared.fleet.name, profile_id)?;
             writer.commit()
         }
-        (StepOutcome::Failed(error), Payload::Build(job)) if error.code != ErrorCode::Interrupted => {
+        (StepOutcome::Failed(error), Payload::Build(job))
+            if error.code != ErrorCode::Interrupted =>
+        {
             record_failed_build(shared, job, error)
         }
         // Cancelled and skipped steps, failed fetches: nothing is a fact worth keeping.
@@ -121,7 +148,10 @@ fn record_build(shared: &Shared, done: &BuildDone) -> Result<()> {
 /// key, and never as something to reuse.
 fn record_failed_build(shared: &Shared, job: &BuildJob, error: &Error) -> Result<()> {
     let mut writer = shared.store.write()?;
-    if writer.build(&job.key)?.is_some_and(|record| record.status == BuildStatus::Succeeded) {
+    if writer
+        .build(&job.key)?
+        .is_some_and(|record| record.status == BuildStatus::Succeeded)
+    {
         return Ok(());
     }
     let now = unix_now();
@@ -149,13 +179,19 @@ fn cached_build(shared: &Shared, job: &BuildJob) -> Result<Option<BuildRecord>> 
     let record = shared.store.read()?.build(&job.key)?;
     Ok(record.filter(|record| {
         record.status == BuildStatus::Succeeded
-            && record.artifacts.iter().all(|artifact| shared.cas.contains(&artifact.sha256))
+            && record
+                .artifacts
+                .iter()
+                .all(|artifact| shared.cas.contains(&artifact.sha256))
     }))
 }
 
 fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<BuildDone> {
     let loaded = shared.fleet.profile(&job.profile_id).ok_or_else(|| {
-        Error::new(ErrorCode::StalePlan, format!("profile `{}` is no longer in the fleet", job.profile_id))
+        Error::new(
+            ErrorCode::StalePlan,
+            format!("profile `{}` is no longer in the fleet", job.profile_id),
+        )
     })?;
     if let Some(record) = cached_build(shared, job)? {
         context.progress("cache hit", Some(1.0));
@@ -174,19 +210,29 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
     }
     let started_at = unix_now();
     let triple = crate::builders::Triple::of(&loaded.profile);
-    let pristine = crate::builders::ready_path(shared.store, shared.lock, &triple)?.ok_or_else(|| {
-        Error::new(ErrorCode::Precondition, format!("Image Builder {} is not in the cache", triple.key()))
+    let pristine =
+        crate::builders::ready_path(shared.store, shared.lock, &triple)?.ok_or_else(|| {
+            Error::new(
+                ErrorCode::Precondition,
+                format!("Image Builder {} is not in the cache", triple.key()),
+            )
             .with_help(format!("run `imagegen builders ensure {}`", triple.key()))
-    })?;
+        })?;
     let work = &shared.settings.tmp_dir.value;
     let slot = context.slot();
     let stage_dir = fresh_dir(&work.join("stage").join(format!("slot-{slot}")))?;
     context.progress("staging overlay", None);
-    let digest = crate::overlay::stage(&crate::plan::overlay_input(shared.fleet, loaded), &stage_dir)?;
+    let digest = crate::overlay::stage(
+        &crate::plan::overlay_input(shared.fleet, loaded),
+        &stage_dir,
+    )?;
     if digest.tree_hash != job.inputs.overlay.tree_hash {
         return Err(Error::new(
             ErrorCode::StalePlan,
-            format!("the overlay files of `{}` changed since the plan", job.profile_id),
+            format!(
+                "the overlay files of `{}` changed since the plan",
+                job.profile_id
+            ),
         )
         .with_help("run `imagegen plan` again"));
     }
@@ -231,7 +277,12 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
         });
     }
     let manifest = BuildManifest::new(&job.profile_id, &job.key, &job.inputs, &output);
-    let manifest_path = shared.settings.artifacts_dir.value.join("manifests").join(format!("{}.json", job.key));
+    let manifest_path = shared
+        .settings
+        .artifacts_dir
+        .value
+        .join("manifests")
+        .join(format!("{}.json", job.key));
     if let Some(parent) = manifest_path.parent() {
         std::fs::create_dir_all(parent).map_err(|error| Error::io("creating", parent, error))?;
     }
@@ -254,15 +305,20 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
 
 /// A profile's `bin_dir` (relative to the fleet root) gets a copy of its artifacts, from the
 /// CAS, each file written atomically.
-fn copy_to_bin_dir(shared: &Shared, loaded: &crate::manifest::LoadedProfile, artifacts: &[ArtifactRef]) -> Result<()> {
+fn copy_to_bin_dir(
+    shared: &Shared,
+    loaded: &crate::manifest::LoadedProfile,
+    artifacts: &[ArtifactRef],
+) -> Result<()> {
     let Some(bin_dir) = &loaded.profile.bin_dir else {
         return Ok(());
     };
     let bin_dir = shared.fleet.root.join(bin_dir);
     std::fs::create_dir_all(&bin_dir).map_err(|error| Error::io("creating", &bin_dir, error))?;
     for artifact in artifacts {
-        let bytes = std::fs::read(shared.cas.blob_path(&artifact.sha256))
-            .map_err(|error| Error::io("reading", &shared.cas.blob_path(&artifact.sha256), error))?;
+        let bytes = std::fs::read(shared.cas.blob_path(&artifact.sha256)).map_err(|error| {
+            Error::io("reading", &shared.cas.blob_path(&artifact.sha256), error)
+        })?;
         crate::fsutil::write_atomically(&bin_dir.join(&artifact.name), &bytes)?;
     }
     Ok(())

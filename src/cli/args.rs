@@ -81,6 +81,22 @@ pub enum Command {
     Validate,
     /// Show what apply would fetch, build and flash, and why
     Plan(PlanArgs),
+    /// Carry out the plan: fetch Image Builders, build images, record results
+    ///
+    /// Without PLANFILE, computes the plan and runs it. With PLANFILE (from `plan --out`),
+    /// runs exactly that plan, or refuses with what changed since. Missing lock entries are
+    /// added first unless --locked. A second apply finds nothing to do.
+    Apply(ApplyArgs),
+    /// Build (or reuse) the images of the given profiles now
+    Build(BuildArgs),
+    /// Recorded builds: list, show one, print its log
+    #[command(subcommand)]
+    Builds(BuildsCommand),
+    /// Artifacts in the content-addressed store
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
+    /// Remove artifacts no fleet pointer or recent build references
+    Gc(GcArgs),
     /// Pin every Image Builder the fleet uses into imagegen.lock (archive, sha256, key, revision)
     ///
     /// Reads each target's signed sha256sums and profiles.json from the mirror. Without
@@ -115,6 +131,59 @@ pub struct PlanArgs {
     /// Also list unchanged actions
     #[arg(long, short = 'v')]
     pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A plan saved with `imagegen plan --out FILE`
+    pub plan_file: Option<PathBuf>,
+    /// Run everything that does not depend on a failed step
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Fail instead of adding missing imagegen.lock entries
+    #[arg(long)]
+    pub locked: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Profile ids
+    #[arg(required = true)]
+    pub profiles: Vec<String>,
+    /// Rebuild even when a recorded build with the same key exists
+    #[arg(long)]
+    pub force: bool,
+    /// Build the other profiles when one fails
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildsCommand {
+    /// Recorded builds, newest first
+    List,
+    /// One build: inputs, artifacts, log path (a key prefix is enough)
+    Show { key: String },
+    /// Print the log of a build
+    Log { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Every artifact in the store
+    List,
+    /// One artifact (a sha256 prefix is enough)
+    Show { sha256: String },
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Only report what would be removed and how much space that frees
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep artifacts of builds finished within this many days even without a pointer
+    #[arg(long, default_value_t = 7)]
+    pub keep_days: u64,
 }
 
 #[derive(Debug, Args)]

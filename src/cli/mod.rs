@@ -2,10 +2,12 @@
 //! operation, render its result as text or JSON, and map errors to exit codes. Core code
 //! never sees clap types.
 
+mod applying;
 mod args;
 mod commands;
 mod context;
 mod fetching;
+mod records;
 mod report;
 
 use std::collections::BTreeMap;
@@ -55,6 +57,11 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Validate => commands::validate(context),
         Command::Plan(args) => commands::plan(context, &args),
         Command::Config => commands::config(context),
+        Command::Apply(args) => applying::apply(context, &args),
+        Command::Build(args) => applying::build(context, &args),
+        Command::Builds(command) => records::builds(context, command),
+        Command::Artifacts(command) => records::artifacts(context, command),
+        Command::Gc(args) => records::gc(context, &args),
         Command::Lock(args) => fetching::lock(context, &args),
         Command::Builders(command) => fetching::builders(context, command),
         Command::Profiles(command) => commands::profiles(context, command),

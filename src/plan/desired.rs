@@ -37,6 +37,17 @@ pub fn lock_path(fleet: &Fleet) -> std::path::PathBuf {
 
 /// Computes the plan of a fleet against the state store named by `settings`.
 pub fn compute(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Result<Plan> {
+    let store = Store::open(&settings.db.value, "imagegen plan")?;
+    compute_with(fleet, settings, options, &store)
+}
+
+/// [`compute`] against a store the caller already holds (apply keeps it locked throughout).
+pub fn compute_with(
+    fleet: &Fleet,
+    settings: &Settings,
+    options: &PlanOptions,
+    store: &Store,
+) -> Result<Plan> {
     let lock = LockFile::read(&lock_path(fleet))?;
     if options.locked {
         check_locked(fleet, lock.as_ref())?;
@@ -50,8 +61,7 @@ pub fn compute(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
         )
         .with_help("run `imagegen lock --upgrade`, review and commit imagegen.lock"));
     }
-    let store = Store::open(&settings.db.value, "imagegen plan")?;
-    let digests = overlay_digests(fleet, &store)?;
+    let digests = overlay_digests(fleet, store)?;
     let desired = desired_state(fleet, lock.as_ref(), &digests);
     let reader = store.read()?;
     let recorded = recorded_state(&fleet.name, &reader, &settings.artifacts_dir.value)?;
@@ -269,6 +279,7 @@ fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDiges
         builders: builders.into_values().collect(),
         builds,
         flashes,
+        allow_flash: false,
     }
 }
 

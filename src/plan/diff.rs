@@ -40,6 +40,9 @@ pub struct Desired {
     pub builders: Vec<DesiredBuilder>,
     pub builds: Vec<DesiredBuild>,
     pub flashes: Vec<DesiredFlash>,
+    /// Whether this run may write to devices. Without it, wanted flashes are `skip`
+    /// (shown with their reason) and do not count as pending changes.
+    pub allow_flash: bool,
 }
 
 /// An Image Builder as the state store knows it.
@@ -133,7 +136,15 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
     let flashes: Vec<Action> = desired
         .flashes
         .iter()
-        .map(|flash| flash_action(&desired.fleet, flash, recorded, &builds))
+        .map(|flash| {
+            flash_action(
+                &desired.fleet,
+                flash,
+                recorded,
+                &builds,
+                desired.allow_flash,
+            )
+        })
         .collect();
     actions.extend(builds);
     actions.extend(flashes);
@@ -264,6 +275,7 @@ fn flash_action(
     flash: &DesiredFlash,
     recorded: &Recorded,
     builds: &[Action],
+    allow_flash: bool,
 ) -> Action {
     let build_address = build_address(fleet, &flash.profile_id);
     let build = builds.iter().find(|action| action.address == build_address);
@@ -301,6 +313,14 @@ fn flash_action(
             ),
         ),
         (Some(_), Some(_)) => (ActionKind::NoOp, String::new()),
+    };
+    let (kind, why) = if kind.is_change() && !allow_flash {
+        (
+            ActionKind::Skip,
+            format!("{why}; writing devices needs an explicit flash run (not part of apply)"),
+        )
+    } else {
+        (kind, why)
     };
     let mut result = action(flash_address(&flash.device_id), Resource::Flash, kind);
     result.key = artifact;
@@ -388,6 +408,7 @@ mod tests {
                 path: "/dev/sdz".into(),
                 image: "sysupgrade".into(),
             }],
+            allow_flash: true,
         }
     }
 
@@ -516,6 +537,22 @@ mod tests {
             "{:?}",
             build.reasons
         );
+    }
+
+    #[test]
+    fn flashes_are_skipped_unless_allowed() {
+        let mut wanted = desired(Some(&"11".repeat(32)), &["luci"]);
+        wanted.allow_flash = false;
+        let plan = diff(&wanted, &Recorded::default(), Fingerprint::default());
+        let flash = plan.action("flash.sd1").expect("flash");
+        assert_eq!(flash.action, ActionKind::Skip);
+        assert!(
+            flash.reasons[0].text.contains("never flashed"),
+            "{:?}",
+            flash.reasons
+        );
+        assert_eq!(plan.summary.changes(), 2);
+        assert_eq!(plan.summary.skip, 1);
     }
 
     #[test]

@@ -7,7 +7,9 @@ mod diff;
 mod model;
 mod render;
 
-pub use desired::{PlanOptions, build_inputs, compute, lock_path, overlay_input, validate_overlays};
+pub use desired::{
+    PlanOptions, build_inputs, compute, compute_with, lock_path, overlay_input, validate_overlays,
+};
 pub use diff::{
     Desired, DesiredBuild, DesiredBuilder, DesiredFlash, Recorded, RecordedBuild, RecordedBuilder,
     RecordedDevice, diff,

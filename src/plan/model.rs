@@ -20,7 +20,7 @@ pub enum Resource {
 }
 
 /// What happens to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ActionKind {
     #[serde(rename = "create")]
     Create,

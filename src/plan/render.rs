@@ -20,9 +20,10 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
             "No changes. Fleet `{}` matches the recorded state ({} unchanged).",
             plan.fleet, plan.summary.unchanged
         );
-        if !verbose {
+        if shown.is_empty() {
             return out;
         }
+        out.push('\n');
     } else {
         let _ = writeln!(
             out,
@@ -85,7 +86,7 @@ fn verb(action: &Action) -> &'static str {
         (Resource::Builder, _) => "fetch",
         (Resource::Build, ActionKind::Create) => "build",
         (Resource::Build, _) => "rebuild",
-        (Resource::Flash, _) => "flash; needs `apply --allow-flash`",
+        (Resource::Flash, _) => "flash",
     }
 }
 

@@ -84,6 +84,11 @@ impl Reader {
         self.fleet_pointers(FLEET_PROFILE_TO_POINTER, fleet)
     }
 
+    /// Every profile pointer of every fleet (what `gc` must keep).
+    pub fn all_profile_pointers(&self) -> Result<Vec<ProfilePointer>> {
+        self.values(FLEET_PROFILE_TO_POINTER)
+    }
+
     pub fn device_pointer(&self, fleet: &str, device_id: &str) -> Result<Option<DevicePointer>> {
         self.get(FLEET_DEVICE_TO_POINTER, (fleet, device_id))
     }
