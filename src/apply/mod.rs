@@ -41,7 +41,7 @@ pub struct ApplyOptions {
 #[derive(Debug, Clone)]
 pub(crate) enum Payload {
     Builder(Triple),
-    Build(BuildJob),
+    Build(Box<BuildJob>),
     Forget { profile_id: String },
 }
 
@@ -186,7 +186,7 @@ fn to_steps(plan: &Plan, force: bool) -> Result<(Vec<StepSpec<Payload>>, Vec<Str
             (Resource::Build, ActionKind::Remove) => Payload::Forget {
                 profile_id: required(action.profile_id.clone(), &action.address)?,
             },
-            (Resource::Build, _) => Payload::Build(BuildJob {
+            (Resource::Build, _) => Payload::Build(Box::new(BuildJob {
                 profile_id: required(action.profile_id.clone(), &action.address)?,
                 device_id: action.device_id.clone().unwrap_or_default(),
                 key: required(action.key.clone(), &action.address).map_err(|_| {
@@ -202,7 +202,7 @@ fn to_steps(plan: &Plan, force: bool) -> Result<(Vec<StepSpec<Payload>>, Vec<Str
                     )
                 })?,
                 inputs: required(action.inputs.clone(), &action.address)?,
-            }),
+            })),
         };
         let pool = match payload {
             Payload::Build(_) => Pool::Build,

@@ -174,6 +174,8 @@ pub enum ArtifactsCommand {
     List,
     /// One artifact (a sha256 prefix is enough)
     Show { sha256: String },
+    /// Re-hash every stored artifact; corrupted blobs are removed so the next apply rebuilds them
+    Verify,
 }
 
 #[derive(Debug, Args)]

@@ -124,8 +124,58 @@ pub(crate) fn artifacts(context: &Context, command: ArtifactsCommand) -> Result<
             let value = serde_json::json!({ "artifact": record, "path": cas.blob_path(&record.sha256), "present": cas.contains(&record.sha256) });
             print_json(&value)?;
         }
+        ArtifactsCommand::Verify => return verify(context, &cas, &records),
     }
     Ok(exit::OK)
+}
+
+#[derive(Serialize)]
+struct VerifyReport {
+    checked: usize,
+    missing: Vec<String>,
+    corrupted: Vec<String>,
+}
+
+/// Re-hashes every recorded artifact. A corrupted blob is deleted (it can never be trusted
+/// again); the builds that produced it then plan as "artifacts missing" and are rebuilt.
+fn verify(
+    context: &Context,
+    cas: &crate::cas::Cas,
+    records: &[crate::state::ArtifactRecord],
+) -> Result<i32> {
+    let mut report = VerifyReport {
+        checked: 0,
+        missing: Vec::new(),
+        corrupted: Vec::new(),
+    };
+    for record in records {
+        report.checked += 1;
+        if !cas.contains(&record.sha256) {
+            report.missing.push(record.sha256.clone());
+        } else if !cas.verify(&record.sha256)? {
+            cas.remove(&record.sha256)?;
+            report.corrupted.push(record.sha256.clone());
+        }
+    }
+    if report.missing.is_empty() && report.corrupted.is_empty() {
+        if context.json() {
+            print_json(&report)?;
+        } else {
+            println!("{} artifacts verified; all intact.", report.checked);
+        }
+        return Ok(exit::OK);
+    }
+    Err(Error::new(
+        ErrorCode::InternalError,
+        format!(
+            "artifact store damaged: {} corrupted (removed), {} missing, of {} artifacts",
+            report.corrupted.len(),
+            report.missing.len(),
+            report.checked
+        ),
+    )
+    .with_details(serde_json::to_value(&report).unwrap_or_default())
+    .with_help("run `imagegen plan` to see what will be rebuilt, then `imagegen apply`"))
 }
 
 #[derive(Serialize)]

@@ -544,7 +544,7 @@ mod tests {
         }
         assert_eq!(
             replaced("\"23.05.4\"", "23.05"),
-            ["4:18: expected a string for `openwrt_release`, found a float"]
+            ["4:18: invalid `openwrt_release` `23.05`"]
         );
         assert_eq!(
             replaced("\"23.05.4\"", "v23.05.4"),

@@ -2,7 +2,6 @@
 //! for [`super::diff`]. Reads files and the state store; never the network.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use super::diff::{
     Desired, DesiredBuild, DesiredBuilder, DesiredFlash, Recorded, RecordedBuild, RecordedBuilder,
@@ -64,7 +63,8 @@ pub fn compute_with(
     let digests = overlay_digests(fleet, store)?;
     let desired = desired_state(fleet, lock.as_ref(), &digests);
     let reader = store.read()?;
-    let recorded = recorded_state(&fleet.name, &reader, &settings.artifacts_dir.value)?;
+    let cas = crate::cas::Cas::open(&settings.artifacts_dir.value)?;
+    let recorded = recorded_state(&fleet.name, &reader, &cas)?;
     let fingerprint = Fingerprint {
         fleet: fleet_fingerprint(fleet),
         lock: lock_fingerprint(fleet)?,
@@ -335,7 +335,7 @@ fn entry_kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-fn recorded_state(fleet: &str, reader: &Reader, artifacts_dir: &Path) -> Result<Recorded> {
+fn recorded_state(fleet: &str, reader: &Reader, cas: &crate::cas::Cas) -> Result<Recorded> {
     let mut recorded = Recorded::default();
     for builder in reader.builders()? {
         let key = builder_key(&builder.release, &builder.target, &builder.subtarget);
@@ -355,9 +355,10 @@ fn recorded_state(fleet: &str, reader: &Reader, artifacts_dir: &Path) -> Result<
             .and_then(|record| serde_json::from_value::<BuildInputs>(record.inputs.clone()).ok());
         let usable = record.as_ref().is_some_and(|record| {
             record.status == BuildStatus::Succeeded
-                && record.artifacts.iter().all(|artifact| {
-                    crate::plan::blob_path(artifacts_dir, &artifact.sha256).is_file()
-                })
+                && record
+                    .artifacts
+                    .iter()
+                    .all(|artifact| blob_intact(cas, &artifact.sha256, artifact.size))
         });
         let artifacts = record
             .map(|record| {
@@ -387,6 +388,13 @@ fn recorded_state(fleet: &str, reader: &Reader, artifacts_dir: &Path) -> Result<
         );
     }
     Ok(recorded)
+}
+
+/// Cheap integrity for planning: the blob exists with its recorded size. Full hashes are
+/// checked when a build is reused and by `imagegen artifacts verify`.
+fn blob_intact(cas: &crate::cas::Cas, sha256: &str, size: u64) -> bool {
+    std::fs::metadata(cas.blob_path(sha256))
+        .is_ok_and(|metadata| metadata.is_file() && metadata.len() == size)
 }
 
 fn fleet_fingerprint(fleet: &Fleet) -> String {

@@ -16,13 +16,3 @@ pub use diff::{
 };
 pub use model::{Action, ActionKind, FORMAT_VERSION, Fingerprint, Plan, Resource, Summary};
 pub use render::render_text;
-
-/// Where the content-addressed store keeps a blob: `blobs/sha256/ab/abcd…`.
-pub fn blob_path(artifacts_dir: &std::path::Path, sha256: &str) -> std::path::PathBuf {
-    let prefix = sha256.get(..2).unwrap_or("00");
-    artifacts_dir
-        .join("blobs")
-        .join("sha256")
-        .join(prefix)
-        .join(sha256)
-}

@@ -253,6 +253,12 @@ impl<'n, 'p> MapReader<'n, 'p> {
                 None
             }
             Node::String(text) => Some(Spanned::new(text.clone(), node.span.clone())),
+            // `subtarget: 64` or `openwrt_release: 24.10` mean the text as written; a
+            // number's source text is exactly what the user meant by it.
+            Node::Integer(_) | Node::Float(_) => Some(Spanned::new(
+                self.source.slice(&node.span).to_string(),
+                node.span.clone(),
+            )),
             _ => self.mistyped(key, node, "a string"),
         }
     }
@@ -319,7 +325,7 @@ mod tests {
 
     #[test]
     fn typed_fields_and_every_problem_at_once() {
-        let text = "name: 5\nflag: yes\ncount: -1\nlist: [a, 2]\nsub:\n  inner: x\n  extra: y\nnaem: z\nempty:\n";
+        let text = "name: true\nflag: yes\ncount: -1\nlist: [a, 2]\nsub:\n  inner: x\n  extra: y\nnaem: z\nempty:\n";
         let problems = read(text, |mut reader| {
             assert_eq!(reader.string("name"), None);
             assert_eq!(reader.string("missing"), None);
@@ -331,7 +337,8 @@ mod tests {
                 .into_iter()
                 .map(|s| s.value)
                 .collect();
-            assert_eq!(list, ["a"]);
+            // A number stands for its source text where a string is wanted.
+            assert_eq!(list, ["a", "2"]);
             if let Some(mut sub) = reader.nested("sub") {
                 assert_eq!(sub.string("inner").map(|s| s.value), Some("x".to_string()));
                 sub.finish(&["inner"]);
@@ -341,12 +348,11 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "r.yaml:1:7: expected a string for `name`, found an integer",
+                "r.yaml:1:7: expected a string for `name`, found a boolean",
                 "r.yaml:1:1: missing required field `missing`",
                 "r.yaml:9:1: `empty` has no value",
                 "r.yaml:2:7: expected a boolean (`true` or `false`) for `flag`, found a string",
                 "r.yaml:3:8: expected a non-negative integer for `count`, found an integer",
-                "r.yaml:4:11: expected a string for `list[1]`, found an integer",
                 "r.yaml:7:3: unknown field `sub.extra`",
                 "r.yaml:8:1: unknown field `naem`",
             ]

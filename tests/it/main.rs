@@ -1,6 +1,7 @@
 //! The one integration-test binary: every test runs the real `imagegen` binary or the real
 //! library against temp dirs, a real redb file and real files.
 
+mod apply;
 mod build;
 mod cli;
 mod exec;
