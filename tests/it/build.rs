@@ -3,6 +3,8 @@
 //! BIN_DIR, build_dir/, tmp/, rewrites `packages/Packages` in place with `>`, reports
 //! unknown profiles and packages with the real texts), built in worker slots.
 
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -192,6 +194,7 @@ impl Fixture {
 }
 
 /// Runs one build; output and log go to fresh paths named after `tag`.
+#[allow(clippy::too_many_arguments)]
 fn build(
     fixture: &Fixture,
     slot: &Path,
