@@ -145,19 +145,21 @@ fn summarize(rows: &[[f64; 5]]) {
         "idle reset",
         "reset after build",
     ];
-    let cp = column(0);
-    println!("\nmedian wall s (min-max), ratio to cp -a (median of per-run ratios):");
+    println!("\nmedian wall s (min-max); ratios are medians of per-run ratios:");
+    let ratio = |index: usize, base: usize| -> f64 {
+        let mut ratios: Vec<f64> = rows.iter().map(|row| row[index] / row[base]).collect();
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        median(&ratios)
+    };
     for (index, name) in names.iter().enumerate() {
         let values = column(index);
-        let mut ratios: Vec<f64> = rows.iter().map(|row| row[index] / row[0]).collect();
-        ratios.sort_by(|a, b| a.total_cmp(b));
         println!(
-            "  {name:<18} {:.3} ({:.3}-{:.3})  ratio {:.3} (median of cp {:.3})",
+            "  {name:<18} {:.3} ({:.3}-{:.3})  vs cp -a {:.3}  vs cp -al {:.3}",
             median(&values),
             values[0],
             values[values.len() - 1],
-            median(&ratios),
-            median(&cp)
+            ratio(index, 0),
+            ratio(index, 1)
         );
     }
 }

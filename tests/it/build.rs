@@ -535,12 +535,12 @@ fn a_timeout_kills_the_whole_process_group() {
         Some(&overlay),
         None,
         "timeout",
-        Duration::from_secs(3),
+        Duration::from_secs(6),
         &cancel,
     )
     .unwrap_err();
     assert_eq!(error.code, ErrorCode::BuildFailed);
-    assert_eq!(error.message, "build timed out after 3 s");
+    assert_eq!(error.message, "build timed out after 6 s");
     assert!(error.log_path.is_some());
     let (sleeper_pid, group) = sleeper(&slot).expect("the fixture started its sleeper");
     assert_ne!(sleeper_pid, group);
