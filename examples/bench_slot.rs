@@ -2,7 +2,8 @@
 //!
 //! Generates a deterministic ~500 MB tree shaped like `reference/perf-baselines.md` "Test
 //! data" (≈20k files, ≈2k directories, ≈210 symlinks, plus the Image Builder files the slot
-//! policy cares about), then interleaves, run by run: `cp -a TREE DEST`, a fresh
+//! policy cares about), then interleaves, run by run: `cp -a TREE DEST`, `cp -al` (the
+//! hardlink-clone floor), a fresh
 //! `prepare_slot`, an idle reset (nothing changed), and a reset after a simulated build.
 //! Nothing is deleted until all runs are done (ext4 without a journal is slow to create
 //! files right after a mass delete).
@@ -57,9 +58,20 @@ fn main() {
         }
         return;
     }
+    if let Ok(repeat) = std::env::var("BENCH_SLOT_PROFILE_FRESH") {
+        // For profilers: only fresh slots (deleted at the end).
+        let base = scratch.join("profile-fresh");
+        for index in 0..repeat.parse().unwrap_or(5) {
+            let slot = base.join(index.to_string());
+            let (elapsed, _) = timed(|| prepare_slot(&tree, &slot).expect("slot"));
+            println!("fresh slot {:.3} s", elapsed.as_secs_f64());
+        }
+        let _ = fs::remove_dir_all(&base);
+        return;
+    }
     let work = scratch.join(format!("run-{}", std::process::id()));
     fs::create_dir_all(&work).expect("work dir");
-    let mut rows: Vec<[f64; 4]> = Vec::new();
+    let mut rows: Vec<[f64; 5]> = Vec::new();
     let mut last: Option<(SlotReport, SlotReport, SlotReport)> = None;
     for run in 0..runs {
         let cp_dest = work.join(format!("cp-{run}"));
@@ -72,19 +84,33 @@ fn main() {
                 .status();
             assert!(status.map(|s| s.success()).unwrap_or(false), "cp -a failed");
         });
+        let link_dest = work.join(format!("cpl-{run}"));
+        fs::create_dir_all(&link_dest).expect("cp -al dest");
+        let cp_link = time(|| {
+            let status = Command::new("cp")
+                .arg("-al")
+                .arg(&tree)
+                .arg(&link_dest)
+                .status();
+            assert!(
+                status.map(|s| s.success()).unwrap_or(false),
+                "cp -al failed"
+            );
+        });
         let slot = work.join(format!("slot-{run}"));
         let (fresh, fresh_report) = timed(|| prepare_slot(&tree, &slot).expect("fresh slot"));
         let (idle, idle_report) = timed(|| prepare_slot(&tree, &slot).expect("idle reset"));
         simulate_build(&slot);
         let (dirty, dirty_report) = timed(|| prepare_slot(&tree, &slot).expect("reset"));
         println!(
-            "run {run}: cp -a {:.3} s | fresh slot {:.3} s | idle reset {:.3} s | reset after build {:.3} s",
+            "run {run}: cp -a {:.3} s | cp -al {:.3} s | fresh slot {:.3} s | idle reset {:.3} s | reset after build {:.3} s",
             cp.as_secs_f64(),
+            cp_link.as_secs_f64(),
             fresh.as_secs_f64(),
             idle.as_secs_f64(),
             dirty.as_secs_f64()
         );
-        rows.push([cp, fresh, idle, dirty].map(|d| d.as_secs_f64()));
+        rows.push([cp, cp_link, fresh, idle, dirty].map(|d| d.as_secs_f64()));
         last = Some((fresh_report, idle_report, dirty_report));
     }
     summarize(&rows);
@@ -105,27 +131,35 @@ fn main() {
     let _ = fs::remove_dir_all(&work);
 }
 
-fn summarize(rows: &[[f64; 4]]) {
+fn summarize(rows: &[[f64; 5]]) {
     let column = |index: usize| -> Vec<f64> {
         let mut values: Vec<f64> = rows.iter().map(|row| row[index]).collect();
         values.sort_by(|a, b| a.total_cmp(b));
         values
     };
     let median = |values: &[f64]| values[values.len() / 2];
-    let names = ["cp -a", "fresh slot", "idle reset", "reset after build"];
-    let cp = column(0);
-    println!("\nmedian wall s (min-max), ratio to cp -a (median of per-run ratios):");
+    let names = [
+        "cp -a",
+        "cp -al",
+        "fresh slot",
+        "idle reset",
+        "reset after build",
+    ];
+    println!("\nmedian wall s (min-max); ratios are medians of per-run ratios:");
+    let ratio = |index: usize, base: usize| -> f64 {
+        let mut ratios: Vec<f64> = rows.iter().map(|row| row[index] / row[base]).collect();
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        median(&ratios)
+    };
     for (index, name) in names.iter().enumerate() {
         let values = column(index);
-        let mut ratios: Vec<f64> = rows.iter().map(|row| row[index] / row[0]).collect();
-        ratios.sort_by(|a, b| a.total_cmp(b));
         println!(
-            "  {name:<18} {:.3} ({:.3}-{:.3})  ratio {:.3} (median of cp {:.3})",
+            "  {name:<18} {:.3} ({:.3}-{:.3})  vs cp -a {:.3}  vs cp -al {:.3}",
             median(&values),
             values[0],
             values[values.len() - 1],
-            median(&ratios),
-            median(&cp)
+            ratio(index, 0),
+            ratio(index, 1)
         );
     }
 }
@@ -278,7 +312,7 @@ fn generate(root: &Path) -> (usize, usize, usize, u64) {
             if depth >= 6 {
                 continue;
             }
-            let path = parent.join(rng.word() + &["", "-1", "_x"][rng.below(3)]);
+            let path = parent.join(rng.word() + ["", "-1", "_x"][rng.below(3)]);
             if all_dirs.insert(path.clone()) {
                 kind_dirs.push((path, depth + 1));
             }

@@ -71,7 +71,12 @@ pub(crate) fn missing_images(
     filesystem: Option<&str>,
 ) -> Option<String> {
     let Some(json) = profiles_json else {
-        return Some("the build wrote no `profiles.json`".to_string());
+        return Some(match filesystem {
+            Some(wanted) => format!(
+                "the build wrote no `profiles.json` (does the target build `{wanted}` images?)"
+            ),
+            None => "the build wrote no `profiles.json`".to_string(),
+        });
     };
     let images = match profile_images(json, profile) {
         None => {
@@ -90,7 +95,9 @@ pub(crate) fn missing_images(
     let found = images
         .iter()
         .any(|image| image.filesystem.as_deref() == Some(wanted));
-    (!found).then(|| format!("no `{wanted}` image was written"))
+    (!found).then(|| {
+        format!("no `{wanted}` image was written (does the target build `{wanted}` images?)")
+    })
 }
 
 /// Hashes and classifies every regular file in `output_dir`.
@@ -425,7 +432,7 @@ mod tests {
         );
         assert_eq!(
             missing_images(Some(&json), "generic", Some("ext4")).as_deref(),
-            Some("no `ext4` image was written")
+            Some("no `ext4` image was written (does the target build `ext4` images?)")
         );
         assert!(missing_images(Some(&json), "other", None).is_some());
         assert!(missing_images(Some(&profiles(json!([]))), "generic", None).is_some());

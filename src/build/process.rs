@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 /// Time between SIGTERM and SIGKILL.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -44,9 +44,17 @@ pub(crate) fn run_supervised(
         });
     }
     let program = command.get_program().to_string_lossy().into_owned();
-    let mut child = command
-        .spawn()
-        .map_err(|error| Error::io("starting", std::path::Path::new(&program), error))?;
+    let mut child = command.spawn().map_err(|error| {
+        if error.kind() == io::ErrorKind::NotFound {
+            Error::new(
+                ErrorCode::ImagebuilderError,
+                format!("host tool missing: `{program}` is not installed"),
+            )
+            .with_help("the Image Builder needs GNU make and its other host tools on PATH")
+        } else {
+            Error::io("starting", std::path::Path::new(&program), error)
+        }
+    })?;
     let group = child.id() as i32;
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(5);

@@ -3,10 +3,11 @@
 //! hardlinked); nothing here writes below it. What is shared and what is copied is decided
 //! by [`super::placement`]; this module makes the slot match that decision.
 //!
-//! Both a fresh slot and a reset are the same walk over the pristine tree: for each entry,
-//! make the slot's counterpart right (skip it if it already is), then delete whatever the
-//! slot has that the pristine tree does not (the last build's files). A reset therefore costs
-//! two directory walks plus the work of undoing what the last build changed.
+//! A fresh slot walks the pristine tree and creates each entry's counterpart, remembering
+//! what it made in a record file. A reset walks only the slot: `readdir` inode numbers
+//! compared with the records tell intact entries from ones the last build replaced; extras
+//! are deleted, replaced or missing entries recreated from the pristine tree. A reset thus
+//! costs one directory walk plus undoing what the last build changed.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr, OsString};
