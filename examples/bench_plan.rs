@@ -3,6 +3,7 @@
 //! hashed) and warm (per-file hash cache filled), with wall time and peak RSS.
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_plan [-- RUNS]`
+//! (needs GNU time at /usr/bin/time: `apt-get install time`)
 //! It runs the release binary `target/release/imagegen` (or $IMAGEGEN_BIN) as a child.
 //! Targets (issue 2): warm plan < 1 s and < 150 MB peak RSS on 2 cores.
 
@@ -56,6 +57,9 @@ fn main() {
     }
     report("cold plan (empty state)", &cold);
     report("warm plan (hash cache filled)", &warm);
+    if std::env::var_os("IMAGEGEN_BENCH_KEEP").is_some() {
+        println!("kept the fleet in {}", dir.keep().display());
+    }
 }
 
 fn default_binary() -> PathBuf {
@@ -117,34 +121,39 @@ struct Sample {
 }
 
 fn run_plan(binary: &Path, fleet: &Path, state: &Path) -> Sample {
+    // `/usr/bin/time -f %M` reports the peak RSS of exactly this process (getrusage of the
+    // children would also count the bench's own pages inherited at fork time).
     let started = Instant::now();
-    let status = Command::new(binary)
+    let status = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(binary)
         .args(["plan", "--json"])
         .current_dir(fleet)
         .env("OWRT_IMG_DB_URL", state.join("state.redb"))
         .env("OWRT_IMG_ARTIFACTS_DIR", state.join("artifacts"))
         .env("OWRT_IMG_CACHE_DIR", state.join("cache"))
         .env("OWRT_IMG_OFFLINE", "1")
-        .stdout(std::process::Stdio::null())
-        .status()
+        .output()
         .expect("run imagegen");
     let seconds = started.elapsed().as_secs_f64();
-    assert!(status.success(), "imagegen plan failed");
+    assert!(
+        status.status.success(),
+        "imagegen plan failed:\n{}",
+        String::from_utf8_lossy(&status.stdout)
+            .chars()
+            .take(3000)
+            .collect::<String>()
+    );
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    let max_rss_kb: f64 = stderr
+        .lines()
+        .last()
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or(f64::NAN);
     Sample {
         seconds,
-        max_rss_mb: child_max_rss_kb() as f64 / 1024.0,
+        max_rss_mb: max_rss_kb / 1024.0,
     }
-}
-
-/// Peak RSS of the largest child so far (the kernel keeps the maximum over waited children).
-fn child_max_rss_kb() -> i64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    usage.ru_maxrss
 }
 
 fn report(name: &str, samples: &[Sample]) {
@@ -156,7 +165,7 @@ fn report(name: &str, samples: &[Sample]) {
         .map(|sample| sample.max_rss_mb)
         .fold(0.0, f64::max);
     println!(
-        "{name}: median {median:.3} s (min {:.3}, max {:.3}, n={}); peak RSS of any child so far {rss:.1} MB",
+        "{name}: median {median:.3} s (min {:.3}, max {:.3}, n={}); peak RSS (max over runs) {rss:.1} MB",
         times[0],
         times[times.len() - 1],
         times.len()

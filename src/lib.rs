@@ -12,10 +12,17 @@
 //!    build key, and the human explanation of what changed, from the same walk.
 //! 5. [`plan`] compares the desired state with what [`state`] (the redb store) recorded and
 //!    produces a `Plan`: actions with addresses, reasons and dependencies.
-//! 6. [`imagebuilder`] fetches, verifies and unpacks official Image Builders; [`standin`]
-//!    generates stand-in Image Builders and mirrors for tests and the offline demo.
-//! 7. [`cli`] is the command-line frontend: it parses arguments, calls one operation and
+//! 6. [`imagebuilder`] fetches, verifies (usign) and safely unpacks official Image Builders;
+//!    [`builders`] pins them into `imagegen.lock`, checks profiles against upstream
+//!    `profiles.json` and keeps the builder cache; [`standin`] generates stand-in Image
+//!    Builders and mirrors for tests and the offline demo.
+//! 7. [`apply`] turns a plan into steps for [`exec`] (a pure dependency queue, a coordinator
+//!    that is the only database writer, worker pools); [`build`] runs `make image` in a
+//!    private worker slot and classifies the outputs; [`cas`] stores artifacts by sha256.
+//! 8. [`cli`] is the command-line frontend: it parses arguments, calls one operation and
 //!    renders the result as text or JSON. Nothing below it knows about clap.
+//!
+//! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.
 
 pub mod apply;
 pub mod build;

@@ -87,20 +87,32 @@ impl SourceFile {
 /// Largest input file we read (manifest, profile, lock), in bytes.
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 
+/// Largest fleet manifest or lock file: they grow with the fleet (thousands of devices).
+pub const MAX_MANIFEST_SIZE: u64 = 64 * 1024 * 1024;
+
 /// Deepest nesting of sequences and mappings we accept; real files need four or five.
 pub(crate) const MAX_DEPTH: usize = 64;
 
 impl SourceFile {
     /// Read a file for parsing, refusing anything larger than [`MAX_FILE_SIZE`] or not UTF-8.
     pub fn read(path: &Path, display_name: String) -> Result<Arc<SourceFile>, Problem> {
+        SourceFile::read_limited(path, display_name, MAX_FILE_SIZE)
+    }
+
+    /// [`SourceFile::read`] with another size limit (for the manifest and the lock file).
+    pub fn read_limited(
+        path: &Path,
+        display_name: String,
+        max_size: u64,
+    ) -> Result<Arc<SourceFile>, Problem> {
         let unreadable = |error: std::io::Error| {
             Problem::validation(format!("cannot read `{display_name}`: {error}"))
                 .at(Location::file(display_name.clone()))
         };
         let metadata = std::fs::metadata(path).map_err(unreadable)?;
-        if metadata.len() > MAX_FILE_SIZE {
+        if metadata.len() > max_size {
             return Err(Problem::validation(format!(
-                "`{display_name}` is {} bytes, more than the limit of {MAX_FILE_SIZE} bytes",
+                "`{display_name}` is {} bytes, more than the limit of {max_size} bytes",
                 metadata.len()
             ))
             .at(Location::file(display_name.clone())));

@@ -17,6 +17,9 @@ use crate::settings::FileSettings;
 use crate::source::{self, Format, MapReader, Node, SourceFile, Spanned, suggest};
 
 const TOP_FIELDS: &[&str] = &["fleet", "settings", "device"];
+
+/// Fleets of thousands of routers are the point; this only stops runaway files.
+const MAX_DEVICES: usize = 100_000;
 const FLEET_FIELDS: &[&str] = &["name", "profiles"];
 const DEVICE_FIELDS: &[&str] = &["id", "profile", "description", "flash"];
 const FLASH_FIELDS: &[&str] = &["path", "image", "verify", "wipe"];
@@ -132,8 +135,9 @@ pub fn load_fleet_with_home(manifest_path: &Path, home: Option<&Path>) -> Result
         .unwrap_or_else(|| PathBuf::from("/"));
     let display = display_name(&root, &manifest_path);
     let invalid = format!("invalid fleet `{display}`");
-    let manifest = SourceFile::read(&manifest_path, display)
-        .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
+    let manifest =
+        SourceFile::read_limited(&manifest_path, display, crate::source::MAX_MANIFEST_SIZE)
+            .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
     let tree = source::parse(&manifest, Format::Toml)
         .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
     let mut problems = Problems::new();
@@ -210,7 +214,7 @@ fn read_manifest(
 }
 
 fn read_devices(reader: &mut MapReader<'_, '_>) -> Vec<Device> {
-    let Some(items) = reader.opt_list("device") else {
+    let Some(items) = reader.opt_list_up_to("device", MAX_DEVICES) else {
         return Vec::new();
     };
     let mut devices = Vec::with_capacity(items.len());

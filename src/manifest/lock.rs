@@ -86,7 +86,7 @@ impl LockFile {
             |name| name.to_string_lossy().into_owned(),
         );
         let invalid = format!("invalid lock file `{display}`");
-        let source = SourceFile::read(path, display)
+        let source = SourceFile::read_limited(path, display, crate::source::MAX_MANIFEST_SIZE)
             .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
         LockFile::parse(&source)
             .map(Some)
@@ -150,7 +150,9 @@ fn read_lock(mut reader: MapReader<'_, '_>) -> LockFile {
         }
     }
     let mut lock = LockFile::default();
-    let items = reader.opt_list("builder").unwrap_or_default();
+    let items = reader
+        .opt_list_up_to("builder", 100_000)
+        .unwrap_or_default();
     for (index, item) in items.iter().enumerate() {
         let path = format!("builder[{index}]");
         let Some(entry) = reader.reader_for(item, &path).and_then(read_entry) else {

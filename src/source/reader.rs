@@ -169,14 +169,19 @@ impl<'n, 'p> MapReader<'n, 'p> {
 
     /// A list of arbitrary values (at most [`MAX_LIST_LEN`]); `None` when absent or mistyped.
     pub fn opt_list(&mut self, key: &str) -> Option<&'n [Spanned<Node>]> {
+        self.opt_list_up_to(key, MAX_LIST_LEN)
+    }
+
+    /// [`MapReader::opt_list`] with another length limit (e.g. a fleet's devices).
+    pub fn opt_list_up_to(&mut self, key: &str, max_len: usize) -> Option<&'n [Spanned<Node>]> {
         let node = self.node(key)?;
         match &node.value {
-            Node::Sequence(items) if items.len() > MAX_LIST_LEN => {
+            Node::Sequence(items) if items.len() > max_len => {
                 let path = self.path_of(key);
                 self.invalid(
                     node.span.clone(),
                     format!(
-                        "`{path}` has {} entries, more than the limit of {MAX_LIST_LEN}",
+                        "`{path}` has {} entries, more than the limit of {max_len}",
                         items.len()
                     ),
                     "too long",
