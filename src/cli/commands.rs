@@ -88,15 +88,7 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
 
 pub(crate) fn config(context: &Context) -> Result<i32> {
     // The manifest is optional for `config`: outside a fleet, show flags, env and defaults.
-    let fleet = match context.load_fleet() {
-        Ok(fleet) => Some(fleet),
-        Err(error)
-            if error.code == ErrorCode::Precondition && context.global.manifest.is_none() =>
-        {
-            None
-        }
-        Err(error) => return Err(error),
-    };
+    let fleet = context.optional_fleet()?;
     let settings = context.settings(fleet.as_ref())?;
     let entries = settings.entries();
     if context.json() {

@@ -54,6 +54,20 @@ impl Context {
         manifest::load_fleet(&path)
     }
 
+    /// The fleet when there is one: commands such as `config` or `builds` also work outside
+    /// a fleet repository (with flags, environment and defaults only).
+    pub fn optional_fleet(&self) -> Result<Option<Fleet>> {
+        match self.load_fleet() {
+            Ok(fleet) => Ok(Some(fleet)),
+            Err(error)
+                if error.code == ErrorCode::Precondition && self.global.manifest.is_none() =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     pub fn flags(&self) -> FlagSettings {
         let global = &self.global;
         FlagSettings {

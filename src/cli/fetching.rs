@@ -69,15 +69,7 @@ fn settings_and_lock(
     crate::settings::Settings,
     Option<LockFile>,
 )> {
-    let fleet = match context.load_fleet() {
-        Ok(fleet) => Some(fleet),
-        Err(error)
-            if error.code == ErrorCode::Precondition && context.global.manifest.is_none() =>
-        {
-            None
-        }
-        Err(error) => return Err(error),
-    };
+    let fleet = context.optional_fleet()?;
     let settings = context.settings(fleet.as_ref())?;
     let lock = match &fleet {
         Some(fleet) => LockFile::read(&crate::plan::lock_path(fleet))?,

@@ -13,15 +13,7 @@ use crate::state::{BuildRecord, Store};
 
 /// Settings for commands that work with or without a fleet.
 fn settings(context: &Context) -> Result<Settings> {
-    let fleet = match context.load_fleet() {
-        Ok(fleet) => Some(fleet),
-        Err(error)
-            if error.code == ErrorCode::Precondition && context.global.manifest.is_none() =>
-        {
-            None
-        }
-        Err(error) => return Err(error),
-    };
+    let fleet = context.optional_fleet()?;
     context.settings(fleet.as_ref())
 }
 
