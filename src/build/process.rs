@@ -35,11 +35,13 @@ pub(crate) fn run_supervised(
     cancel: &AtomicBool,
 ) -> Result<Finish> {
     command.process_group(0);
-    // SAFETY: umask(2) is async-signal-safe and touches no memory; nothing else runs
-    // between fork and exec.
+    // SAFETY: umask(2) and prctl(2) are async-signal-safe and touch no memory; nothing
+    // else runs between fork and exec. PR_SET_PDEATHSIG makes `make` die with imagegen
+    // (kill -9, OOM) instead of living on in a slot the next apply will reset.
     unsafe {
         command.pre_exec(|| {
             libc::umask(0o022);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
             Ok(())
         });
     }
