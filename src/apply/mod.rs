@@ -83,8 +83,6 @@ pub struct StepSummary {
 pub struct ApplyReport {
     pub fleet: String,
     pub steps: Vec<StepSummary>,
-    /// Plan actions apply did not run (flashing needs its own, explicit command).
-    pub not_run: Vec<String>,
     pub run: RunReport,
 }
 
@@ -124,7 +122,7 @@ pub fn apply(
         force: options.force,
         fleet_commit: steps::fleet_commit(&fleet.root),
     };
-    let (specs, not_run) = to_steps(plan, options.force)?;
+    let specs = to_steps(plan, options.force)?;
     let exec_options = ExecOptions {
         jobs: settings.jobs.value.max(1) as usize,
         download_jobs: settings.download_jobs.value.max(1) as usize,
@@ -159,15 +157,14 @@ pub fn apply(
     Ok(ApplyReport {
         fleet: fleet.name.clone(),
         steps,
-        not_run,
         run,
     })
 }
 
-/// The plan's changes as steps; flash actions are listed as not run.
-fn to_steps(plan: &Plan, force: bool) -> Result<(Vec<StepSpec<Payload>>, Vec<String>)> {
+/// The plan's changes as steps. Flashes are never part of apply: the plan shows them as
+/// `skip` (writing devices is a separate, explicit operation; docs/decisions.md §5).
+fn to_steps(plan: &Plan, force: bool) -> Result<Vec<StepSpec<Payload>>> {
     let mut specs = Vec::new();
-    let mut not_run = Vec::new();
     for action in &plan.actions {
         let wanted = action.action.is_change()
             || (force && action.resource == Resource::Build && action.action == ActionKind::NoOp);
@@ -175,13 +172,7 @@ fn to_steps(plan: &Plan, force: bool) -> Result<(Vec<StepSpec<Payload>>, Vec<Str
             continue;
         }
         let payload = match (action.resource, action.action) {
-            (Resource::Flash, _) => {
-                not_run.push(format!(
-                    "{}: flashing is a separate, explicit operation and is not part of apply",
-                    action.address
-                ));
-                continue;
-            }
+            (Resource::Flash, _) => continue,
             (Resource::Builder, _) => Payload::Builder(Triple::parse(&action.address)?),
             (Resource::Build, ActionKind::Remove) => Payload::Forget {
                 profile_id: required(action.profile_id.clone(), &action.address)?,
@@ -215,7 +206,7 @@ fn to_steps(plan: &Plan, force: bool) -> Result<(Vec<StepSpec<Payload>>, Vec<Str
             payload,
         });
     }
-    Ok((specs, not_run))
+    Ok(specs)
 }
 
 fn required<T>(value: Option<T>, address: &str) -> Result<T> {

@@ -41,7 +41,13 @@ pub(crate) fn run_supervised(
     unsafe {
         command.pre_exec(|| {
             libc::umask(0o022);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             Ok(())
         });
     }

@@ -123,9 +123,6 @@ fn print_summary(report: &ApplyReport) {
             println!("      log: {}", log.display());
         }
     }
-    for note in &report.not_run {
-        println!("  not run: {note}");
-    }
     let run = &report.run;
     println!(
         "Apply: {} succeeded, {} failed, {} skipped, {} cancelled in {:.1} s.",
