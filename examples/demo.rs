@@ -10,14 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const TRIPLES: [(&str, &str, &str); 5] = [
-    ("23.05.4", "ath79", "generic"),
-    ("23.05.4", "bcm27xx", "bcm2711"),
-    ("23.05.4", "mediatek", "filogic"),
-    ("23.05.4", "x86", "64"),
-    ("SNAPSHOT", "ramips", "mt7621"),
-];
-
 fn main() {
     let crate_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::args()
@@ -34,14 +26,17 @@ fn main() {
             .unwrap_or_else(|error| panic!("cannot clear {}: {error}", dir.display()));
     }
     let data = crate_root.join("../shared/data/openwrt-23.05.4");
+    let fleet = dir.join("fleet");
+    copy_fleet(&crate_root, &fleet);
     eprintln!(
         "== generating a stand-in mirror in {}",
         dir.join("mirror").display()
     );
-    let mirror = imagegen::standin::demo::write_mirror(&dir.join("mirror"), &data, &TRIPLES, 0.0)
-        .unwrap_or_else(|error| panic!("writing the mirror: {error}"));
-    let fleet = dir.join("fleet");
-    copy_fleet(&crate_root, &fleet);
+    let loaded = imagegen::manifest::load_fleet(&fleet.join("imagegen.toml"))
+        .unwrap_or_else(|error| panic!("loading the example fleet: {error}"));
+    let mirror =
+        imagegen::standin::demo::write_mirror_for_fleet(&dir.join("mirror"), &data, &loaded, 0.0)
+            .unwrap_or_else(|error| panic!("writing the mirror: {error}"));
     let manifest = std::fs::read_to_string(fleet.join("imagegen.toml")).expect("manifest");
     let manifest = manifest.replace(
         "mirror = \"https://downloads.openwrt.org\"",

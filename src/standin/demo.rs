@@ -64,6 +64,27 @@ pub fn write_mirror(
     })
 }
 
+/// [`write_mirror`] for every (release, target, subtarget) the fleet's profiles use.
+pub fn write_mirror_for_fleet(
+    root: &Path,
+    data_dir: &Path,
+    fleet: &crate::manifest::Fleet,
+    build_cpu_seconds: f64,
+) -> Result<DemoMirror> {
+    let triples = crate::builders::fleet_triples(fleet);
+    let borrowed: Vec<(&str, &str, &str)> = triples
+        .iter()
+        .map(|triple| {
+            (
+                triple.release.as_str(),
+                triple.target.as_str(),
+                triple.subtarget.as_str(),
+            )
+        })
+        .collect();
+    write_mirror(root, data_dir, &borrowed, build_cpu_seconds)
+}
+
 /// Generates, packs and publishes one stand-in Image Builder; returns its archive name.
 pub fn write_target(
     writer: &MirrorWriter,

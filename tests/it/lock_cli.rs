@@ -6,24 +6,14 @@ use imagegen::standin::demo;
 
 use crate::support::{TestFleet, upstream_data};
 
-const TRIPLES: [(&str, &str, &str); 5] = [
-    ("23.05.4", "ath79", "generic"),
-    ("23.05.4", "bcm27xx", "bcm2711"),
-    ("23.05.4", "mediatek", "filogic"),
-    ("23.05.4", "x86", "64"),
-    ("SNAPSHOT", "ramips", "mt7621"),
-];
-
 /// The example fleet pointed at a fresh stand-in mirror that its settings trust.
 fn fleet_with_mirror() -> (TestFleet, demo::DemoMirror) {
     let fleet = TestFleet::example();
-    let mirror = demo::write_mirror(
-        &fleet.path().join("mirror"),
-        &upstream_data(),
-        &TRIPLES,
-        0.0,
-    )
-    .expect("mirror");
+    let loaded =
+        imagegen::manifest::load_fleet(&fleet.path().join("imagegen.toml")).expect("example fleet");
+    let mirror =
+        demo::write_mirror_for_fleet(&fleet.path().join("mirror"), &upstream_data(), &loaded, 0.0)
+            .expect("mirror");
     let manifest = std::fs::read_to_string(fleet.path().join("imagegen.toml")).expect("manifest");
     let manifest = manifest.replace(
         "mirror = \"https://downloads.openwrt.org\"",
