@@ -37,37 +37,26 @@ fn main() {
     let mirror =
         imagegen::standin::demo::write_mirror_for_fleet(&dir.join("mirror"), &data, &loaded, 0.0)
             .unwrap_or_else(|error| panic!("writing the mirror: {error}"));
+    // The demo's state lives next to it, named in the fleet's own settings, so plain
+    // `imagegen --manifest DIR/fleet/imagegen.toml builds list` works afterwards.
+    let state = dir.join("state");
     let manifest = std::fs::read_to_string(fleet.join("imagegen.toml")).expect("manifest");
     let manifest = manifest.replace(
         "mirror = \"https://downloads.openwrt.org\"",
         &format!(
-            "mirror = \"{}\"\ntrusted_keys = [\"{}\"]",
+            "mirror = \"{}\"\ntrusted_keys = [\"{}\"]\noffline = true\ndb = \"{}\"\nartifacts_dir = \"{}\"\ncache_dir = \"{}\"\ntmp_dir = \"{}\"",
             mirror.url,
-            mirror.public_key.display()
+            mirror.public_key.display(),
+            state.join("state.redb").display(),
+            state.join("artifacts").display(),
+            state.join("cache").display(),
+            state.join("tmp").display()
         ),
     );
     std::fs::write(fleet.join("imagegen.toml"), manifest).expect("write manifest");
-    let mut env: BTreeMap<String, String> = std::env::vars()
+    let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(name, _)| !name.starts_with("OWRT_IMG_"))
         .collect();
-    let state = dir.join("state");
-    env.insert(
-        "OWRT_IMG_DB_URL".into(),
-        state.join("state.redb").display().to_string(),
-    );
-    env.insert(
-        "OWRT_IMG_ARTIFACTS_DIR".into(),
-        state.join("artifacts").display().to_string(),
-    );
-    env.insert(
-        "OWRT_IMG_CACHE_DIR".into(),
-        state.join("cache").display().to_string(),
-    );
-    env.insert(
-        "OWRT_IMG_TMP_DIR".into(),
-        state.join("tmp").display().to_string(),
-    );
-    env.insert("OWRT_IMG_OFFLINE".into(), "1".into());
     let run = |args: &[&str]| {
         eprintln!("\n== imagegen {}", args.join(" "));
         let mut argv = vec![

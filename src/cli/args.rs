@@ -9,6 +9,7 @@ Typical session:
   imagegen validate                 check imagegen.toml and every profile
   imagegen plan                     show what would be fetched, built and flashed, and why
   imagegen plan --detailed-exitcode exit 2 when changes are pending (for CI gates)
+  imagegen apply                    fetch, build and record what the plan shows
 
 Settings come from flags > OWRT_IMG_* environment > imagegen.toml [settings] > defaults;
 `imagegen config` shows each effective value and where it came from.

@@ -374,12 +374,23 @@ fn ctrl_c_stops_the_run_with_130_and_the_next_apply_finishes() {
     let fleet = small_fleet(3.0);
     fleet.run(&["lock"]).success();
     fleet.run(&["builders", "ensure"]).success();
-    let child = fleet.command(&["apply"]).stdout(std::process::Stdio::piped()).spawn().expect("apply");
+    let child = fleet
+        .command(&["apply"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("apply");
     // Wait until a build is running: its log file appears.
     let logs = fleet.state_dir().join("artifacts/logs");
     let started = Instant::now();
-    while std::fs::read_dir(&logs).map(|entries| entries.count()).unwrap_or(0) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(60), "no build started");
+    while std::fs::read_dir(&logs)
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no build started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: kill(2) with SIGINT, as a terminal's Ctrl-C would send.
@@ -387,12 +398,22 @@ fn ctrl_c_stops_the_run_with_130_and_the_next_apply_finishes() {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
     let output = child.wait_with_output().expect("apply");
-    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("Interrupted"));
     // Nothing false was recorded: the interrupted builds are still to do, and apply finishes.
     let pending = changed(&plan(&fleet));
     assert!(!pending.is_empty());
-    assert!(pending.iter().all(|(address, _)| address.starts_with("build.")), "{pending:?}");
+    assert!(
+        pending
+            .iter()
+            .all(|(address, _)| address.starts_with("build.")),
+        "{pending:?}"
+    );
     fleet.run(&["apply"]).success();
     assert!(changed(&plan(&fleet)).is_empty());
 }
