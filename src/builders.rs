@@ -112,9 +112,16 @@ fn save_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Fetches one target's signed metadata and keeps its `profiles.json` in the cache.
 pub fn fetch_metadata(settings: &Settings, triple: &Triple) -> Result<TargetMetadata> {
-    let client = client(settings)?;
+    fetch_metadata_with(&client(settings)?, settings, triple)
+}
+
+fn fetch_metadata_with(
+    client: &MirrorClient,
+    settings: &Settings,
+    triple: &Triple,
+) -> Result<TargetMetadata> {
     let metadata = imagebuilder::fetch_target(
-        &client,
+        client,
         &keyring(settings)?,
         settings.verify_signatures.value,
         &triple.release,
@@ -293,6 +300,16 @@ pub fn check_upstream(
 ) -> Result<UpstreamCheck> {
     let mut check = UpstreamCheck::default();
     let mut online = mirror_reachable(settings);
+    // Planning should not hang on a dead network: one quick retry, then plan from the lock.
+    let quick = MirrorClient::new(
+        &settings.mirror.value,
+        FetchOptions {
+            offline: settings.offline.value,
+            retries: 1,
+            connect_timeout: std::time::Duration::from_secs(5),
+            ..FetchOptions::default()
+        },
+    )?;
     let mut overview: Option<Option<Overview>> = None;
     for triple in fleet_triples(fleet) {
         let entry = lock.and_then(|lock| lock.entries.get(&triple.key()));
@@ -305,7 +322,7 @@ pub fn check_upstream(
             .ok()
         });
         if online {
-            match fetch_metadata(settings, &triple) {
+            match fetch_metadata_with(&quick, settings, &triple) {
                 Ok(metadata) => {
                     if let Some(entry) = entry
                         && (entry.archive_sha256 != metadata.archive_sha256
