@@ -25,13 +25,6 @@ const KEY_HEADER: &str = "imagegen-build-key-v1\n";
 #[serde(transparent)]
 pub struct BuildKey(pub String);
 
-impl BuildKey {
-    /// The first 12 hex digits, for display.
-    pub fn short(&self) -> &str {
-        &self.0[..self.0.len().min(12)]
-    }
-}
-
 impl fmt::Display for BuildKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -313,14 +313,18 @@ fn copy_to_bin_dir(
     let Some(bin_dir) = &loaded.profile.bin_dir else {
         return Ok(());
     };
-    let bin_dir = shared.fleet.root.join(bin_dir);
-    std::fs::create_dir_all(&bin_dir).map_err(|error| Error::io("creating", &bin_dir, error))?;
-    for artifact in artifacts {
-        let bytes = std::fs::read(shared.cas.blob_path(&artifact.sha256)).map_err(|error| {
-            Error::io("reading", &shared.cas.blob_path(&artifact.sha256), error)
-        })?;
-        crate::fsutil::write_atomically(&bin_dir.join(&artifact.name), &bytes)?;
-    }
+    let built: Vec<crate::build::BuiltArtifact> = artifacts
+        .iter()
+        .map(|artifact| crate::build::BuiltArtifact {
+            path: shared.cas.blob_path(&artifact.sha256),
+            name: artifact.name.clone(),
+            kind: artifact.kind.clone(),
+            filesystem: artifact.filesystem.clone(),
+            sha256: artifact.sha256.clone(),
+            size: artifact.size,
+        })
+        .collect();
+    crate::build::copy_to_bin_dir(&built, &shared.fleet.root.join(bin_dir))?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! job; recording them is the caller's.
 
 use std::fs::{self, File};
-use std::io::Write;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -325,17 +325,7 @@ impl BuildManifest {
         let mut text = serde_json::to_vec_pretty(self)
             .map_err(|error| Error::internal(format!("serializing the build manifest: {error}")))?;
         text.push(b'\n');
-        let parent = path.parent().unwrap_or(Path::new("."));
-        let mut temp = tempfile::Builder::new()
-            .prefix(".manifest-")
-            .tempfile_in(parent)
-            .map_err(|error| Error::io("creating a temp file in", parent, error))?;
-        temp.write_all(&text)
-            .and_then(|()| temp.as_file().sync_all())
-            .map_err(|error| Error::io("writing", path, error))?;
-        temp.persist(path)
-            .map_err(|error| Error::io("writing", path, error.error))?;
-        Ok(())
+        crate::fsutil::write_atomically(path, &text)
     }
 }
 

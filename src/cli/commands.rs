@@ -234,25 +234,13 @@ fn find_profile<'a>(fleet: &'a Fleet, profile_id: &str) -> Result<&'a LoadedProf
                 .profiles
                 .iter()
                 .map(|loaded| loaded.profile.profile_id.as_str());
-            if let Some(closest) = closest(profile_id, ids) {
+            if let Some(closest) = crate::source::suggest(profile_id, ids) {
                 error = error.with_help(format!("did you mean `{closest}`?"));
             } else {
                 error = error.with_help("run `imagegen profiles list` to see the profile ids");
             }
             error
         })
-}
-
-/// The candidate closest to `wanted`, if any is reasonably close.
-pub(crate) fn closest<'a>(
-    wanted: &str,
-    candidates: impl Iterator<Item = &'a str>,
-) -> Option<&'a str> {
-    candidates
-        .map(|candidate| (strsim::jaro_winkler(wanted, candidate), candidate))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, candidate)| candidate)
 }
 
 fn profiles_show(context: &Context, profile_id: &str) -> Result<i32> {

@@ -111,10 +111,6 @@ fn upstream_notices(upstream: &crate::builders::UpstreamCheck) -> Vec<String> {
     notices
 }
 
-fn builder_key(release: &str, target: &str, subtarget: &str) -> String {
-    format!("{release}/{target}/{subtarget}")
-}
-
 fn check_locked(fleet: &Fleet, lock: Option<&LockFile>) -> Result<()> {
     let Some(lock) = lock else {
         return Err(Error::new(
@@ -128,7 +124,7 @@ fn check_locked(fleet: &Fleet, lock: Option<&LockFile>) -> Result<()> {
         .iter()
         .map(|loaded| {
             let profile = &loaded.profile;
-            builder_key(
+            LockFile::key(
                 &profile.openwrt_release,
                 &profile.target,
                 &profile.subtarget,
@@ -238,7 +234,7 @@ fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDiges
     let mut builds = Vec::new();
     for (loaded, digest) in fleet.profiles.iter().zip(digests) {
         let profile = &loaded.profile;
-        let key = builder_key(
+        let key = LockFile::key(
             &profile.openwrt_release,
             &profile.target,
             &profile.subtarget,
@@ -338,7 +334,7 @@ fn entry_kind_name(kind: EntryKind) -> &'static str {
 fn recorded_state(fleet: &str, reader: &Reader, cas: &crate::cas::Cas) -> Result<Recorded> {
     let mut recorded = Recorded::default();
     for builder in reader.builders()? {
-        let key = builder_key(&builder.release, &builder.target, &builder.subtarget);
+        let key = LockFile::key(&builder.release, &builder.target, &builder.subtarget);
         let ready = builder.status == crate::state::BuilderStatus::Ready;
         recorded.builders.insert(
             key,

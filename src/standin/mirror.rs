@@ -2,11 +2,9 @@
 //! signatures) for tests and the offline demo. Signs with a test key, which imagegen never
 //! trusts by default. Does not generate Image Builder archives (see `standin::imagebuilder`).
 
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::imagebuilder::checksums::{self, ChecksumEntry};
@@ -186,19 +184,7 @@ fn collect_checksums(root: &Path, dir: &Path, entries: &mut Vec<ChecksumEntry>) 
 
 /// Streams a file through SHA-256.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|error| Error::io("opening", path, error))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    loop {
-        let read = file
-            .read(&mut buffer)
-            .map_err(|error| Error::io("reading", path, error))?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    crate::cas::sha256_file(path).map(|(sha256, _)| sha256)
 }
 
 fn create_dirs(path: &Path) -> Result<()> {

@@ -29,6 +29,7 @@ fn small_fleet(cpu: f64) -> TestFleet {
         ),
     );
     fleet.write("files/banner", "managed by imagegen\n");
+    let bin_dir = |id: &str| if id == "gw" { "bin_dir: out/gw\n" } else { "" };
     for (id, target, subtarget, device, packages) in [
         ("gw", "x86", "64", "generic", "[luci, htop]"),
         ("ap", "ath79", "generic", "tplink_archer-c7-v2", "[luci]"),
@@ -36,7 +37,8 @@ fn small_fleet(cpu: f64) -> TestFleet {
         fleet.write(
             &format!("profiles/{id}.yaml"),
             &format!(
-                "profile_id: {id}\nname: {id}\ndevice_id: {device}\nopenwrt_release: 23.05.4\ntarget: {target}\nsubtarget: {subtarget}\nimagebuilder_profile: {device}\npackages: {packages}\nfiles:\n  - source: files/banner\n    destination: /etc/banner\n    mode: \"0644\"\n"
+                "profile_id: {id}\nname: {id}\ndevice_id: {device}\nopenwrt_release: 23.05.4\ntarget: {target}\nsubtarget: {subtarget}\nimagebuilder_profile: {device}\npackages: {packages}\n{}files:\n  - source: files/banner\n    destination: /etc/banner\n    mode: \"0644\"\n",
+                bin_dir(id)
             ),
         );
     }
