@@ -5,7 +5,7 @@
 //! (b) a no-op apply over 100 built profiles. Target < 0.3 s.
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_apply`
-//! Uses target/release/imagegen (or $IMAGEGEN_BIN); needs ../shared/data beside the crate.
+//! Uses target/release/imagegen (or $IMAGEGEN_BIN); device data from the `imagegen-standin` crate.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +15,7 @@ fn main() {
     let binary = std::env::var_os("IMAGEGEN_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(default_binary);
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/openwrt-23.05.4");
+    let data = imagegen_standin::upstream_data();
     makespan(&binary, &data);
     noop(&binary, &data);
 }
@@ -29,7 +29,7 @@ fn default_binary() -> PathBuf {
 
 /// A fleet of `count` x86/64 profiles that differ in one package (distinct build keys).
 fn fleet(dir: &Path, data: &Path, count: usize, cpu_seconds: f64) {
-    let mirror = imagegen::standin::demo::write_mirror(
+    let mirror = imagegen_standin::demo::write_mirror(
         &dir.join("mirror"),
         data,
         &[("23.05.4", "x86", "64")],

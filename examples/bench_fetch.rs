@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use imagegen::imagebuilder::usign::Keyring;
 use imagegen::imagebuilder::{FetchOptions, MirrorClient, fetch_builder, fetch_target};
-use imagegen::standin::mirror::{ArchiveSource, MirrorWriter, TargetFiles, test_secret_key};
+use imagegen_standin::mirror::{ArchiveSource, MirrorWriter, TargetFiles, test_secret_key};
 
 #[allow(dead_code)]
 #[path = "../tests/it/http_server.rs"]

@@ -1,5 +1,5 @@
 //! The offline demo: generates a `file://` mirror of stand-in OpenWrt Image Builders (made
-//! from the real 23.05.4 device data in ../shared/data), copies the example fleet next to it
+//! from the real 23.05.4 device data the `imagegen-standin` crate carries), copies the example fleet next to it
 //! with settings that point at that mirror and trust its TEST signing key, then runs
 //! `imagegen plan`, `imagegen apply` and `imagegen plan` again, for real (GNU make builds
 //! every image). Needs no network.
@@ -25,7 +25,7 @@ fn main() {
         std::fs::remove_dir_all(&dir)
             .unwrap_or_else(|error| panic!("cannot clear {}: {error}", dir.display()));
     }
-    let data = crate_root.join("../shared/data/openwrt-23.05.4");
+    let data = imagegen_standin::upstream_data();
     let fleet = dir.join("fleet");
     copy_fleet(&crate_root, &fleet);
     eprintln!(
@@ -35,7 +35,7 @@ fn main() {
     let loaded = imagegen::manifest::load_fleet(&fleet.join("imagegen.toml"))
         .unwrap_or_else(|error| panic!("loading the example fleet: {error}"));
     let mirror =
-        imagegen::standin::demo::write_mirror_for_fleet(&dir.join("mirror"), &data, &loaded, 0.0)
+        imagegen_standin::demo::write_mirror_for_fleet(&dir.join("mirror"), &data, &loaded, 0.0)
             .unwrap_or_else(|error| panic!("writing the mirror: {error}"));
     // The demo's state lives next to it, named in the fleet's own settings, so plain
     // `imagegen --manifest DIR/fleet/imagegen.toml builds list` works afterwards.

@@ -10,8 +10,6 @@
 //! tmp/                         temp files of puts in progress (same filesystem as blobs/)
 //! ```
 
-#![allow(clippy::result_large_err)]
-
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -14,8 +14,8 @@
 //!    produces a `Plan`: actions with addresses, reasons and dependencies.
 //! 6. [`imagebuilder`] fetches, verifies (usign) and safely unpacks official Image Builders;
 //!    [`builders`] pins them into `imagegen.lock`, checks profiles against upstream
-//!    `profiles.json` and keeps the builder cache; [`standin`] generates stand-in Image
-//!    Builders and mirrors for tests and the offline demo.
+//!    `profiles.json` and keeps the builder cache. (Stand-in Image Builders and mirrors
+//!    for tests and the offline demo live in the `imagegen-standin` crate, not here.)
 //! 7. [`apply`] turns a plan into steps for [`exec`] (a pure dependency queue, a coordinator
 //!    that is the only database writer, worker pools); [`build`] runs `make image` in a
 //!    private worker slot and classifies the outputs; [`cas`] stores artifacts by sha256.
@@ -39,7 +39,6 @@ pub mod overlay;
 pub mod plan;
 pub mod settings;
 pub mod source;
-pub mod standin;
 pub mod state;
 
 pub use error::{Error, ErrorCode, Problem, Result};

@@ -5,9 +5,6 @@
 //! never read here, so tests never touch the real one. This module performs no I/O: it does
 //! not create the directories it names nor check that they exist.
 
-// `Error` is larger than clippy's default threshold; it is the crate-wide error type (error.rs).
-#![allow(clippy::result_large_err)]
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

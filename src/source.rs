@@ -2,10 +2,6 @@
 //! spanned values parsed from YAML, JSON or TOML, so every later error can point at the
 //! exact line and column. This module does no validation of meaning.
 
-// `Problem` and `Error` are large on purpose (spans, help, details) and only travel on
-// error paths; boxing them would cost every caller for nothing.
-#![allow(clippy::result_large_err)]
-
 mod json;
 mod reader;
 mod toml_document;

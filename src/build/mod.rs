@@ -18,9 +18,6 @@
 //!
 //! Design notes and the reasoning behind the copy list: `docs/build.md`.
 
-// `Error` is deliberately rich (details, log path); builds return it rarely.
-#![allow(clippy::result_large_err)]
-
 mod artifacts;
 mod config;
 mod failure;

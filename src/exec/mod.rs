@@ -8,9 +8,6 @@
 //! or installs signal handlers. It knows nothing about what a step does: the caller passes
 //! `run_step`. Design notes: `docs/executor.md`.
 
-// `Error` is large by design (problems, details); boxing it everywhere buys nothing here.
-#![allow(clippy::result_large_err)]
-
 pub mod coordinator;
 pub mod display;
 pub mod queue;

@@ -4,10 +4,6 @@
 //! problem is reported at once with its line and column. This module checks the files
 //! against themselves and each other, never against upstream metadata or the state store.
 
-// `Problem` and `Error` are large on purpose (spans, help, details) and only travel on
-// error paths; boxing them would cost every caller for nothing.
-#![allow(clippy::result_large_err)]
-
 mod export;
 mod fleet;
 mod lock;

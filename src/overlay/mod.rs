@@ -5,9 +5,6 @@
 //!
 //! The rules (override order, security, canonical format, cache) are in `docs/overlay.md`.
 
-// `Error` and `Problem` are shared types (src/error.rs) whose size is not ours to change.
-#![allow(clippy::result_large_err)]
-
 mod canonical;
 mod hash;
 mod owner;

@@ -8,9 +8,6 @@
 //! builds or devices beyond the records it stores; it never touches the artifact files.
 //! The schema lives in [`tables`]; the design in `docs/state.md`.
 
-// `Error` is larger than clippy's default threshold; it is the crate-wide error type (error.rs).
-#![allow(clippy::result_large_err)]
-
 mod lock;
 mod reader;
 mod records;

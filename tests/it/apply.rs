@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use imagegen::plan::{ActionKind, Plan, Resource};
-use imagegen::standin::demo;
+use imagegen_standin::demo;
 
 use crate::support::{TestFleet, upstream_data};
 
@@ -108,9 +108,9 @@ fn apply_builds_then_nothing_then_exactly_what_changed() {
         .join("artifacts/blobs/sha256")
         .join(&combined["sha256"].as_str().expect("sha")[..2])
         .join(combined["sha256"].as_str().expect("sha"));
-    let image = imagegen::standin::imagebuilder::read_image_rootfs(&blob).expect("read image");
+    let image = imagegen_standin::imagebuilder::read_image_rootfs(&blob).expect("read image");
     match image.get("/etc/banner").or_else(|| image.get("etc/banner")) {
-        Some(imagegen::standin::imagebuilder::RootfsEntry::File { mode, data }) => {
+        Some(imagegen_standin::imagebuilder::RootfsEntry::File { mode, data }) => {
             assert_eq!(data, b"managed by imagegen\n");
             assert_eq!(mode & 0o7777, 0o644);
         }
@@ -120,7 +120,7 @@ fn apply_builds_then_nothing_then_exactly_what_changed() {
         .iter()
         .find(|(path, _)| path.ends_with("etc/imagegen/build.json"))
         .expect("provenance file");
-    if let imagegen::standin::imagebuilder::RootfsEntry::File { data, .. } = provenance.1 {
+    if let imagegen_standin::imagebuilder::RootfsEntry::File { data, .. } = provenance.1 {
         let json: serde_json::Value = serde_json::from_slice(data).expect("provenance JSON");
         assert_eq!(json["build_key"], gw.as_str());
         assert_eq!(json["profile_id"], "gw");

@@ -3,8 +3,6 @@
 //! BIN_DIR, build_dir/, tmp/, rewrites `packages/Packages` in place with `>`, reports
 //! unknown profiles and packages with the real texts), built in worker slots.
 
-#![allow(clippy::result_large_err)]
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -15,7 +15,7 @@ use imagegen::imagebuilder::{
     FetchOptions, MirrorClient, ProfilesJson, TargetMetadata, fetch_builder, fetch_overview,
     fetch_target, target_dir,
 };
-use imagegen::standin::mirror::{ArchiveSource, MirrorWriter, TargetFiles, test_secret_key};
+use imagegen_standin::mirror::{ArchiveSource, MirrorWriter, TargetFiles, test_secret_key};
 
 use crate::http_server::{Fault, TestServer};
 
@@ -608,7 +608,7 @@ fn wrong_checksum_is_refused_and_caches_nothing() {
     .unwrap_err();
     assert_eq!(error.code, ErrorCode::DownloadError);
     let actual =
-        imagegen::standin::mirror::sha256_file(&fixture.target_path().join(&fixture.archive_name))
+        imagegen_standin::mirror::sha256_file(&fixture.target_path().join(&fixture.archive_name))
             .unwrap();
     assert_eq!(
         error.message,
@@ -909,7 +909,7 @@ fn overview_is_fetched_from_the_release_root() {
 
 #[test]
 fn parses_every_real_23_05_4_profiles_json() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/openwrt-23.05.4/targets");
+    let root = imagegen_standin::upstream_data().join("targets");
     let mut count = 0;
     for target in fs::read_dir(&root).unwrap().flatten() {
         for subtarget in fs::read_dir(target.path()).unwrap().flatten() {

@@ -2,7 +2,7 @@
 //! over a real `file://` mirror of stand-in Image Builders signed with the TEST key.
 
 use imagegen::plan::{ActionKind, Plan, Resource};
-use imagegen::standin::demo;
+use imagegen_standin::demo;
 
 use crate::support::{TestFleet, upstream_data};
 
@@ -52,7 +52,7 @@ fn lock_pins_every_builder_and_plan_shows_real_keys() {
         "{lock}"
     );
     // The TEST key's id, read from the signature: verification really happened.
-    let test_key = imagegen::standin::mirror::test_secret_key()
+    let test_key = imagegen_standin::mirror::test_secret_key()
         .public_key()
         .key_id
         .to_string();
@@ -160,8 +160,8 @@ fn upstream_respin_is_noticed_and_locked_plans_refuse() {
     let (fleet, mirror) = fleet_with_mirror();
     fleet.run(&["lock"]).success();
     // Re-spin the snapshot: a new stand-in archive with another revision.
-    let writer = imagegen::standin::mirror::MirrorWriter::new(&mirror.root);
-    let mut spec = imagegen::standin::imagebuilder::spec_from_data(
+    let writer = imagegen_standin::mirror::MirrorWriter::new(&mirror.root);
+    let mut spec = imagegen_standin::imagebuilder::spec_from_data(
         &upstream_data(),
         "SNAPSHOT",
         "ramips",
@@ -174,7 +174,7 @@ fn upstream_respin_is_noticed_and_locked_plans_refuse() {
         &writer,
         &work,
         &spec,
-        &imagegen::standin::mirror::test_secret_key(),
+        &imagegen_standin::mirror::test_secret_key(),
     )
     .expect("respin");
     let planned = plan(&fleet, &[]);

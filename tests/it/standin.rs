@@ -6,7 +6,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use imagegen::standin::imagebuilder::{self as ib, Compression, PackageManager, RootfsEntry};
+use imagegen_standin::imagebuilder::{self as ib, Compression, PackageManager, RootfsEntry};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

@@ -14,9 +14,9 @@ pub fn crate_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Real upstream metadata: ../shared/data/openwrt-23.05.4 beside the crate.
+/// Real upstream metadata (OpenWrt 23.05.4), carried by the stand-in crate.
 pub fn upstream_data() -> PathBuf {
-    crate_root().join("../shared/data/openwrt-23.05.4")
+    imagegen_standin::upstream_data()
 }
 
 /// A temp directory holding a fleet, with isolated state for the binary.

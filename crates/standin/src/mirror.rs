@@ -6,10 +6,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
-use crate::imagebuilder::checksums::{self, ChecksumEntry};
-use crate::imagebuilder::usign::SecretKey;
-use crate::imagebuilder::{release_dir, target_dir};
+use imagegen::error::{Error, Result};
+use imagegen::imagebuilder::checksums::{self, ChecksumEntry};
+use imagegen::imagebuilder::usign::SecretKey;
+use imagegen::imagebuilder::{release_dir, target_dir};
 
 /// Seed of the stand-in mirror's signing key. A TEST key: public, so it proves nothing; it is
 /// only trusted when a test or the demo adds it to the keyring explicitly.
@@ -184,7 +184,7 @@ fn collect_checksums(root: &Path, dir: &Path, entries: &mut Vec<ChecksumEntry>) 
 
 /// Streams a file through SHA-256.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    crate::cas::sha256_file(path).map(|(sha256, _)| sha256)
+    imagegen::cas::sha256_file(path).map(|(sha256, _)| sha256)
 }
 
 fn create_dirs(path: &Path) -> Result<()> {
@@ -198,7 +198,7 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imagebuilder::usign::Keyring;
+    use imagegen::imagebuilder::usign::Keyring;
 
     #[test]
     fn sealed_target_verifies_with_the_test_key_only() {

@@ -6,9 +6,6 @@
 //! touches the network. The make-time behaviour lives in `src/standin/files/` (Makefile,
 //! `scripts/standin.py`), embedded here with `include_str!`. See `docs/standin.md`.
 
-// The crate-wide `Error` is deliberately rich (problems, details); boxing it is not our call.
-#![allow(clippy::result_large_err)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
@@ -18,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, ErrorCode, Result};
+use imagegen::error::{Error, ErrorCode, Result};
 
 const MAKEFILE: &str = include_str!("files/Makefile");
 const RULES_MK: &str = include_str!("files/rules.mk");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::imagebuilder::{self as standin_ib, Compression};
 use super::mirror::{ArchiveSource, MirrorWriter, TargetFiles, test_secret_key};
-use crate::error::{Error, Result};
+use imagegen::error::{Error, Result};
 
 /// What [`write_mirror`] produced.
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct DemoMirror {
 }
 
 /// Writes a mirror under `root` for `triples` (release, target, subtarget), taking device
-/// data from `data_dir` (e.g. `../shared/data/openwrt-23.05.4`). `build_cpu_seconds` makes
+/// data from `data_dir` (e.g. [`crate::upstream_data`]). `build_cpu_seconds` makes
 /// each stand-in `make image` burn that much CPU (0 for tests).
 pub fn write_mirror(
     root: &Path,
@@ -56,7 +56,7 @@ pub fn write_mirror(
     }
     std::fs::remove_dir_all(&work).map_err(|error| Error::io("removing", &work, error))?;
     let public_key = root.join("imagegen-standin-test-key.pub");
-    crate::fsutil::write_atomically(&public_key, key.public_key().to_file_text().as_bytes())?;
+    imagegen::fsutil::write_atomically(&public_key, key.public_key().to_file_text().as_bytes())?;
     Ok(DemoMirror {
         root: root.to_path_buf(),
         url: writer.file_url(),
@@ -68,10 +68,10 @@ pub fn write_mirror(
 pub fn write_mirror_for_fleet(
     root: &Path,
     data_dir: &Path,
-    fleet: &crate::manifest::Fleet,
+    fleet: &imagegen::manifest::Fleet,
     build_cpu_seconds: f64,
 ) -> Result<DemoMirror> {
-    let triples = crate::builders::fleet_triples(fleet);
+    let triples = imagegen::builders::fleet_triples(fleet);
     let borrowed: Vec<(&str, &str, &str)> = triples
         .iter()
         .map(|triple| {
@@ -90,7 +90,7 @@ pub fn write_target(
     writer: &MirrorWriter,
     work: &Path,
     spec: &standin_ib::StandinSpec,
-    key: &crate::imagebuilder::usign::SecretKey,
+    key: &imagegen::imagebuilder::usign::SecretKey,
 ) -> Result<String> {
     let compression = Compression::for_release(&spec.release);
     let scratch = work.join(format!(

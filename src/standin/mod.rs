@@ -1,5 +1,0 @@
-//! Stand-in OpenWrt Image Builders and download mirrors, for tests and the offline demo.
-
-pub mod demo;
-pub mod imagebuilder;
-pub mod mirror;
