@@ -210,7 +210,12 @@ fn child_fetch(args: &[String]) -> AnyResult<()> {
     let client = MirrorClient::new(base, FetchOptions::default())?;
     let mut keyring = Keyring::official();
     keyring.add(test_secret_key().public_key());
-    let metadata = fetch_target(&client, &keyring, true, RELEASE, TARGET, SUBTARGET)?;
+    let metadata = fetch_target(
+        &client,
+        &keyring,
+        true,
+        &imagegen::triple::Triple::new(RELEASE, TARGET, SUBTARGET),
+    )?;
     let top = fetch_builder(
         &client,
         &metadata,

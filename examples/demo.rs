@@ -32,7 +32,7 @@ fn main() {
         "== generating a stand-in mirror in {}",
         dir.join("mirror").display()
     );
-    let loaded = imagegen::manifest::load_fleet(&fleet.join("imagegen.toml"))
+    let loaded = imagegen::manifest::load_fleet(&fleet.join("imagegen.toml"), None)
         .unwrap_or_else(|error| panic!("loading the example fleet: {error}"));
     let mirror =
         imagegen_standin::demo::write_mirror_for_fleet(&dir.join("mirror"), &data, &loaded, 0.0)

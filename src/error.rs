@@ -334,6 +334,22 @@ impl Problems {
         self.items
     }
 
+    /// The problems in document order (file, then position), whatever order the checks
+    /// ran in.
+    pub fn into_sorted(self) -> Vec<Problem> {
+        let mut problems = self.items;
+        problems.sort_by(|left, right| {
+            let key = |problem: &Problem| {
+                problem
+                    .location
+                    .as_ref()
+                    .map(|location| (location.file.clone(), location.span.start))
+            };
+            key(left).cmp(&key(right))
+        });
+        problems
+    }
+
     /// `Ok(value)` when nothing was found, otherwise an error carrying every problem.
     pub fn finish<T>(self, value: T, message: &str) -> Result<T> {
         if self.items.is_empty() {

@@ -13,6 +13,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::triple::Triple;
+
 /// Bump when the meaning of a build changes (how inputs map to `make image`), so every
 /// recorded build is rebuilt once instead of being wrongly reused.
 pub const ACTION_SCHEMA_VERSION: u32 = 1;
@@ -35,18 +37,10 @@ impl fmt::Display for BuildKey {
 /// then the key is "known after fetch".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuilderPin {
-    pub release: String,
-    pub target: String,
-    pub subtarget: String,
+    #[serde(flatten)]
+    pub triple: Triple,
     pub archive_sha256: Option<String>,
     pub version_code: Option<String>,
-}
-
-impl BuilderPin {
-    /// `23.05.4/ath79/generic`.
-    pub fn address(&self) -> String {
-        format!("{}/{}/{}", self.release, self.target, self.subtarget)
-    }
 }
 
 /// One overlay entry as recorded for explanations: kind, mode, owner and content digest.
@@ -132,9 +126,9 @@ impl BuildInputs {
             field(
                 "builder",
                 json!({
-                    "release": self.builder.release,
-                    "target": self.builder.target,
-                    "subtarget": self.builder.subtarget,
+                    "release": self.builder.triple.release,
+                    "target": self.builder.triple.target,
+                    "subtarget": self.builder.triple.subtarget,
                     "archive_sha256": self.builder.archive_sha256,
                 }),
             ),
@@ -247,23 +241,23 @@ fn describe(
 }
 
 fn describe_builder(old: &BuilderPin, new: &BuilderPin) -> String {
-    if old.release != new.release || old.target != new.target || old.subtarget != new.subtarget {
-        return format!("Image Builder {} → {}", old.address(), new.address());
+    if old.triple != new.triple {
+        return format!("Image Builder {} → {}", old.triple, new.triple);
     }
     match (&old.archive_sha256, &new.archive_sha256) {
         (_, None) => format!(
             "Image Builder {} not pinned in imagegen.lock (key known after fetch)",
-            new.address()
+            new.triple
         ),
         (Some(old_sha), Some(new_sha)) => format!(
             "Image Builder {} re-spun (sha256 {} → {})",
-            new.address(),
+            new.triple,
             short_hash(old_sha),
             short_hash(new_sha)
         ),
         (None, Some(new_sha)) => format!(
             "Image Builder {} pinned (sha256 {})",
-            new.address(),
+            new.triple,
             short_hash(new_sha)
         ),
     }
@@ -361,9 +355,7 @@ mod tests {
         BuildInputs {
             schema: ACTION_SCHEMA_VERSION,
             builder: BuilderPin {
-                release: "23.05.4".into(),
-                target: "ath79".into(),
-                subtarget: "generic".into(),
+                triple: Triple::new("23.05.4", "ath79", "generic"),
                 archive_sha256: Some("11".repeat(32)),
                 version_code: Some("r24012-d8dd03c46f".into()),
             },

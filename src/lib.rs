@@ -26,7 +26,6 @@
 
 pub mod apply;
 pub mod build;
-pub mod builders;
 pub mod cas;
 pub mod cli;
 pub mod error;
@@ -34,11 +33,14 @@ pub mod exec;
 pub mod fsutil;
 pub mod imagebuilder;
 pub mod key;
+pub mod lock;
 pub mod manifest;
+pub mod ops;
 pub mod overlay;
 pub mod plan;
 pub mod settings;
 pub mod source;
 pub mod state;
+pub mod triple;
 
 pub use error::{Error, ErrorCode, Problem, Result};

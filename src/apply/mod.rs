@@ -15,16 +15,17 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
-use crate::builders::Triple;
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{
     self, ExecOptions, OutcomeKind, Pool, Reporter, RunReport, StepOutcome, StepSpec,
 };
 use crate::key::BuildInputs;
-use crate::manifest::{Fleet, LockFile};
+use crate::lock::LockFile;
+use crate::manifest::Fleet;
 use crate::plan::{ActionKind, Plan, Resource};
 use crate::settings::Settings;
 use crate::state::{ArtifactRef, Store};
+use crate::triple::Triple;
 
 pub use steps::BuildDone;
 
@@ -112,7 +113,7 @@ pub fn apply(
     options: &ApplyOptions,
     reporter: &dyn Reporter,
 ) -> Result<ApplyReport> {
-    let lock = LockFile::read(&crate::plan::lock_path(fleet))?;
+    let lock = LockFile::read(&fleet.lock_path())?;
     let shared = Shared {
         fleet,
         settings,
@@ -173,7 +174,9 @@ fn to_steps(plan: &Plan, force: bool) -> Result<Vec<StepSpec<Payload>>> {
         }
         let payload = match (action.resource, action.action) {
             (Resource::Flash, _) => continue,
-            (Resource::Builder, _) => Payload::Builder(Triple::parse(&action.address)?),
+            (Resource::Builder, _) => {
+                Payload::Builder(required(action.builder.clone(), &action.address)?)
+            }
             (Resource::Build, ActionKind::Remove) => Payload::Forget {
                 profile_id: required(action.profile_id.clone(), &action.address)?,
             },

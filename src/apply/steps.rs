@@ -49,12 +49,8 @@ pub(crate) fn run(
 ) -> Result<Done> {
     match &spec.payload {
         Payload::Builder(triple) => {
-            let previous =
-                shared
-                    .store
-                    .read()?
-                    .builder(&triple.release, &triple.target, &triple.subtarget)?;
-            let record = crate::builders::fetch_pinned(
+            let previous = shared.store.read()?.builder(triple)?;
+            let record = crate::imagebuilder::cache::fetch_pinned(
                 shared.settings,
                 shared.lock,
                 triple,
@@ -107,13 +103,11 @@ pub(crate) fn record(
 fn record_build(shared: &Shared, done: &BuildDone) -> Result<()> {
     let mut writer = shared.store.write()?;
     if !done.cache_hit {
-        let inputs = serde_json::to_value(&done.inputs)
-            .map_err(|error| Error::internal(format!("serializing build inputs: {error}")))?;
         writer.put_build(&BuildRecord {
             key: done.key.clone(),
             profile_id: done.profile_id.clone(),
             fleet: Some(shared.fleet.name.clone()),
-            inputs,
+            inputs: done.inputs.clone(),
             status: BuildStatus::Succeeded,
             started_at: done.started_at,
             finished_at: done.finished_at,
@@ -159,7 +153,7 @@ fn record_failed_build(shared: &Shared, job: &BuildJob, error: &Error) -> Result
         key: job.key.clone(),
         profile_id: job.profile_id.clone(),
         fleet: Some(shared.fleet.name.clone()),
-        inputs: serde_json::to_value(&job.inputs).unwrap_or_default(),
+        inputs: job.inputs.clone(),
         status: BuildStatus::Failed,
         started_at: now,
         finished_at: now,
@@ -209,14 +203,14 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
         });
     }
     let started_at = unix_now();
-    let triple = crate::builders::Triple::of(&loaded.profile);
-    let pristine =
-        crate::builders::ready_path(shared.store, shared.lock, &triple)?.ok_or_else(|| {
+    let triple = crate::triple::Triple::of(&loaded.profile);
+    let pristine = crate::imagebuilder::cache::ready_path(shared.store, shared.lock, &triple)?
+        .ok_or_else(|| {
             Error::new(
                 ErrorCode::Precondition,
-                format!("Image Builder {} is not in the cache", triple.key()),
+                format!("Image Builder {triple} is not in the cache"),
             )
-            .with_help(format!("run `imagegen builders ensure {}`", triple.key()))
+            .with_help(format!("run `imagegen builders ensure {triple}`"))
         })?;
     let work = &shared.settings.tmp_dir.value;
     let slot = context.slot();
@@ -313,18 +307,7 @@ fn copy_to_bin_dir(
     let Some(bin_dir) = &loaded.profile.bin_dir else {
         return Ok(());
     };
-    let built: Vec<crate::build::BuiltArtifact> = artifacts
-        .iter()
-        .map(|artifact| crate::build::BuiltArtifact {
-            path: shared.cas.blob_path(&artifact.sha256),
-            name: artifact.name.clone(),
-            kind: artifact.kind.clone(),
-            filesystem: artifact.filesystem.clone(),
-            sha256: artifact.sha256.clone(),
-            size: artifact.size,
-        })
-        .collect();
-    crate::build::copy_to_bin_dir(&built, &shared.fleet.root.join(bin_dir))?;
+    crate::build::copy_stored(&shared.cas, artifacts, &shared.fleet.root.join(bin_dir))?;
     Ok(())
 }
 

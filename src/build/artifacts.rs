@@ -212,20 +212,41 @@ pub fn classify_by_name(name: &str) -> (String, Option<String>) {
 /// Copies artifacts into a profile's `bin_dir`, each atomically (temp file, fsync, rename).
 /// Returns the written paths.
 pub fn copy_to_bin_dir(artifacts: &[BuiltArtifact], bin_dir: &Path) -> Result<Vec<PathBuf>> {
+    let sources: Vec<(&Path, &str)> = artifacts
+        .iter()
+        .map(|artifact| (artifact.path.as_path(), artifact.name.as_str()))
+        .collect();
+    copy_named(&sources, bin_dir)
+}
+
+/// Copies stored artifacts out of the CAS into `dir` under their names, each atomically.
+pub fn copy_stored(
+    cas: &crate::cas::Cas,
+    artifacts: &[crate::state::ArtifactRef],
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let blobs: Vec<(PathBuf, &str)> = artifacts
+        .iter()
+        .map(|artifact| (cas.blob_path(&artifact.sha256), artifact.name.as_str()))
+        .collect();
+    let sources: Vec<(&Path, &str)> = blobs
+        .iter()
+        .map(|(path, name)| (path.as_path(), *name))
+        .collect();
+    copy_named(&sources, dir)
+}
+
+fn copy_named(sources: &[(&Path, &str)], bin_dir: &Path) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(bin_dir).map_err(|error| Error::io("creating", bin_dir, error))?;
     let mut written = Vec::new();
-    for artifact in artifacts {
-        if artifact.name.contains('/') || artifact.name.starts_with('.') || artifact.name.is_empty()
-        {
-            return Err(Error::internal(format!(
-                "refusing artifact name `{}`",
-                artifact.name
-            )));
+    for (source, name) in sources {
+        if name.contains('/') || name.starts_with('.') || name.is_empty() {
+            return Err(Error::internal(format!("refusing artifact name `{name}`")));
         }
-        let target = bin_dir.join(&artifact.name);
-        let temp = bin_dir.join(format!(".{}.imagegen-partial", artifact.name));
+        let target = bin_dir.join(name);
+        let temp = bin_dir.join(format!(".{name}.imagegen-partial"));
         let copy = || -> std::io::Result<()> {
-            fs::copy(&artifact.path, &temp)?;
+            fs::copy(source, &temp)?;
             fs::set_permissions(&temp, fs::Permissions::from_mode(0o644))?;
             File::open(&temp)?.sync_all()?;
             fs::rename(&temp, &target)
@@ -264,9 +285,8 @@ impl From<&BuiltArtifact> for ManifestArtifact {
 /// Which Image Builder made a build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImagebuilderFacts {
-    pub release: String,
-    pub target: String,
-    pub subtarget: String,
+    #[serde(flatten)]
+    pub triple: crate::triple::Triple,
     pub version_code: Option<String>,
 }
 
@@ -312,9 +332,7 @@ impl BuildManifest {
             started_at: output.started_at.clone(),
             finished_at: output.finished_at.clone(),
             imagebuilder: ImagebuilderFacts {
-                release: inputs.builder.release.clone(),
-                target: inputs.builder.target.clone(),
-                subtarget: inputs.builder.subtarget.clone(),
+                triple: inputs.builder.triple.clone(),
                 version_code: built_revision.or_else(|| inputs.builder.version_code.clone()),
             },
         }

@@ -30,7 +30,7 @@ mod slot;
 
 pub use artifacts::{
     BuildManifest, BuiltArtifact, ImagebuilderFacts, MANIFEST_FORMAT_VERSION, ManifestArtifact,
-    classify_by_name, copy_to_bin_dir,
+    classify_by_name, copy_stored, copy_to_bin_dir,
 };
 pub use config::{apply_filesystem_policy, known_filesystems};
 pub use run::{BuildOutput, BuildRequest, PROVENANCE_PATH, make_arguments, run_build};

@@ -89,7 +89,7 @@ pub fn run_build(request: &BuildRequest) -> Result<BuildOutput> {
     claim_slot(&slot)?;
     let target = format!(
         "{}/{}",
-        request.inputs.builder.target, request.inputs.builder.subtarget
+        request.inputs.builder.triple.target, request.inputs.builder.triple.subtarget
     );
     if let Some(filesystem) = &request.inputs.options.filesystem {
         edit_config(&slot, filesystem, &target)?;
@@ -446,9 +446,7 @@ mod tests {
         BuildInputs {
             schema: 1,
             builder: BuilderPin {
-                release: "23.05.4".into(),
-                target: "x86".into(),
-                subtarget: "64".into(),
+                triple: crate::triple::Triple::new("23.05.4", "x86", "64"),
                 archive_sha256: Some("ab".repeat(32)),
                 version_code: None,
             },

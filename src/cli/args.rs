@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::settings::{FlagSettings, Kind, TABLE};
+
 const AFTER_HELP: &str = "\
 Typical session:
   imagegen validate                 check imagegen.toml and every profile
@@ -38,48 +40,74 @@ pub struct GlobalArgs {
     /// Print machine-readable JSON on stdout instead of text
     #[arg(long, global = true)]
     pub json: bool,
-    /// State database (redb) [env: OWRT_IMG_DB_URL]
-    #[arg(long, global = true, value_name = "PATH")]
-    pub db: Option<PathBuf>,
-    /// Content-addressed artifact store [env: OWRT_IMG_ARTIFACTS_DIR]
-    #[arg(long, global = true, value_name = "DIR")]
-    pub artifacts_dir: Option<PathBuf>,
-    /// Image Builder cache [env: OWRT_IMG_CACHE_DIR]
-    #[arg(long, global = true, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Temporary work directory [env: OWRT_IMG_TMP_DIR]
-    #[arg(long, global = true, value_name = "DIR")]
-    pub tmp_dir: Option<PathBuf>,
-    /// Never touch the network [env: OWRT_IMG_OFFLINE]
-    #[arg(long, global = true)]
-    pub offline: bool,
-    /// Log level: error, warn, info, debug, trace [env: OWRT_IMG_LOG_LEVEL]
-    #[arg(long, global = true, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// Download mirror: https://..., http://... or file:///path [env: OWRT_IMG_MIRROR]
-    #[arg(long, global = true, value_name = "URL")]
-    pub mirror: Option<String>,
-    /// Concurrent builds [env: OWRT_IMG_JOBS]
-    #[arg(long, short = 'j', global = true, value_name = "N")]
-    pub jobs: Option<u32>,
-    /// Concurrent Image Builder downloads [env: OWRT_IMG_DOWNLOAD_JOBS]
-    #[arg(long, global = true, value_name = "N")]
-    pub download_jobs: Option<u32>,
-    /// Extra trusted usign public key file (repeatable) [env: OWRT_IMG_TRUSTED_KEYS]
-    #[arg(long = "trusted-key", global = true, value_name = "FILE")]
-    pub trusted_keys: Vec<PathBuf>,
-    /// Verify sha256sums signatures: true or false [env: OWRT_IMG_VERIFY_SIGNATURES]
-    #[arg(long, global = true, value_name = "BOOL")]
-    pub verify_signatures: Option<bool>,
-    /// Seconds one image build may run before it is stopped [env: OWRT_IMG_BUILD_TIMEOUT]
-    #[arg(long, global = true, value_name = "SECONDS")]
-    pub build_timeout: Option<u64>,
+    /// Every setting of the settings table as a flag (`--jobs`, `--mirror`, ...)
+    #[command(flatten)]
+    pub settings: SettingFlags,
+}
+
+/// The settings flags, generated from the one settings table so that names, help and
+/// environment variables are written once (`crate::settings::TABLE`).
+#[derive(Debug, Clone, Default)]
+pub struct SettingFlags(pub FlagSettings);
+
+impl clap::FromArgMatches for SettingFlags {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = FlagSettings::default();
+        for def in TABLE {
+            if matches.value_source(def.name) != Some(clap::parser::ValueSource::CommandLine) {
+                continue;
+            }
+            if def.kind == Kind::Switch {
+                flags.set(def.name, "true");
+            } else if let Some(values) = matches.get_many::<String>(def.name) {
+                for value in values {
+                    flags.set(def.name, value.clone());
+                }
+            }
+        }
+        Ok(SettingFlags(flags))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for SettingFlags {
+    fn augment_args(mut command: clap::Command) -> clap::Command {
+        for def in TABLE {
+            let mut arg = clap::Arg::new(def.name)
+                .long(def.flag)
+                .global(true)
+                .help(format!("{} [env: {}]", def.help.replace('`', ""), def.env))
+                .help_heading(
+                    "Settings (flags > OWRT_IMG_* environment > imagegen.toml > defaults)",
+                );
+            if let Some(short) = def.short {
+                arg = arg.short(short);
+            }
+            arg = match def.kind {
+                Kind::Switch => arg.action(clap::ArgAction::SetTrue),
+                Kind::Paths => arg
+                    .action(clap::ArgAction::Append)
+                    .value_name(def.value_name),
+                _ => arg.action(clap::ArgAction::Set).value_name(def.value_name),
+            };
+            command = command.arg(arg);
+        }
+        command
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the manifest and every profile; report all problems at once
-    Validate,
+    Validate(ValidateArgs),
     /// Show what apply would fetch, build and flash, and why
     Plan(PlanArgs),
     /// Carry out the plan: fetch Image Builders, build images, record results
@@ -118,6 +146,16 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Args, Default)]
+pub struct ValidateArgs {
+    /// Also require imagegen.lock to pin every Image Builder the fleet uses
+    #[arg(long)]
+    pub locked: bool,
+    /// Fail when a check cannot run (mirror unreachable, offline without cached metadata)
+    #[arg(long)]
+    pub strict: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// Exit 0 when there are no changes, 2 when there are (errors stay non-zero)
@@ -144,13 +182,17 @@ pub struct ApplyArgs {
     /// Fail instead of adding missing imagegen.lock entries
     #[arg(long)]
     pub locked: bool,
+    /// Print the whole plan before running it (default: its summary line)
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Profile ids
-    #[arg(required = true)]
+    /// Profile ids (or select with the filters below)
     pub profiles: Vec<String>,
+    #[command(flatten)]
+    pub filter: ProfileFilterArgs,
     /// Rebuild even when a recorded build with the same key exists
     #[arg(long)]
     pub force: bool,
@@ -166,17 +208,40 @@ pub enum BuildsCommand {
     /// One build: inputs, artifacts, log path (a key prefix is enough)
     Show { key: String },
     /// Print the log of a build
-    Log { key: String },
+    Log {
+        key: String,
+        /// Only the last BYTES bytes
+        #[arg(long, value_name = "BYTES")]
+        tail: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ArtifactsCommand {
-    /// Every artifact in the store
-    List,
+    /// Artifacts in the store: all, one build's, or one profile's builds'
+    List {
+        /// Only the artifacts of this build (a key prefix is enough)
+        #[arg(long, value_name = "KEY")]
+        build: Option<String>,
+        /// Only the artifacts of this profile's builds
+        #[arg(long, value_name = "PROFILE")]
+        profile: Option<String>,
+    },
     /// One artifact (a sha256 prefix is enough)
     Show { sha256: String },
     /// Re-hash every stored artifact; corrupted blobs are removed so the next apply rebuilds them
     Verify,
+    /// Copy a profile's current images out of the store under their names
+    Export {
+        /// The profile id
+        profile: String,
+        /// Only artifacts of this kind (`sysupgrade`, `factory`, `combined`, ...)
+        #[arg(long)]
+        kind: Option<String>,
+        /// The directory to copy into (created if needed)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

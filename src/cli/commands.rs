@@ -1,15 +1,13 @@
-//! One function per command: resolve what it needs, call one operation, render.
-
-use std::path::{Path, PathBuf};
+//! `validate`, `plan`, `config` and `profiles ...`: parse, call one operation, render.
 
 use serde::Serialize;
 
-use super::args::{FormatArg, PlanArgs, ProfileFilterArgs, ProfilesCommand};
-use super::context::{Context, display_relative};
-use crate::error::{Error, ErrorCode, Problems, Result, exit};
-use crate::fsutil::write_atomically;
-use crate::manifest::{self, Fleet, LoadedProfile, ProfileFilter};
-use crate::plan::{self, PlanOptions};
+use super::args::{FormatArg, PlanArgs, ProfileFilterArgs, ProfilesCommand, ValidateArgs};
+use super::context::Context;
+use crate::error::{Error, Result, exit};
+use crate::manifest::{self, ProfileFilter};
+use crate::ops::{self, PlanRequest, ValidateRequest};
+use crate::plan;
 use crate::source::Format;
 
 /// Prints a `Serialize` value as pretty JSON on stdout.
@@ -20,52 +18,61 @@ pub(crate) fn print_json(value: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct ValidateReport<'a> {
-    fleet: &'a str,
-    profiles: usize,
-    devices: usize,
-    valid: bool,
+/// `1 profile`, `2 profiles`.
+pub(crate) fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("{count} {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
-pub(crate) fn validate(context: &Context) -> Result<i32> {
-    let fleet = context.load_fleet()?;
-    plan::validate_overlays(&fleet)?;
-    let settings = context.settings(Some(&fleet))?;
-    let lock = crate::manifest::LockFile::read(&plan::lock_path(&fleet))?;
-    let upstream = crate::builders::check_upstream(&fleet, lock.as_ref(), &settings)?;
-    crate::builders::upstream_problems_to_result(&upstream)?;
-    let report = ValidateReport {
-        fleet: &fleet.name,
-        profiles: fleet.profiles.len(),
-        devices: fleet.devices.len(),
-        valid: true,
+pub(crate) fn validate(context: &Context, args: &ValidateArgs) -> Result<i32> {
+    let workspace = context.workspace()?;
+    let request = ValidateRequest {
+        locked: args.locked,
+        strict: args.strict,
     };
+    let report = ops::validate(&workspace, &request)?;
     if context.json() {
         print_json(&report)?;
+        return Ok(exit::OK);
+    }
+    for notice in &report.notices {
+        eprintln!("note: {notice}");
+    }
+    let checked = if report.skipped.is_empty() {
+        "valid"
     } else {
+        "valid as far as it could be checked"
+    };
+    println!(
+        "Fleet `{}` is {checked}: {}, {}.",
+        report.fleet,
+        plural(report.profiles, "profile"),
+        plural(report.devices, "device")
+    );
+    for skipped in &report.skipped {
         println!(
-            "Fleet `{}` is valid: {} profiles, {} devices.",
-            report.fleet, report.profiles, report.devices
+            "Not checked: {} for {} ({}): {}",
+            skipped.check,
+            plural(skipped.profiles.len(), "profile"),
+            skipped.builders.join(", "),
+            skipped.reason
         );
+        println!("hint: {}; `--strict` makes this an error", skipped.hint);
     }
     Ok(exit::OK)
 }
 
 pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
-    let fleet = context.load_fleet()?;
-    let settings = context.settings(Some(&fleet))?;
-    let options = PlanOptions {
+    let workspace = context.workspace()?;
+    let request = PlanRequest {
         locked: args.locked,
-        offline: settings.offline.value,
     };
-    let plan = plan::compute(&fleet, &settings, &options)?;
+    let plan = ops::plan(&workspace, &request)?;
     if let Some(out) = &args.out {
-        write_atomically(
-            out,
-            &serde_json::to_vec_pretty(&plan)
-                .map_err(|error| Error::internal(format!("cannot serialize the plan: {error}")))?,
-        )?;
+        ops::save_plan(&plan, out)?;
     }
     if context.json() {
         print_json(&plan)?;
@@ -87,10 +94,8 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
 }
 
 pub(crate) fn config(context: &Context) -> Result<i32> {
-    // The manifest is optional for `config`: outside a fleet, show flags, env and defaults.
-    let fleet = context.optional_fleet()?;
-    let settings = context.settings(fleet.as_ref())?;
-    let entries = settings.entries();
+    let workspace = context.optional_workspace()?;
+    let entries = workspace.config();
     if context.json() {
         print_json(&entries)?;
         return Ok(exit::OK);
@@ -114,22 +119,74 @@ pub(crate) fn profiles(context: &Context, command: ProfilesCommand) -> Result<i3
     match command {
         ProfilesCommand::List(filter) => profiles_list(context, &filter),
         ProfilesCommand::Show { profile_id } => profiles_show(context, &profile_id),
-        ProfilesCommand::Validate { files } => profiles_validate(context, &files),
+        ProfilesCommand::Validate { files } if files.is_empty() => {
+            validate(context, &ValidateArgs::default())
+        }
+        ProfilesCommand::Validate { files } => {
+            let valid = ops::validate_profile_files(&files)?;
+            if context.json() {
+                print_json(&valid)?;
+            } else {
+                for item in &valid {
+                    println!("ok: {} ({})", item.file, item.profile_id);
+                }
+            }
+            Ok(exit::OK)
+        }
         ProfilesCommand::Import {
             files,
             format,
             force,
-        } => profiles_import(context, &files, format, force),
+        } => {
+            let workspace = context.workspace()?;
+            let written = ops::import_profiles(&workspace, &files, format.map(to_format), force)?;
+            if context.json() {
+                print_json(&written)?;
+            } else {
+                for item in &written {
+                    println!("imported {} → {}", item.profile_id, item.file);
+                }
+                println!("Run `imagegen plan` to see what the new profiles would build.");
+            }
+            Ok(exit::OK)
+        }
         ProfilesCommand::Export {
             profile_ids,
             format,
             out,
             filter,
-        } => profiles_export(context, &profile_ids, format, out.as_deref(), &filter),
+        } => {
+            let workspace = context.workspace()?;
+            let format = to_format(format);
+            let report = ops::export_profiles(
+                &workspace,
+                &profile_ids,
+                &to_filter(&filter),
+                format,
+                out.as_deref(),
+            )?;
+            if context.json() && out.is_none() {
+                print_json(&report.profiles)?;
+            } else if context.json() {
+                print_json(&report.files)?;
+            }
+            for file in &report.files {
+                eprintln!("wrote {}", file.display());
+            }
+            if !context.json() {
+                for (index, text) in report.texts.iter().enumerate() {
+                    if index > 0 && format == Format::Yaml {
+                        println!("---");
+                    }
+                    print!("{text}");
+                }
+            }
+            Ok(exit::OK)
+        }
     }
 }
 
-fn to_filter(args: &ProfileFilterArgs) -> ProfileFilter {
+pub(crate) fn to_filter(args: &ProfileFilterArgs) -> ProfileFilter {
     ProfileFilter {
         tag: args.tag.clone(),
         release: args.release.clone(),
@@ -147,36 +204,9 @@ fn to_format(format: FormatArg) -> Format {
     }
 }
 
-fn extension(format: Format) -> &'static str {
-    match format {
-        Format::Yaml => "yaml",
-        Format::Json => "json",
-        Format::Toml => "toml",
-    }
-}
-
-#[derive(Serialize)]
-struct ProfileRow<'a> {
-    profile_id: &'a str,
-    name: &'a str,
-    device_id: &'a str,
-    openwrt_release: &'a str,
-    target: &'a str,
-    subtarget: &'a str,
-    imagebuilder_profile: &'a str,
-    tags: &'a [String],
-    file: String,
-}
-
 fn profiles_list(context: &Context, filter: &ProfileFilterArgs) -> Result<i32> {
-    let fleet = context.load_fleet()?;
-    let filter = to_filter(filter);
-    let rows: Vec<ProfileRow> = fleet
-        .profiles
-        .iter()
-        .filter(|loaded| filter.matches(&loaded.profile))
-        .map(|loaded| profile_row(&fleet, loaded))
-        .collect();
+    let workspace = context.workspace()?;
+    let rows = ops::list_profiles(&workspace, &to_filter(filter))?;
     if context.json() {
         print_json(&rows)?;
         return Ok(exit::OK);
@@ -205,210 +235,17 @@ fn profiles_list(context: &Context, filter: &ProfileFilterArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn profile_row<'a>(fleet: &Fleet, loaded: &'a LoadedProfile) -> ProfileRow<'a> {
-    let profile = &loaded.profile;
-    ProfileRow {
-        profile_id: &profile.profile_id,
-        name: &profile.name,
-        device_id: &profile.device_id,
-        openwrt_release: &profile.openwrt_release,
-        target: &profile.target,
-        subtarget: &profile.subtarget,
-        imagebuilder_profile: &profile.imagebuilder_profile,
-        tags: &profile.tags,
-        file: display_relative(loaded.source.path(), &fleet.root),
-    }
-}
-
-fn find_profile<'a>(fleet: &'a Fleet, profile_id: &str) -> Result<&'a LoadedProfile> {
-    fleet
-        .profiles
-        .iter()
-        .find(|loaded| loaded.profile.profile_id == profile_id)
-        .ok_or_else(|| {
-            let mut error = Error::new(
-                ErrorCode::ProfileNotFound,
-                format!("no profile `{profile_id}` in fleet `{}`", fleet.name),
-            );
-            let ids = fleet
-                .profiles
-                .iter()
-                .map(|loaded| loaded.profile.profile_id.as_str());
-            if let Some(closest) = crate::source::suggest(profile_id, ids) {
-                error = error.with_help(format!("did you mean `{closest}`?"));
-            } else {
-                error = error.with_help("run `imagegen profiles list` to see the profile ids");
-            }
-            error
-        })
-}
-
 fn profiles_show(context: &Context, profile_id: &str) -> Result<i32> {
-    let fleet = context.load_fleet()?;
-    let loaded = find_profile(&fleet, profile_id)?;
+    let workspace = context.workspace()?;
+    let detail = ops::show_profile(&workspace, profile_id)?;
     if context.json() {
-        print_json(&loaded.profile)?;
+        print_json(&detail.profile)?;
     } else {
-        println!("# {}", display_relative(loaded.source.path(), &fleet.root));
+        println!("# {}", detail.file);
         print!(
             "{}",
-            manifest::export_profile(&loaded.profile, Format::Yaml)?
+            manifest::export_profile(&detail.profile, Format::Yaml)?
         );
-    }
-    Ok(exit::OK)
-}
-
-#[derive(Serialize)]
-struct ValidatedFile {
-    file: String,
-    profile_id: String,
-}
-
-fn profiles_validate(context: &Context, files: &[PathBuf]) -> Result<i32> {
-    if files.is_empty() {
-        return validate(context);
-    }
-    let mut problems = Problems::new();
-    let mut valid = Vec::new();
-    for file in files {
-        match manifest::load_profile(file, file.display().to_string()) {
-            Ok(loaded) => valid.push(ValidatedFile {
-                file: file.display().to_string(),
-                profile_id: loaded.profile.profile_id,
-            }),
-            Err(found) => problems.extend(found),
-        }
-    }
-    problems.finish((), "invalid profiles")?;
-    if context.json() {
-        print_json(&valid)?;
-    } else {
-        for item in &valid {
-            println!("ok: {} ({})", item.file, item.profile_id);
-        }
-    }
-    Ok(exit::OK)
-}
-
-fn profiles_import(
-    context: &Context,
-    files: &[PathBuf],
-    format: Option<FormatArg>,
-    force: bool,
-) -> Result<i32> {
-    let fleet = context.load_fleet()?;
-    let destination_dir = fleet.root.join("profiles");
-    let mut problems = Problems::new();
-    let mut loaded = Vec::new();
-    for file in files {
-        match manifest::load_profile(file, file.display().to_string()) {
-            Ok(profile) => loaded.push((file, profile)),
-            Err(found) => problems.extend(found),
-        }
-    }
-    problems.finish((), "nothing imported")?;
-    let mut written = Vec::new();
-    for (file, profile) in loaded {
-        let format = format
-            .map(to_format)
-            .or_else(|| Format::from_path(file))
-            .unwrap_or(Format::Yaml);
-        let id = &profile.profile.profile_id;
-        let existing = fleet
-            .profiles
-            .iter()
-            .find(|other| &other.profile.profile_id == id);
-        if let Some(existing) = existing
-            && !force
-        {
-            return Err(Error::new(
-                ErrorCode::Validation,
-                format!(
-                    "profile `{id}` already exists in `{}`",
-                    display_relative(existing.source.path(), &fleet.root)
-                ),
-            )
-            .with_help("pass `--force` to replace it"));
-        }
-        let target = destination_dir.join(format!("{id}.{}", extension(format)));
-        std::fs::create_dir_all(&destination_dir)
-            .map_err(|error| Error::io("creating", &destination_dir, error))?;
-        write_atomically(
-            &target,
-            manifest::export_profile(&profile.profile, format)?.as_bytes(),
-        )?;
-        if let Some(existing) = existing
-            && existing.source.path() != target
-        {
-            let _ = std::fs::remove_file(existing.source.path());
-        }
-        written.push(ValidatedFile {
-            file: display_relative(&target, &fleet.root),
-            profile_id: id.clone(),
-        });
-    }
-    if context.json() {
-        print_json(&written)?;
-    } else {
-        for item in &written {
-            println!("imported {} → {}", item.profile_id, item.file);
-        }
-        println!("Run `imagegen plan` to see what the new profiles would build.");
-    }
-    Ok(exit::OK)
-}
-
-fn profiles_export(
-    context: &Context,
-    profile_ids: &[String],
-    format: FormatArg,
-    out: Option<&Path>,
-    filter: &ProfileFilterArgs,
-) -> Result<i32> {
-    let fleet = context.load_fleet()?;
-    let format = to_format(format);
-    let filter = to_filter(filter);
-    let mut selected: Vec<&LoadedProfile> = Vec::new();
-    if profile_ids.is_empty() {
-        selected.extend(
-            fleet
-                .profiles
-                .iter()
-                .filter(|loaded| filter.matches(&loaded.profile)),
-        );
-    } else {
-        for id in profile_ids {
-            selected.push(find_profile(&fleet, id)?);
-        }
-    }
-    match out {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|error| Error::io("creating", dir, error))?;
-            for loaded in &selected {
-                let path = dir.join(format!(
-                    "{}.{}",
-                    loaded.profile.profile_id,
-                    extension(format)
-                ));
-                write_atomically(
-                    &path,
-                    manifest::export_profile(&loaded.profile, format)?.as_bytes(),
-                )?;
-                eprintln!("wrote {}", path.display());
-            }
-        }
-        None if context.json() => {
-            let profiles: Vec<_> = selected.iter().map(|loaded| &loaded.profile).collect();
-            print_json(&profiles)?;
-        }
-        None => {
-            for (index, loaded) in selected.iter().enumerate() {
-                if index > 0 && format == Format::Yaml {
-                    println!("---");
-                }
-                print!("{}", manifest::export_profile(&loaded.profile, format)?);
-            }
-        }
     }
     Ok(exit::OK)
 }

@@ -1,18 +1,17 @@
 //! `imagegen lock` and `imagegen builders ...`.
 
-use serde::Serialize;
-
 use super::args::{BuildersCommand, LockArgs};
 use super::commands::print_json;
 use super::context::Context;
-use crate::builders::{self, Triple, Upgrade};
-use crate::error::{Error, ErrorCode, Result, exit};
-use crate::manifest::LockFile;
-use crate::state::Store;
+use crate::error::{Result, exit};
+use crate::imagebuilder::cache::PruneAction;
+use crate::key::short_hash;
+use crate::lock::Upgrade;
+use crate::ops;
+use crate::triple::Triple;
 
 pub(crate) fn lock(context: &Context, args: &LockArgs) -> Result<i32> {
-    let fleet = context.load_fleet()?;
-    let settings = context.settings(Some(&fleet))?;
+    let workspace = context.workspace()?;
     let upgrade = match &args.upgrade {
         None => Upgrade::Missing,
         Some(addresses) if addresses.is_empty() => Upgrade::All,
@@ -23,23 +22,18 @@ pub(crate) fn lock(context: &Context, args: &LockArgs) -> Result<i32> {
                 .collect::<Result<_>>()?,
         ),
     };
-    let report = builders::lock(&fleet, &settings, &upgrade)?;
+    let report = ops::lock(&workspace, &upgrade)?;
     if context.json() {
         print_json(&report)?;
         return Ok(exit::OK);
     }
     for change in &report.changes {
-        let symbol = match change.change.as_str() {
-            "added" => "+",
-            "updated" => "~",
-            "removed" => "-",
-            _ => " ",
-        };
         println!(
-            "{symbol} {}  {}  sha256 {}  {}  key {}",
+            "{} {}  {}  sha256 {}  {}  key {}",
+            change.change.symbol(),
             change.address,
             change.archive,
-            crate::key::short_hash(&change.archive_sha256),
+            short_hash(&change.archive_sha256),
             change.version_code,
             change.key_id.as_deref().unwrap_or("(not verified)")
         );
@@ -53,156 +47,116 @@ pub(crate) fn lock(context: &Context, args: &LockArgs) -> Result<i32> {
 }
 
 pub(crate) fn builders(context: &Context, command: BuildersCommand) -> Result<i32> {
+    let workspace = context.optional_workspace()?;
     match command {
-        BuildersCommand::List => list(context),
-        BuildersCommand::Info { address } => info(context, &address),
-        BuildersCommand::Ensure { addresses } => ensure(context, &addresses),
-        BuildersCommand::Prune { force, dry_run } => prune(context, force, dry_run),
-    }
-}
-
-/// Settings with the fleet when there is one (builders commands also work outside a fleet).
-fn settings_and_lock(
-    context: &Context,
-) -> Result<(
-    Option<crate::manifest::Fleet>,
-    crate::settings::Settings,
-    Option<LockFile>,
-)> {
-    let fleet = context.optional_fleet()?;
-    let settings = context.settings(fleet.as_ref())?;
-    let lock = match &fleet {
-        Some(fleet) => LockFile::read(&crate::plan::lock_path(fleet))?,
-        None => None,
-    };
-    Ok((fleet, settings, lock))
-}
-
-fn list(context: &Context) -> Result<i32> {
-    let (_, settings, _) = settings_and_lock(context)?;
-    let store = Store::open(&settings.db.value, "imagegen builders list")?;
-    let records = store.read()?.builders()?;
-    if context.json() {
-        print_json(&records)?;
-        return Ok(exit::OK);
-    }
-    if records.is_empty() {
-        eprintln!(
-            "No Image Builders recorded yet; `imagegen builders ensure` fetches the fleet's."
-        );
-    }
-    for record in &records {
-        println!(
-            "{}/{}/{}  {:?}  {}  sha256 {}  {:.1} MB",
-            record.release,
-            record.target,
-            record.subtarget,
-            record.status,
-            record.archive,
-            crate::key::short_hash(&record.archive_sha256),
-            record.size as f64 / 1e6
-        );
-    }
-    Ok(exit::OK)
-}
-
-#[derive(Serialize)]
-struct BuilderInfo {
-    address: String,
-    record: Option<crate::state::BuilderRecord>,
-    lock: Option<crate::manifest::LockEntry>,
-}
-
-fn info(context: &Context, address: &str) -> Result<i32> {
-    let triple = Triple::parse(address)?;
-    let (_, settings, lock) = settings_and_lock(context)?;
-    let store = Store::open(&settings.db.value, "imagegen builders info")?;
-    let record = store
-        .read()?
-        .builder(&triple.release, &triple.target, &triple.subtarget)?;
-    let info = BuilderInfo {
-        address: format!("builder.{}", triple.key()),
-        record,
-        lock: lock.and_then(|lock| lock.entries.get(&triple.key()).cloned()),
-    };
-    if info.record.is_none() && info.lock.is_none() {
-        return Err(Error::new(
-            ErrorCode::Precondition,
-            format!("no Image Builder `{}` is recorded or locked", triple.key()),
-        )
-        .with_help("`imagegen builders list` shows what is recorded"));
-    }
-    print_json(&info)?;
-    Ok(exit::OK)
-}
-
-fn ensure(context: &Context, addresses: &[String]) -> Result<i32> {
-    let (fleet, settings, lock) = settings_and_lock(context)?;
-    let triples = if addresses.is_empty() {
-        let fleet = fleet.ok_or_else(|| {
-            Error::new(
-                ErrorCode::Precondition,
-                "no fleet: name the Image Builders to fetch",
-            )
-        })?;
-        builders::fleet_triples(&fleet)
-    } else {
-        addresses
-            .iter()
-            .map(|text| Triple::parse(text))
-            .collect::<Result<Vec<_>>>()?
-    };
-    let store = Store::open(&settings.db.value, "imagegen builders ensure")?;
-    let mut results = Vec::new();
-    for triple in &triples {
-        let mut last_reported = 0u64;
-        let ensured =
-            builders::ensure(&store, &settings, lock.as_ref(), triple, &mut |progress| {
-                if !context.json() && progress.downloaded >= last_reported + 16 * 1024 * 1024 {
+        BuildersCommand::List => {
+            let records = ops::list_builders(&workspace)?;
+            if context.json() {
+                print_json(&records)?;
+                return Ok(exit::OK);
+            }
+            if records.is_empty() {
+                eprintln!(
+                    "No Image Builders recorded yet; `imagegen builders ensure` fetches the fleet's."
+                );
+            }
+            for record in &records {
+                println!(
+                    "{}  {:?}  {}  sha256 {}  {:.1} MB",
+                    record.triple,
+                    record.status,
+                    record.archive,
+                    short_hash(&record.archive_sha256),
+                    record.size as f64 / 1e6
+                );
+            }
+        }
+        BuildersCommand::Info { address } => {
+            let info = ops::builder_info(&workspace, &Triple::parse(&address)?)?;
+            if context.json() {
+                print_json(&info)?;
+                return Ok(exit::OK);
+            }
+            println!("{}", info.address);
+            if let Some(record) = &info.record {
+                println!(
+                    "  cached     {:?} at {}",
+                    record.status,
+                    record
+                        .path
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new("-"))
+                        .display()
+                );
+                println!(
+                    "  archive    {} (sha256 {})",
+                    record.archive,
+                    short_hash(&record.archive_sha256)
+                );
+                println!(
+                    "  signed by  {}",
+                    record.key_id.as_deref().unwrap_or("(not verified)")
+                );
+                println!("  size       {:.1} MB", record.size as f64 / 1e6);
+            } else {
+                println!(
+                    "  cached     no (`imagegen builders ensure {}` fetches it)",
+                    info.address
+                );
+            }
+            if let Some(entry) = &info.lock {
+                println!(
+                    "  locked     {} (sha256 {}), {}",
+                    entry.archive,
+                    short_hash(&entry.archive_sha256),
+                    entry.version_code
+                );
+            } else {
+                println!("  locked     no (`imagegen lock` pins it)");
+            }
+        }
+        BuildersCommand::Ensure { addresses } => {
+            let triples = addresses
+                .iter()
+                .map(|text| Triple::parse(text))
+                .collect::<Result<Vec<_>>>()?;
+            let json = context.json();
+            let mut last_reported = 0u64;
+            let ensured = ops::ensure_builders(&workspace, &triples, &mut |triple, progress| {
+                if !json && progress.downloaded >= last_reported + 16 * 1024 * 1024 {
                     last_reported = progress.downloaded;
-                    eprintln!(
-                        "  {} {:.1} MB",
-                        triple.key(),
-                        progress.downloaded as f64 / 1e6
-                    );
+                    eprintln!("  {triple} {:.1} MB", progress.downloaded as f64 / 1e6);
                 }
             })?;
-        if !context.json() {
-            let verb = if ensured.fetched { "fetched" } else { "cached" };
-            println!("{verb} {} → {}", ensured.address, ensured.path.display());
+            if json {
+                print_json(&ensured)?;
+            } else {
+                for item in &ensured {
+                    let verb = if item.fetched { "fetched" } else { "cached" };
+                    println!("{verb} {} → {}", item.address, item.path.display());
+                }
+            }
         }
-        results.push(ensured);
-    }
-    if context.json() {
-        print_json(&results)?;
-    }
-    Ok(exit::OK)
-}
-
-fn prune(context: &Context, force: bool, dry_run: bool) -> Result<i32> {
-    let (_, settings, _) = settings_and_lock(context)?;
-    let store = Store::open(&settings.db.value, "imagegen builders prune")?;
-    let pruned = builders::prune(&store, &settings, force, dry_run)?;
-    if context.json() {
-        print_json(&pruned)?;
-        return Ok(exit::OK);
-    }
-    let mut freed = 0;
-    for item in &pruned {
-        let verb = match (item.removed, dry_run) {
-            (true, _) => "removed",
-            (false, true) if !item.reason.contains("--force") => "would remove",
-            _ => "kept",
-        };
-        if verb != "kept" {
-            freed += item.bytes;
+        BuildersCommand::Prune { force, dry_run } => {
+            let report = ops::prune_builders(&workspace, force, dry_run)?;
+            if context.json() {
+                print_json(&report)?;
+                return Ok(exit::OK);
+            }
+            for item in &report.builders {
+                let verb = match item.action {
+                    PruneAction::Removed => "removed",
+                    PruneAction::WouldRemove => "would remove",
+                    PruneAction::Kept => "kept",
+                };
+                println!("{verb} {}  ({})", item.address, item.reason.describe());
+            }
+            println!(
+                "{:.1} MB {}",
+                report.bytes as f64 / 1e6,
+                if dry_run { "reclaimable" } else { "freed" }
+            );
         }
-        println!("{verb} {}  ({})", item.address, item.reason);
     }
-    println!(
-        "{:.1} MB {}",
-        freed as f64 / 1e6,
-        if dry_run { "reclaimable" } else { "freed" }
-    );
     Ok(exit::OK)
 }

@@ -6,6 +6,7 @@ mod applying;
 mod args;
 mod commands;
 mod context;
+mod display;
 mod fetching;
 mod records;
 mod report;
@@ -39,14 +40,13 @@ pub fn run(args: Vec<std::ffi::OsString>, env: BTreeMap<String, String>) -> i32 
             };
         }
     };
-    let json = cli.global.json;
     let context = Context::new(cli.global, env);
     let result = dispatch(&context, cli.command);
     let _ = std::io::stdout().flush();
     match result {
         Ok(code) => code,
         Err(error) => {
-            report::print_error(&error, json);
+            report::print_error(&error, context.json(), context.color());
             error.exit_code()
         }
     }
@@ -54,7 +54,7 @@ pub fn run(args: Vec<std::ffi::OsString>, env: BTreeMap<String, String>) -> i32 
 
 fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
     match command {
-        Command::Validate => commands::validate(context),
+        Command::Validate(args) => commands::validate(context, &args),
         Command::Plan(args) => commands::plan(context, &args),
         Command::Config => commands::config(context),
         Command::Apply(args) => applying::apply(context, &args),

@@ -1,28 +1,18 @@
 //! `imagegen builds ...`, `imagegen artifacts ...` and `imagegen gc`: what the store holds.
 
-use std::collections::BTreeSet;
-
-use serde::Serialize;
-
 use super::args::{ArtifactsCommand, BuildsCommand, GcArgs};
-use super::commands::print_json;
+use super::commands::{plural, print_json};
 use super::context::Context;
-use crate::error::{Error, ErrorCode, Result, exit};
-use crate::settings::Settings;
-use crate::state::{BuildRecord, Store};
-
-/// Settings for commands that work with or without a fleet.
-fn settings(context: &Context) -> Result<Settings> {
-    let fleet = context.optional_fleet()?;
-    context.settings(fleet.as_ref())
-}
+use crate::error::{Result, exit};
+use crate::key::short_hash;
+use crate::ops::{self, ArtifactFilter, GcRequest};
+use crate::state::BuildRecord;
 
 pub(crate) fn builds(context: &Context, command: BuildsCommand) -> Result<i32> {
-    let settings = settings(context)?;
-    let store = Store::open(&settings.db.value, "imagegen builds")?;
-    let records = store.read()?.builds()?;
+    let workspace = context.optional_workspace()?;
     match command {
         BuildsCommand::List => {
+            let records = ops::builds_list(&workspace)?;
             if context.json() {
                 print_json(&records)?;
             } else if records.is_empty() {
@@ -30,71 +20,97 @@ pub(crate) fn builds(context: &Context, command: BuildsCommand) -> Result<i32> {
             } else {
                 for record in &records {
                     println!(
-                        "{}  {:?}  {}  {} artifacts",
-                        crate::key::short_hash(&record.key),
-                        record.status,
+                        "{}  {:<9}  {}  {}",
+                        short_hash(&record.key),
+                        status(record),
                         record.profile_id,
-                        record.artifacts.len()
+                        plural(record.artifacts.len(), "artifact")
                     );
                 }
             }
         }
         BuildsCommand::Show { key } => {
-            let record = find_build(&records, &key)?;
-            print_json(record)?;
+            let record = ops::build_show(&workspace, &key)?;
+            if context.json() {
+                print_json(&record)?;
+            } else {
+                print_build(&record);
+            }
         }
-        BuildsCommand::Log { key } => {
-            let record = find_build(&records, &key)?;
-            let path = record.log_path.as_ref().ok_or_else(|| {
-                Error::new(
-                    ErrorCode::BuildNotFound,
-                    format!("build `{key}` has no log (it was reused, not built here)"),
-                )
-            })?;
-            let text =
-                std::fs::read_to_string(path).map_err(|error| Error::io("reading", path, error))?;
-            print!("{text}");
+        BuildsCommand::Log { key, tail } => {
+            let log = ops::build_log(&workspace, &key, tail)?;
+            if context.json() {
+                print_json(&log)?;
+            } else {
+                print!("{}", log.text);
+            }
         }
     }
     Ok(exit::OK)
 }
 
-fn find_build<'a>(records: &'a [BuildRecord], prefix: &str) -> Result<&'a BuildRecord> {
-    let matches: Vec<&BuildRecord> = records
-        .iter()
-        .filter(|record| record.key.starts_with(prefix))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(one),
-        [] => Err(Error::new(
-            ErrorCode::BuildNotFound,
-            format!("no recorded build `{prefix}`"),
-        )
-        .with_help("`imagegen builds list` shows the keys")),
-        _ => Err(Error::new(
-            ErrorCode::Validation,
-            format!(
-                "`{prefix}` matches {} builds; give more digits",
-                matches.len()
-            ),
-        )),
+fn status(record: &BuildRecord) -> &'static str {
+    match record.status {
+        crate::state::BuildStatus::Succeeded => "succeeded",
+        crate::state::BuildStatus::Failed => "failed",
+    }
+}
+
+fn print_build(record: &BuildRecord) {
+    let inputs = &record.inputs;
+    println!("build {}", record.key);
+    println!("  profile       {}", record.profile_id);
+    if let Some(fleet) = &record.fleet {
+        println!("  fleet         {fleet}");
+    }
+    println!("  status        {}", status(record));
+    println!(
+        "  Image Builder {} ({})",
+        inputs.builder.triple, inputs.imagebuilder_profile
+    );
+    if !inputs.packages.is_empty() || !inputs.packages_remove.is_empty() {
+        println!("  packages      {}", inputs.make_packages());
+    }
+    println!(
+        "  overlay       {} ({})",
+        short_hash(&inputs.overlay.tree_hash),
+        plural(inputs.overlay.entries.len(), "path")
+    );
+    println!(
+        "  time          {} s",
+        record.finished_at.saturating_sub(record.started_at)
+    );
+    if let Some(log) = &record.log_path {
+        println!("  log           {}", log.display());
+    }
+    if let Some(error) = &record.error {
+        println!("  error         {error}");
+    }
+    for artifact in &record.artifacts {
+        println!(
+            "  artifact      {:<12} {:>12}  {}  {}",
+            artifact.kind,
+            artifact.size,
+            short_hash(&artifact.sha256),
+            artifact.name
+        );
     }
 }
 
 pub(crate) fn artifacts(context: &Context, command: ArtifactsCommand) -> Result<i32> {
-    let settings = settings(context)?;
-    let store = Store::open(&settings.db.value, "imagegen artifacts")?;
-    let records = store.read()?.artifacts()?;
-    let cas = crate::cas::Cas::open(&settings.artifacts_dir.value)?;
     match command {
-        ArtifactsCommand::List => {
+        ArtifactsCommand::List { build, profile } => {
+            let workspace = context.optional_workspace()?;
+            let records = ops::artifacts_list(&workspace, &ArtifactFilter { build, profile })?;
             if context.json() {
                 print_json(&records)?;
+            } else if records.is_empty() {
+                eprintln!("No artifacts match.");
             } else {
                 for record in &records {
                     println!(
-                        "{}  {:<14} {:>10}  {}",
-                        crate::key::short_hash(&record.sha256),
+                        "{}  {:<14} {:>12}  {}",
+                        short_hash(&record.sha256),
                         record.kind,
                         record.size,
                         record.name
@@ -103,141 +119,69 @@ pub(crate) fn artifacts(context: &Context, command: ArtifactsCommand) -> Result<
             }
         }
         ArtifactsCommand::Show { sha256 } => {
-            let matches: Vec<_> = records
-                .iter()
-                .filter(|record| record.sha256.starts_with(&sha256))
-                .collect();
-            let [record] = matches.as_slice() else {
-                return Err(Error::new(
-                    ErrorCode::ArtifactNotFound,
-                    format!("no single artifact `{sha256}` ({} match)", matches.len()),
-                ));
-            };
-            let value = serde_json::json!({ "artifact": record, "path": cas.blob_path(&record.sha256), "present": cas.contains(&record.sha256) });
-            print_json(&value)?;
+            let workspace = context.optional_workspace()?;
+            let detail = ops::artifact_show(&workspace, &sha256)?;
+            if context.json() {
+                print_json(&detail)?;
+            } else {
+                let artifact = &detail.artifact;
+                println!("artifact {}", artifact.sha256);
+                println!("  name        {}", artifact.name);
+                println!("  kind        {}", artifact.kind);
+                if let Some(filesystem) = &artifact.filesystem {
+                    println!("  filesystem  {filesystem}");
+                }
+                println!("  size        {} bytes", artifact.size);
+                let missing = if detail.present { "" } else { "  (missing!)" };
+                println!("  path        {}{missing}", detail.path.display());
+                for build in &artifact.builds {
+                    println!("  built by    {}", short_hash(build));
+                }
+            }
         }
-        ArtifactsCommand::Verify => return verify(context, &cas, &records),
+        ArtifactsCommand::Verify => {
+            let workspace = context.optional_workspace()?;
+            let report = ops::artifacts_verify(&workspace)?;
+            if context.json() {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} verified; all intact.",
+                    plural(report.checked, "artifact")
+                );
+            }
+        }
+        ArtifactsCommand::Export { profile, kind, out } => {
+            let workspace = context.workspace()?;
+            let exported = ops::artifacts_export(&workspace, &profile, kind.as_deref(), &out)?;
+            if context.json() {
+                print_json(&exported)?;
+            } else {
+                for item in &exported {
+                    println!("{:<12} {}", item.kind, item.path.display());
+                }
+            }
+        }
     }
     Ok(exit::OK)
 }
 
-#[derive(Serialize)]
-struct VerifyReport {
-    checked: usize,
-    missing: Vec<String>,
-    corrupted: Vec<String>,
-}
-
-/// Re-hashes every recorded artifact. A corrupted blob is deleted (it can never be trusted
-/// again); the builds that produced it then plan as "artifacts missing" and are rebuilt.
-fn verify(
-    context: &Context,
-    cas: &crate::cas::Cas,
-    records: &[crate::state::ArtifactRecord],
-) -> Result<i32> {
-    let mut report = VerifyReport {
-        checked: 0,
-        missing: Vec::new(),
-        corrupted: Vec::new(),
-    };
-    for record in records {
-        report.checked += 1;
-        if !cas.contains(&record.sha256) {
-            report.missing.push(record.sha256.clone());
-        } else if !cas.verify(&record.sha256)? {
-            cas.remove(&record.sha256)?;
-            report.corrupted.push(record.sha256.clone());
-        }
-    }
-    if report.missing.is_empty() && report.corrupted.is_empty() {
-        if context.json() {
-            print_json(&report)?;
-        } else {
-            println!("{} artifacts verified; all intact.", report.checked);
-        }
-        return Ok(exit::OK);
-    }
-    Err(Error::new(
-        ErrorCode::InternalError,
-        format!(
-            "artifact store damaged: {} corrupted (removed), {} missing, of {} artifacts",
-            report.corrupted.len(),
-            report.missing.len(),
-            report.checked
-        ),
-    )
-    .with_details(serde_json::to_value(&report).unwrap_or_default())
-    .with_help("run `imagegen plan` to see what will be rebuilt, then `imagegen apply`"))
-}
-
-#[derive(Serialize)]
-struct GcReport {
-    dry_run: bool,
-    removed_blobs: usize,
-    removed_builds: usize,
-    bytes: u64,
-}
-
 pub(crate) fn gc(context: &Context, args: &GcArgs) -> Result<i32> {
-    let settings = settings(context)?;
-    let store = Store::open(&settings.db.value, "imagegen gc")?;
-    let cas = crate::cas::Cas::open(&settings.artifacts_dir.value)?;
-    let reader = store.read()?;
-    let pointed: BTreeSet<String> = reader
-        .all_profile_pointers()?
-        .into_iter()
-        .map(|pointer| pointer.build_key)
-        .collect();
-    let cutoff = crate::state::unix_now() - (args.keep_days as i64) * 86_400;
-    let builds = reader.builds()?;
-    let (kept, dropped): (Vec<&BuildRecord>, Vec<&BuildRecord>) = builds
-        .iter()
-        .partition(|build| pointed.contains(&build.key) || build.finished_at >= cutoff);
-    let live: BTreeSet<&str> = kept
-        .iter()
-        .flat_map(|build| {
-            build
-                .artifacts
-                .iter()
-                .map(|artifact| artifact.sha256.as_str())
-        })
-        .collect();
-    let garbage: Vec<(String, u64)> = cas
-        .blobs()?
-        .into_iter()
-        .filter(|(sha, _)| !live.contains(sha.as_str()))
-        .collect();
-    let bytes = garbage.iter().map(|(_, size)| size).sum();
-    if !args.dry_run {
-        let mut writer = store.write()?;
-        for build in &dropped {
-            writer.remove_build(&build.key)?;
-        }
-        for (sha, _) in &garbage {
-            writer.remove_artifact(sha)?;
-        }
-        // Records go first: a blob whose record is gone is only wasted space, never a
-        // record pointing at nothing.
-        writer.commit()?;
-        for (sha, _) in &garbage {
-            cas.remove(sha)?;
-        }
-    }
-    let report = GcReport {
+    let workspace = context.optional_workspace()?;
+    let request = GcRequest {
         dry_run: args.dry_run,
-        removed_blobs: garbage.len(),
-        removed_builds: dropped.len(),
-        bytes,
+        keep_days: args.keep_days,
     };
+    let report = ops::gc(&workspace, &request)?;
     if context.json() {
         print_json(&report)?;
     } else {
         let verb = if args.dry_run { "would free" } else { "freed" };
         println!(
-            "{verb} {:.1} MB: {} artifacts, {} build records no fleet points at and older than {} days.",
-            bytes as f64 / 1e6,
-            report.removed_blobs,
-            report.removed_builds,
+            "{verb} {:.1} MB: {}, {} no fleet points at and older than {} days.",
+            report.bytes as f64 / 1e6,
+            plural(report.removed_blobs, "artifact"),
+            plural(report.removed_builds, "build record"),
             args.keep_days
         );
     }

@@ -1,14 +1,12 @@
 //! Renders errors: miette reports pointing at file, line and column on a terminal (or plain
 //! text when colour is off), or the structured JSON form with `--json`.
 
-use std::io::IsTerminal;
-
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource};
 
 use crate::error::{Error, Problem};
 
 /// Prints an error: JSON on stdout with `--json`, otherwise a report on stderr.
-pub(crate) fn print_error(error: &Error, json: bool) {
+pub(crate) fn print_error(error: &Error, json: bool, color: bool) {
     if json {
         let value = serde_json::json!({ "error": error });
         println!(
@@ -16,12 +14,8 @@ pub(crate) fn print_error(error: &Error, json: bool) {
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     } else {
-        eprint!("{}", render_error(error, color_enabled()));
+        eprint!("{}", render_error(error, color));
     }
-}
-
-fn color_enabled() -> bool {
-    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
 }
 
 /// The text form: one report per problem, then the summary line and hints.

@@ -3,13 +3,12 @@
 //! [`queue`] is the pure ready-queue; [`coordinator`] is the loop on the calling thread that
 //! owns it, starts steps on rayon pools (one per pool kind) and is the only place that calls
 //! `on_finished` (which writes the state store); [`report`] holds the events, the `Reporter`
-//! trait and the machine reporters, [`display`] the ones for people;
+//! trait and the machine reporters (the CLI renders events for people in `cli::display`);
 //! [`signal`] turns Ctrl-C into the cancel flag. This is the only module that starts threads
 //! or installs signal handlers. It knows nothing about what a step does: the caller passes
 //! `run_step`. Design notes: `docs/executor.md`.
 
 pub mod coordinator;
-pub mod display;
 pub mod queue;
 pub mod report;
 pub mod signal;
@@ -22,7 +21,7 @@ use crossbeam_channel::Sender;
 use serde::Serialize;
 
 pub use coordinator::execute;
-pub use report::{Event, OutcomeKind, Reporter, reporter_for};
+pub use report::{Event, OutcomeKind, Reporter};
 pub use signal::install_interrupt_handler;
 
 use crate::error::{Error, ErrorCode};

@@ -1,17 +1,16 @@
 //! Progress events of a run, the [`Reporter`] trait, and the reporters for machines: JSON
-//! lines for CI and an in-memory log (the ones for people are in `display`).
+//! lines for CI and an in-memory log (the ones for people are the CLI's, in `cli::display`).
 //!
 //! The executor calls [`Reporter::event`] from its coordinator thread only, in order. Reporters
 //! render; they must not decide anything about the run, and a reporter that cannot write (a
 //! closed pipe) drops the output rather than failing the run.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::display::{PlainReporter, TerminalReporter};
 use crate::error::{Error, ErrorCode};
 
 /// Version of the event stream (`--json` on `apply`). Bump on incompatible changes.
@@ -113,18 +112,6 @@ pub enum Event {
 /// the web API and the MCP server add their own.
 pub trait Reporter: Send + Sync {
     fn event(&self, event: &Event);
-}
-
-/// The reporter for a command-line run: JSON lines on stdout with `--json`, otherwise a live
-/// display when stderr is a terminal and plain lines when it is not.
-pub fn reporter_for(json: bool) -> Box<dyn Reporter> {
-    if json {
-        Box::new(JsonLinesReporter::stdout())
-    } else if std::io::stderr().is_terminal() {
-        Box::new(TerminalReporter::new())
-    } else {
-        Box::new(PlainReporter::stderr())
-    }
 }
 
 /// One JSON object per line, flushed after each, for CI and scripts.

@@ -52,9 +52,9 @@ pub struct FetchProgress {
 
 /// The cache directory that holds (or will hold) this archive unpacked.
 pub fn builder_dir(cache_dir: &Path, metadata: &TargetMetadata) -> Result<PathBuf> {
-    validate_name("release", &metadata.release)?;
-    validate_name("target", &metadata.target)?;
-    validate_name("subtarget", &metadata.subtarget)?;
+    validate_name("release", &metadata.triple.release)?;
+    validate_name("target", &metadata.triple.target)?;
+    validate_name("subtarget", &metadata.triple.subtarget)?;
     let sha = &metadata.archive_sha256;
     if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::new(
@@ -63,9 +63,9 @@ pub fn builder_dir(cache_dir: &Path, metadata: &TargetMetadata) -> Result<PathBu
         ));
     }
     Ok(cache_dir
-        .join(&metadata.release)
-        .join(&metadata.target)
-        .join(&metadata.subtarget)
+        .join(&metadata.triple.release)
+        .join(&metadata.triple.target)
+        .join(&metadata.triple.subtarget)
         .join(&sha[..16]))
 }
 
@@ -152,11 +152,7 @@ fn attempt(
         ))
         .tempdir_in(parent)
         .map_err(|error| Error::io("creating a staging directory in", parent, error))?;
-    let rel_path = format!(
-        "{}/{}",
-        target_dir(&metadata.release, &metadata.target, &metadata.subtarget),
-        metadata.archive
-    );
+    let rel_path = format!("{}/{}", target_dir(&metadata.triple), metadata.archive);
     let mut source = Source::open(client, &rel_path, part, progress)?;
     let resumed = source.resumed_from > 0;
     let unpacked = decompress_and_unpack(&mut source, &metadata.archive, staging.path(), top);
@@ -431,9 +427,9 @@ fn install(
     let marker = serde_json::json!({
         "archive": metadata.archive,
         "archive_sha256": metadata.archive_sha256,
-        "release": metadata.release,
-        "target": metadata.target,
-        "subtarget": metadata.subtarget,
+        "release": metadata.triple.release,
+        "target": metadata.triple.target,
+        "subtarget": metadata.triple.subtarget,
         "key_id": metadata.key_id,
         "version_code": metadata.version_code,
         "url": metadata.url_of_archive,

@@ -11,13 +11,13 @@ use super::mirror::MirrorClient;
 use super::usign::Keyring;
 use super::{release_dir, target_dir, validate_name};
 use crate::error::{Error, ErrorCode, Result};
+use crate::triple::Triple;
 
 /// What one target directory says about its Image Builder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TargetMetadata {
-    pub release: String,
-    pub target: String,
-    pub subtarget: String,
+    #[serde(flatten)]
+    pub triple: Triple,
     /// The archive file name, read from `sha256sums`.
     pub archive: String,
     pub archive_sha256: String,
@@ -101,18 +101,16 @@ pub fn fetch_target(
     client: &MirrorClient,
     keyring: &Keyring,
     verify: bool,
-    release: &str,
-    target: &str,
-    subtarget: &str,
+    triple: &Triple,
 ) -> Result<TargetMetadata> {
     for (what, value) in [
-        ("release", release),
-        ("target", target),
-        ("subtarget", subtarget),
+        ("release", &triple.release),
+        ("target", &triple.target),
+        ("subtarget", &triple.subtarget),
     ] {
         validate_name(what, value)?;
     }
-    let dir = target_dir(release, target, subtarget);
+    let dir = target_dir(triple);
     let sums = client.get(&format!("{dir}/sha256sums"))?;
     let key_id = if verify {
         let signature = client.get(&format!("{dir}/sha256sums.sig"))?;
@@ -152,9 +150,7 @@ pub fn fetch_target(
     let profiles = ProfilesJson::parse(&profiles_json, &client.url_of(&profiles_path))?;
     let url_of_archive = client.url_of(&format!("{dir}/{archive}"));
     Ok(TargetMetadata {
-        release: release.to_string(),
-        target: target.to_string(),
-        subtarget: subtarget.to_string(),
+        triple: triple.clone(),
         archive,
         archive_sha256,
         key_id,

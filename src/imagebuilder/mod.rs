@@ -4,8 +4,10 @@
 //! Flow (see `docs/fetching.md`): [`metadata::fetch_target`] reads and verifies a target
 //! directory; [`download::fetch_builder`] streams the archive through the hasher, the
 //! decompressor and [`unpack`] into a staging dir that is renamed into the cache only when
-//! complete. This module neither runs the Image Builder nor writes the state store.
+//! complete; [`cache`] keeps metadata and unpacked builders and records them in the state
+//! store. This module never runs the Image Builder.
 
+pub mod cache;
 pub mod checksums;
 pub mod download;
 pub mod keys;
@@ -20,6 +22,7 @@ pub use mirror::{FetchOptions, MirrorClient};
 pub use usign::{KeyId, Keyring};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::triple::Triple;
 
 /// The release's directory on the mirror: `snapshots` for `SNAPSHOT`, else `releases/<release>`
 /// (branch snapshots such as `24.10-SNAPSHOT` live under `releases/` too).
@@ -32,8 +35,13 @@ pub fn release_dir(release: &str) -> String {
 }
 
 /// The target directory on the mirror, e.g. `releases/23.05.4/targets/x86/64`.
-pub fn target_dir(release: &str, target: &str, subtarget: &str) -> String {
-    format!("{}/targets/{target}/{subtarget}", release_dir(release))
+pub fn target_dir(triple: &Triple) -> String {
+    format!(
+        "{}/targets/{}/{}",
+        release_dir(&triple.release),
+        triple.target,
+        triple.subtarget
+    )
 }
 
 /// Release, target and subtarget become URL and cache path components: one plain name each.
@@ -63,11 +71,11 @@ mod tests {
         assert_eq!(release_dir("SNAPSHOT"), "snapshots");
         assert_eq!(release_dir("24.10-SNAPSHOT"), "releases/24.10-SNAPSHOT");
         assert_eq!(
-            target_dir("23.05.4", "ath79", "generic"),
+            target_dir(&Triple::new("23.05.4", "ath79", "generic")),
             "releases/23.05.4/targets/ath79/generic"
         );
         assert_eq!(
-            target_dir("SNAPSHOT", "x86", "64"),
+            target_dir(&Triple::new("SNAPSHOT", "x86", "64")),
             "snapshots/targets/x86/64"
         );
     }

@@ -2,19 +2,20 @@
 //! at (loaded and validated here) and the `[[device]]` list, with the checks that span files
 //! (duplicate ids, devices naming unknown profiles). Reads files; writes nothing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::profile::LoadedProfile;
-use super::read::{declared_profile_id, load_profile, sorted};
+use super::read::{declared_profile_id, load_profile};
 use super::rules::check_id;
 use super::settings_table::read_settings;
 use crate::error::{Error, Location, Problem, Problems, Result};
 use crate::settings::FileSettings;
 use crate::source::{self, Format, MapReader, Node, SourceFile, Spanned, suggest};
+use crate::triple::Triple;
 
 const TOP_FIELDS: &[&str] = &["fleet", "settings", "device"];
 
@@ -49,6 +50,31 @@ impl Fleet {
 
     pub fn device(&self, device_id: &str) -> Option<&Device> {
         self.devices.iter().find(|device| device.id == device_id)
+    }
+
+    /// Every Image Builder the fleet's profiles use, sorted, once each.
+    pub fn triples(&self) -> Vec<Triple> {
+        let set: BTreeSet<Triple> = self
+            .profiles
+            .iter()
+            .map(|loaded| Triple::of(&loaded.profile))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// The profiles that build with `triple`.
+    pub fn profiles_of<'a>(
+        &'a self,
+        triple: &'a Triple,
+    ) -> impl Iterator<Item = &'a LoadedProfile> {
+        self.profiles
+            .iter()
+            .filter(move |loaded| Triple::of(&loaded.profile) == *triple)
+    }
+
+    /// The fleet's `imagegen.lock` (which may not exist yet).
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join(crate::lock::LOCK_FILE_NAME)
     }
 
     /// Where a manifest field is (`device[1].flash.path`); the file start when absent.
@@ -117,16 +143,10 @@ impl VerifyMode {
     }
 }
 
-/// Load `imagegen.toml` and every profile it names. The error carries every problem found
-/// in the manifest and in all profile files at once.
-pub fn load_fleet(manifest_path: &Path) -> Result<Fleet> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    load_fleet_with_home(manifest_path, home.as_deref())
-}
-
-/// [`load_fleet`] with `~/` in `[settings]` paths expanded to `home` (tests and callers that
-/// pass the environment in explicitly).
-pub fn load_fleet_with_home(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
+/// Load `imagegen.toml` and every profile it names, expanding `~/` in `[settings]` paths to
+/// `home` (the caller's `HOME`; the environment is never read here). The error carries every
+/// problem found in the manifest and in all profile files at once.
+pub fn load_fleet(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
     let manifest_path = std::path::absolute(manifest_path)
         .map_err(|error| Error::io("resolving", manifest_path, error))?;
     let root = manifest_path
@@ -144,7 +164,7 @@ pub fn load_fleet_with_home(manifest_path: &Path, home: Option<&Path>) -> Result
     let raw = MapReader::new(&tree, &manifest, &mut problems)
         .and_then(|reader| read_manifest(reader, &root, home));
     let Some(raw) = raw else {
-        return Err(Error::from_problems(invalid, sorted(problems.into_vec())));
+        return Err(Error::from_problems(invalid, problems.into_sorted()));
     };
     let (profiles, broken_ids) = load_profiles(&root, &manifest, &raw.patterns, &mut problems);
     check_devices(&raw.devices, &profiles, &broken_ids, &mut problems);
@@ -160,7 +180,7 @@ pub fn load_fleet_with_home(manifest_path: &Path, home: Option<&Path>) -> Result
         devices: raw.devices,
         tree,
     };
-    let problems = sorted(problems.into_vec());
+    let problems = problems.into_sorted();
     let mut collected = Problems::new();
     collected.extend(problems);
     collected.finish(fleet, &invalid)
@@ -490,7 +510,7 @@ mod tests {
     }
 
     fn fleet(root: &Path) -> Fleet {
-        load_fleet(&root.join("imagegen.toml")).unwrap_or_else(|error| {
+        load_fleet(&root.join("imagegen.toml"), None).unwrap_or_else(|error| {
             let problems: Vec<_> = error.problems.iter().map(ToString::to_string).collect();
             panic!("{}: {problems:#?}", error.message)
         })
@@ -574,21 +594,27 @@ mod tests {
         let Some(raw) = raw else {
             panic!("no manifest")
         };
-        let settings = raw.settings;
-        assert_eq!(settings.db, Some(PathBuf::from("/fleet/state/state.redb")));
-        assert_eq!(settings.cache_dir, Some(PathBuf::from("/home/me/cache")));
-        assert_eq!(settings.tmp_dir, Some(PathBuf::from("/tmp/x")));
-        assert_eq!(settings.artifacts_dir, None);
-        assert_eq!(settings.offline, Some(true));
-        assert_eq!(settings.log_level.as_deref(), Some("debug"));
-        assert_eq!(settings.mirror.as_deref(), Some("file:///srv/mirror"));
-        assert_eq!((settings.jobs, settings.download_jobs), (Some(4), Some(3)));
+        use crate::settings::Value;
+        let values = raw.settings.values;
+        let path = |text: &str| Some(Value::Path(PathBuf::from(text)));
+        assert_eq!(values.get("db").cloned(), path("/fleet/state/state.redb"));
+        assert_eq!(values.get("cache_dir").cloned(), path("/home/me/cache"));
+        assert_eq!(values.get("tmp_dir").cloned(), path("/tmp/x"));
+        assert_eq!(values.get("artifacts_dir"), None);
+        assert_eq!(values.get("offline"), Some(&Value::Bool(true)));
+        assert_eq!(values.get("log_level"), Some(&Value::Text("debug".into())));
         assert_eq!(
-            settings.trusted_keys,
-            Some(vec![PathBuf::from("/fleet/keys/a.pub")])
+            values.get("mirror"),
+            Some(&Value::Text("file:///srv/mirror".into()))
         );
-        assert_eq!(settings.verify_signatures, Some(false));
-        assert_eq!(settings.build_timeout, Some(60));
+        assert_eq!(values.get("jobs"), Some(&Value::Number(4)));
+        assert_eq!(values.get("download_jobs"), Some(&Value::Number(3)));
+        assert_eq!(
+            values.get("trusted_keys"),
+            Some(&Value::Paths(vec![PathBuf::from("/fleet/keys/a.pub")]))
+        );
+        assert_eq!(values.get("verify_signatures"), Some(&Value::Bool(false)));
+        assert_eq!(values.get("build_timeout"), Some(&Value::Number(60)));
     }
 
     #[test]
@@ -636,7 +662,7 @@ mod tests {
             "imagegen.toml",
             "[fleet]\nname = \"bad name\"\n[setting]\njobs = 1\n",
         );
-        let error = load_fleet(&root.join("imagegen.toml")).err();
+        let error = load_fleet(&root.join("imagegen.toml"), None).err();
         let problems: Vec<_> = error
             .iter()
             .flat_map(|e| &e.problems)
@@ -651,7 +677,7 @@ mod tests {
             ]
         );
         write(root, "imagegen.toml", "[settings]\njobs = 1\n");
-        let error = load_fleet(&root.join("imagegen.toml")).err();
+        let error = load_fleet(&root.join("imagegen.toml"), None).err();
         let problems: Vec<_> = error
             .iter()
             .flat_map(|e| &e.problems)
@@ -661,7 +687,7 @@ mod tests {
             problems,
             ["imagegen.toml:1:1: missing required field `fleet`"]
         );
-        let missing = load_fleet(&root.join("nope/imagegen.toml"))
+        let missing = load_fleet(&root.join("nope/imagegen.toml"), None)
             .err()
             .map(|e| e.problems.len());
         assert_eq!(missing, Some(1));

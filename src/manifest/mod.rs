@@ -1,12 +1,11 @@
 //! The files a user writes, read into typed values with spans: profiles (one device build
-//! recipe per YAML, JSON or TOML file), the fleet manifest `imagegen.toml`, and the lock
-//! file `imagegen.lock` (which imagegen writes). Everything is validated here and every
+//! recipe per YAML, JSON or TOML file) and the fleet manifest `imagegen.toml` (the lock file
+//! `imagegen.lock`, which imagegen writes, is [`crate::lock`]). Everything is validated here and every
 //! problem is reported at once with its line and column. This module checks the files
 //! against themselves and each other, never against upstream metadata or the state store.
 
 mod export;
 mod fleet;
-mod lock;
 mod profile;
 mod read;
 mod rules;
@@ -14,7 +13,6 @@ mod settings_table;
 
 pub use export::export_profile;
 pub use fleet::{Device, FlashTarget, Fleet, VerifyMode, load_fleet};
-pub use lock::{LOCK_FILE_NAME, LockEntry, LockFile};
 pub use profile::{
     BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile, ProfileFilter,
     is_snapshot_release,

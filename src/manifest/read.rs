@@ -95,22 +95,8 @@ pub fn parse_profile(
             source: Arc::clone(source),
             tree,
         }),
-        _ => Err(sorted(problems.into_vec())),
+        _ => Err(problems.into_sorted()),
     }
-}
-
-/// Problems in document order (file, then position), whatever order the checks ran in.
-pub(crate) fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
-    problems.sort_by(|left, right| {
-        let key = |problem: &Problem| {
-            problem
-                .location
-                .as_ref()
-                .map(|location| (location.file.clone(), location.span.start))
-        };
-        key(left).cmp(&key(right))
-    });
-    problems
 }
 
 fn read_profile(mut reader: MapReader<'_, '_>) -> Option<Profile> {

@@ -1,5 +1,6 @@
 //! Gathers the desired state (fleet + lock + overlay digests) and the recorded state (redb)
-//! for [`super::diff`]. Reads files and the state store; never the network.
+//! for [`super::diff`]. Reads files and the state store; upstream metadata is consulted
+//! only through [`prepare`] ([`super::upstream`]).
 
 use std::collections::BTreeMap;
 
@@ -8,17 +9,20 @@ use super::diff::{
     RecordedDevice, diff,
 };
 use super::model::{Fingerprint, Plan};
+use super::upstream::{UpstreamCheck, check_upstream};
 use crate::error::{Error, ErrorCode, Problems, Result};
 use crate::key::{
     ACTION_SCHEMA_VERSION, BuildInputs, BuilderPin, ImageOptions, OverlayFact, OverlayInputs,
     normalize_names,
 };
-use crate::manifest::{Fleet, LoadedProfile, LockFile};
+use crate::lock::LockFile;
+use crate::manifest::{Fleet, LoadedProfile};
 use crate::overlay::{
     self, EntryKind, FileInput, MemoryHashCache, OverlayDigest, OverlayInput, OverlaySource,
 };
 use crate::settings::Settings;
 use crate::state::{BuildStatus, Reader, Store};
+use crate::triple::Triple;
 
 /// Options of one `plan` run.
 #[derive(Debug, Clone, Default)]
@@ -29,15 +33,43 @@ pub struct PlanOptions {
     pub offline: bool,
 }
 
-/// The lock file of a fleet.
-pub fn lock_path(fleet: &Fleet) -> std::path::PathBuf {
-    fleet.root.join("imagegen.lock")
-}
-
 /// Computes the plan of a fleet against the state store named by `settings`.
 pub fn compute(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Result<Plan> {
     let store = Store::open(&settings.db.value, "imagegen plan")?;
     compute_with(fleet, settings, options, &store)
+}
+
+/// What planning and validation learn before looking at the state store: the lock file and
+/// what upstream metadata says about the fleet.
+#[derive(Debug)]
+pub struct Prepared {
+    pub lock: Option<LockFile>,
+    pub upstream: UpstreamCheck,
+}
+
+/// The first stage `validate` and `plan` share: read the lock (complete, with `locked`),
+/// check every profile against upstream, and refuse a lock upstream moved away from (with
+/// `locked`).
+pub fn prepare(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Result<Prepared> {
+    let lock = LockFile::read(&fleet.lock_path())?;
+    if options.locked {
+        check_locked(fleet, lock.as_ref())?;
+    }
+    let upstream = check_upstream(fleet, lock.as_ref(), settings)?;
+    upstream.problems_to_result()?;
+    if options.locked && !upstream.moved.is_empty() {
+        let moved: Vec<String> = upstream
+            .moved
+            .iter()
+            .map(|moved| moved.describe())
+            .collect();
+        return Err(Error::new(
+            ErrorCode::StalePlan,
+            format!("imagegen.lock is outdated: {}", moved.join("; ")),
+        )
+        .with_help("run `imagegen lock --upgrade`, review and commit imagegen.lock"));
+    }
+    Ok(Prepared { lock, upstream })
 }
 
 /// [`compute`] against a store the caller already holds (apply keeps it locked throughout).
@@ -47,19 +79,7 @@ pub fn compute_with(
     options: &PlanOptions,
     store: &Store,
 ) -> Result<Plan> {
-    let lock = LockFile::read(&lock_path(fleet))?;
-    if options.locked {
-        check_locked(fleet, lock.as_ref())?;
-    }
-    let upstream = crate::builders::check_upstream(fleet, lock.as_ref(), settings)?;
-    crate::builders::upstream_problems_to_result(&upstream)?;
-    if options.locked && !upstream.moved.is_empty() {
-        return Err(Error::new(
-            ErrorCode::StalePlan,
-            format!("imagegen.lock is outdated: {}", upstream.moved.join("; ")),
-        )
-        .with_help("run `imagegen lock --upgrade`, review and commit imagegen.lock"));
-    }
+    let Prepared { lock, upstream } = prepare(fleet, settings, options)?;
     let digests = overlay_digests(fleet, store)?;
     let desired = desired_state(fleet, lock.as_ref(), &digests);
     let reader = store.read()?;
@@ -71,7 +91,7 @@ pub fn compute_with(
         state: state_fingerprint(&recorded),
     };
     let mut plan = diff(&desired, &recorded, fingerprint);
-    plan.notices = upstream_notices(&upstream);
+    plan.notices = upstream_notices(&upstream, lock.is_some());
     if options.offline {
         plan.offline_needs = plan
             .actions
@@ -91,21 +111,21 @@ pub fn compute_with(
     Ok(plan)
 }
 
-fn upstream_notices(upstream: &crate::builders::UpstreamCheck) -> Vec<String> {
-    let mut notices: Vec<String> = upstream
-        .moved
-        .iter()
-        .map(|moved| format!("upstream moved: {moved}"))
-        .collect();
+fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {
+    let mut notices = upstream.moved_notices();
     if let Some(reason) = &upstream.unreachable {
-        notices.push(format!(
-            "mirror not reachable ({reason}); planned from imagegen.lock without checking upstream"
-        ));
+        let from = if locked {
+            "planned from imagegen.lock without checking upstream"
+        } else {
+            "there is no imagegen.lock, so Image Builders are not pinned (build keys known after fetch)"
+        };
+        notices.push(format!("mirror not reachable ({reason}); {from}"));
     }
     if !upstream.unchecked.is_empty() {
+        let unchecked: Vec<String> = upstream.unchecked.iter().map(ToString::to_string).collect();
         notices.push(format!(
             "Image Builder profiles not checked against upstream profiles.json (not cached offline): {}",
-            upstream.unchecked.join(", ")
+            unchecked.join(", ")
         ));
     }
     notices
@@ -119,21 +139,12 @@ fn check_locked(fleet: &Fleet, lock: Option<&LockFile>) -> Result<()> {
         )
         .with_help("run `imagegen lock` and commit imagegen.lock"));
     };
-    let mut missing: Vec<String> = fleet
-        .profiles
-        .iter()
-        .map(|loaded| {
-            let profile = &loaded.profile;
-            LockFile::key(
-                &profile.openwrt_release,
-                &profile.target,
-                &profile.subtarget,
-            )
-        })
-        .filter(|key| !lock.entries.contains_key(key))
+    let missing: Vec<String> = fleet
+        .triples()
+        .into_iter()
+        .filter(|triple| lock.get(triple).is_none())
+        .map(|triple| triple.to_string())
         .collect();
-    missing.sort();
-    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
@@ -230,24 +241,18 @@ fn overlay_digests(fleet: &Fleet, store: &Store) -> Result<Vec<OverlayDigest>> {
 }
 
 fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDigest]) -> Desired {
-    let mut builders: BTreeMap<String, DesiredBuilder> = BTreeMap::new();
+    let mut builders: BTreeMap<Triple, DesiredBuilder> = BTreeMap::new();
     let mut builds = Vec::new();
     for (loaded, digest) in fleet.profiles.iter().zip(digests) {
         let profile = &loaded.profile;
-        let key = LockFile::key(
-            &profile.openwrt_release,
-            &profile.target,
-            &profile.subtarget,
-        );
-        let entry = lock.and_then(|lock| lock.entries.get(&key));
+        let triple = Triple::of(profile);
+        let entry = lock.and_then(|lock| lock.get(&triple));
         let pin = BuilderPin {
-            release: profile.openwrt_release.clone(),
-            target: profile.target.clone(),
-            subtarget: profile.subtarget.clone(),
+            triple: triple.clone(),
             archive_sha256: entry.map(|entry| entry.archive_sha256.clone()),
             version_code: entry.map(|entry| entry.version_code.clone()),
         };
-        builders.entry(key).or_insert_with(|| DesiredBuilder {
+        builders.entry(triple).or_insert_with(|| DesiredBuilder {
             pin: pin.clone(),
             archive: entry.map(|entry| entry.archive.clone()),
         });
@@ -334,10 +339,9 @@ fn entry_kind_name(kind: EntryKind) -> &'static str {
 fn recorded_state(fleet: &str, reader: &Reader, cas: &crate::cas::Cas) -> Result<Recorded> {
     let mut recorded = Recorded::default();
     for builder in reader.builders()? {
-        let key = LockFile::key(&builder.release, &builder.target, &builder.subtarget);
         let ready = builder.status == crate::state::BuilderStatus::Ready;
         recorded.builders.insert(
-            key,
+            builder.triple,
             RecordedBuilder {
                 archive_sha256: builder.archive_sha256,
                 ready,
@@ -346,9 +350,7 @@ fn recorded_state(fleet: &str, reader: &Reader, cas: &crate::cas::Cas) -> Result
     }
     for (profile_id, pointer) in reader.profile_pointers(fleet)? {
         let record = reader.build(&pointer.build_key)?;
-        let inputs = record
-            .as_ref()
-            .and_then(|record| serde_json::from_value::<BuildInputs>(record.inputs.clone()).ok());
+        let inputs = record.as_ref().map(|record| record.inputs.clone());
         let usable = record.as_ref().is_some_and(|record| {
             record.status == BuildStatus::Succeeded
                 && record
@@ -405,7 +407,7 @@ fn fleet_fingerprint(fleet: &Fleet) -> String {
 }
 
 fn lock_fingerprint(fleet: &Fleet) -> Result<Option<String>> {
-    let path = lock_path(fleet);
+    let path = fleet.lock_path();
     match std::fs::read(&path) {
         Ok(bytes) => Ok(Some(blake3::hash(&bytes).to_hex().to_string())),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::model::{Action, ActionKind, FORMAT_VERSION, Fingerprint, Plan, Resource};
 use crate::key::{BuildInputs, BuilderPin, Reason, short_hash};
+use crate::triple::Triple;
 
 /// An Image Builder the fleet needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,15 +74,11 @@ pub struct RecordedDevice {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Recorded {
     /// Keyed by `release/target/subtarget`.
-    pub builders: BTreeMap<String, RecordedBuilder>,
+    pub builders: BTreeMap<Triple, RecordedBuilder>,
     /// Keyed by profile id (this fleet's pointers).
     pub builds: BTreeMap<String, RecordedBuild>,
     /// Keyed by device id (this fleet's pointers).
     pub devices: BTreeMap<String, RecordedDevice>,
-}
-
-pub(crate) fn builder_address(pin: &BuilderPin) -> String {
-    format!("builder.{}", pin.address())
 }
 
 pub(crate) fn build_address(fleet: &str, profile_id: &str) -> String {
@@ -112,6 +109,7 @@ fn action(address: String, resource: Resource, kind: ActionKind) -> Action {
         depends_on: Vec::new(),
         profile_id: None,
         device_id: None,
+        builder: None,
         inputs: None,
         details: BTreeMap::new(),
     }
@@ -162,9 +160,9 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
 }
 
 fn builder_action(builder: &DesiredBuilder, recorded: &Recorded) -> Action {
-    let address = builder_address(&builder.pin);
+    let address = builder.pin.triple.address();
     let wanted = builder.pin.archive_sha256.clone();
-    let existing = recorded.builders.get(&builder.pin.address());
+    let existing = recorded.builders.get(&builder.pin.triple);
     let (kind, why) = match (&wanted, existing) {
         (None, _) => (
             ActionKind::Create,
@@ -189,6 +187,7 @@ fn builder_action(builder: &DesiredBuilder, recorded: &Recorded) -> Action {
         (Some(_), Some(_)) => (ActionKind::NoOp, String::new()),
     };
     let mut result = action(address, Resource::Builder, kind);
+    result.builder = Some(builder.pin.triple.clone());
     result.key = wanted;
     result.previous_key = existing.map(|record| record.archive_sha256.clone());
     if !why.is_empty() {
@@ -228,7 +227,7 @@ fn build_action(
         ),
         Some(old) => (ActionKind::Replace, explain_rebuild(build, old)),
     };
-    let builder = builder_address(&build.inputs.builder);
+    let builder = build.inputs.builder.triple.address();
     let mut result = action(
         build_address(fleet, &build.profile_id),
         Resource::Build,
@@ -370,9 +369,7 @@ mod tests {
 
     fn pin(sha: Option<&str>) -> BuilderPin {
         BuilderPin {
-            release: "23.05.4".into(),
-            target: "ath79".into(),
-            subtarget: "generic".into(),
+            triple: Triple::new("23.05.4", "ath79", "generic"),
             archive_sha256: sha.map(String::from),
             version_code: None,
         }
@@ -416,7 +413,7 @@ mod tests {
         let build = &desired.builds[0];
         let mut recorded = Recorded::default();
         recorded.builders.insert(
-            build.inputs.builder.address(),
+            build.inputs.builder.triple.clone(),
             RecordedBuilder {
                 archive_sha256: build
                     .inputs

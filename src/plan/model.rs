@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::key::{BuildInputs, Reason};
+use crate::triple::Triple;
 
 /// Version of the plan JSON format. Additive changes keep it; breaking ones bump it.
 pub const FORMAT_VERSION: &str = "1.0";
@@ -63,6 +64,9 @@ pub struct Action {
     pub profile_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    /// The Image Builder of a builder action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<Triple>,
     /// The full inputs of a build action (what apply will build).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<BuildInputs>,

@@ -106,7 +106,7 @@ fn key_text(action: &Action) -> String {
 }
 
 /// `Plan: 1 to fetch, 2 to build, 1 to rebuild, 0 to flash, 0 to forget; 3 unchanged.`
-pub(crate) fn summary_line(plan: &Plan) -> String {
+pub fn summary_line(plan: &Plan) -> String {
     let summary = &plan.summary;
     let mut line = format!(
         "Plan: {} to fetch, {} to build, {} to rebuild, {} to flash, {} to forget; {} unchanged",

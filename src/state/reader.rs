@@ -12,10 +12,11 @@ use super::records::{
 };
 use super::tables::{
     ARTIFACT_SHA256_TO_ARTIFACT, BUILD_KEY_TO_BUILD, BUILDER_KEY_TO_BUILDER, FLASH_ID_TO_FLASH,
-    FLEET_DEVICE_TO_POINTER, FLEET_PROFILE_TO_POINTER, PATH_TO_FILE_HASH, builder_key,
+    FLEET_DEVICE_TO_POINTER, FLEET_PROFILE_TO_POINTER, PATH_TO_FILE_HASH,
 };
 use super::{database_error, decode, guarded};
 use crate::error::Result;
+use crate::triple::Triple;
 
 type Bytes = &'static [u8];
 
@@ -29,14 +30,8 @@ impl Reader {
         Reader { txn }
     }
 
-    pub fn builder(
-        &self,
-        release: &str,
-        target: &str,
-        subtarget: &str,
-    ) -> Result<Option<BuilderRecord>> {
-        let key = builder_key(release, target, subtarget);
-        self.get(BUILDER_KEY_TO_BUILDER, key.as_str())
+    pub fn builder(&self, triple: &Triple) -> Result<Option<BuilderRecord>> {
+        self.get(BUILDER_KEY_TO_BUILDER, triple.to_string().as_str())
     }
 
     /// Every Image Builder, ordered by release, target and subtarget.

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::key::BuildInputs;
+use crate::triple::Triple;
+
 /// Where an Image Builder is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -18,12 +21,11 @@ pub enum BuilderStatus {
     Broken,
 }
 
-/// One Image Builder, keyed by `"<release>/<target>/<subtarget>"`.
+/// One Image Builder, keyed by its [`Triple`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuilderRecord {
-    pub release: String,
-    pub target: String,
-    pub subtarget: String,
+    #[serde(flatten)]
+    pub triple: Triple,
     /// The archive file name as listed in `sha256sums`.
     pub archive: String,
     pub archive_sha256: String,
@@ -67,7 +69,7 @@ pub struct BuildRecord {
     pub profile_id: String,
     pub fleet: Option<String>,
     /// The canonical inputs the key was computed from (owned by `key`).
-    pub inputs: serde_json::Value,
+    pub inputs: BuildInputs,
     pub status: BuildStatus,
     pub started_at: i64,
     pub finished_at: i64,

@@ -16,7 +16,7 @@ pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// Database facts: `schema_version`.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("META");
 
-/// `"<release>/<target>/<subtarget>"` → `BuilderRecord`.
+/// `Triple` as `"<release>/<target>/<subtarget>"` → `BuilderRecord`.
 pub(crate) const BUILDER_KEY_TO_BUILDER: TableDefinition<&str, &[u8]> =
     TableDefinition::new("BUILDER_KEY_TO_BUILDER");
 
@@ -43,8 +43,3 @@ pub(crate) const FLEET_DEVICE_TO_POINTER: TableDefinition<(&str, &str), &[u8]> =
 /// Absolute path → opaque bytes owned by `overlay` (its per-file hash cache).
 pub(crate) const PATH_TO_FILE_HASH: TableDefinition<&str, &[u8]> =
     TableDefinition::new("PATH_TO_FILE_HASH");
-
-/// The key of a builder record.
-pub(crate) fn builder_key(release: &str, target: &str, subtarget: &str) -> String {
-    format!("{release}/{target}/{subtarget}")
-}

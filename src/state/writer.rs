@@ -12,10 +12,11 @@ use super::records::{
 use super::tables::{
     ARTIFACT_SHA256_TO_ARTIFACT, BUILD_KEY_TO_BUILD, BUILDER_KEY_TO_BUILDER, FLASH_ID_TO_FLASH,
     FLEET_DEVICE_TO_POINTER, FLEET_PROFILE_TO_POINTER, META, PATH_TO_FILE_HASH, SCHEMA_VERSION,
-    SCHEMA_VERSION_KEY, builder_key,
+    SCHEMA_VERSION_KEY,
 };
 use super::{database_error, encode, guarded};
 use crate::error::Result;
+use crate::triple::Triple;
 
 type Bytes = &'static [u8];
 
@@ -38,25 +39,21 @@ impl Writer {
         })
     }
 
-    pub fn builder(
-        &self,
-        release: &str,
-        target: &str,
-        subtarget: &str,
-    ) -> Result<Option<BuilderRecord>> {
-        let key = builder_key(release, target, subtarget);
-        self.get(BUILDER_KEY_TO_BUILDER, key.as_str())
+    pub fn builder(&self, triple: &Triple) -> Result<Option<BuilderRecord>> {
+        self.get(BUILDER_KEY_TO_BUILDER, triple.to_string().as_str())
     }
 
-    /// Inserts or replaces the record for its (release, target, subtarget).
+    /// Inserts or replaces the record for its Image Builder.
     pub fn put_builder(&mut self, record: &BuilderRecord) -> Result<()> {
-        let key = builder_key(&record.release, &record.target, &record.subtarget);
-        self.put(BUILDER_KEY_TO_BUILDER, key.as_str(), record)
+        self.put(
+            BUILDER_KEY_TO_BUILDER,
+            record.triple.to_string().as_str(),
+            record,
+        )
     }
 
-    pub fn remove_builder(&mut self, release: &str, target: &str, subtarget: &str) -> Result<bool> {
-        let key = builder_key(release, target, subtarget);
-        self.remove(BUILDER_KEY_TO_BUILDER, key.as_str())
+    pub fn remove_builder(&mut self, triple: &Triple) -> Result<bool> {
+        self.remove(BUILDER_KEY_TO_BUILDER, triple.to_string().as_str())
     }
 
     pub fn build(&self, key: &str) -> Result<Option<BuildRecord>> {

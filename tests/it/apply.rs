@@ -95,7 +95,10 @@ fn apply_builds_then_nothing_then_exactly_what_changed() {
         .action("build.lab.gw")
         .and_then(|a| a.key.clone())
         .expect("gw key");
-    let shown = fleet.run(&["builds", "show", &gw[..12]]).success().json();
+    let shown = fleet
+        .run(&["builds", "show", &gw[..12], "--json"])
+        .success()
+        .json();
     let combined = shown["artifacts"]
         .as_array()
         .expect("artifacts")

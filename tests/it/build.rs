@@ -3,6 +3,7 @@
 //! BIN_DIR, build_dir/, tmp/, rewrites `packages/Packages` in place with `>`, reports
 //! unknown profiles and packages with the real texts), built in worker slots.
 
+use imagegen::triple::Triple;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -148,9 +149,7 @@ fn inputs(profile: &str, packages: &[&str], options: ImageOptions) -> BuildInput
     BuildInputs {
         schema: 1,
         builder: BuilderPin {
-            release: "23.05.4".into(),
-            target: "test".into(),
-            subtarget: "sub".into(),
+            triple: Triple::new("23.05.4", "test", "sub"),
             archive_sha256: Some("ab".repeat(32)),
             version_code: Some("r1-fixture".into()),
         },

@@ -2,6 +2,7 @@
 //! signatures) served over loopback HTTP or `file://`, archives built here with `tar`, xz and
 //! zstd, and the real cache directory.
 
+use imagegen::triple::Triple;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -243,7 +244,7 @@ impl Fixture {
     fn archive_rel(&self) -> String {
         format!(
             "{}/{}",
-            target_dir(RELEASE, TARGET, SUBTARGET),
+            target_dir(&Triple::new(RELEASE, TARGET, SUBTARGET)),
             self.archive_name
         )
     }
@@ -255,7 +256,12 @@ impl Fixture {
     }
 
     fn metadata(&self, client: &MirrorClient) -> imagegen::Result<TargetMetadata> {
-        fetch_target(client, &self.keyring(), true, RELEASE, TARGET, SUBTARGET)
+        fetch_target(
+            client,
+            &self.keyring(),
+            true,
+            &Triple::new(RELEASE, TARGET, SUBTARGET),
+        )
     }
 
     fn fetch(&self, client: &MirrorClient) -> imagegen::Result<PathBuf> {
@@ -476,7 +482,10 @@ fn retries_server_errors() {
     let fixture = Fixture::new(Compression::Zstd);
     fixture.publish_good();
     let server = TestServer::start(fixture.mirror.root());
-    let sums = format!("{}/sha256sums", target_dir(RELEASE, TARGET, SUBTARGET));
+    let sums = format!(
+        "{}/sha256sums",
+        target_dir(&Triple::new(RELEASE, TARGET, SUBTARGET))
+    );
     server.set_fault(
         &sums,
         Fault {
@@ -508,7 +517,10 @@ fn gives_up_after_the_retry_budget() {
     let fixture = Fixture::new(Compression::Zstd);
     fixture.publish_good();
     let server = TestServer::start(fixture.mirror.root());
-    let sums = format!("{}/sha256sums", target_dir(RELEASE, TARGET, SUBTARGET));
+    let sums = format!(
+        "{}/sha256sums",
+        target_dir(&Triple::new(RELEASE, TARGET, SUBTARGET))
+    );
     server.set_fault(
         &sums,
         Fault {
@@ -538,9 +550,7 @@ fn missing_target_is_a_404_without_retries() {
         &client,
         &fixture.keyring(),
         true,
-        RELEASE,
-        "nosuch",
-        "target",
+        &Triple::new(RELEASE, "nosuch", "target"),
     )
     .unwrap_err();
     assert_eq!(error.code, ErrorCode::DownloadError);
@@ -577,7 +587,7 @@ fn offline_refuses_http_but_allows_file_urls() {
         format!(
             "offline: would fetch `{}/{}/sha256sums`",
             server.url(),
-            target_dir(RELEASE, TARGET, SUBTARGET)
+            target_dir(&Triple::new(RELEASE, TARGET, SUBTARGET))
         )
     );
     assert_eq!(server.total_requests(), 0);
@@ -664,9 +674,7 @@ fn unknown_signing_key_is_refused() {
         &client,
         &Keyring::official(),
         true,
-        RELEASE,
-        TARGET,
-        SUBTARGET,
+        &Triple::new(RELEASE, TARGET, SUBTARGET),
     )
     .unwrap_err();
     assert_eq!(error.code, ErrorCode::SignatureError);
@@ -694,9 +702,7 @@ fn trusted_key_file_is_accepted() {
         &file_client(&fixture),
         &keyring,
         true,
-        RELEASE,
-        TARGET,
-        SUBTARGET,
+        &Triple::new(RELEASE, TARGET, SUBTARGET),
     )
     .unwrap();
     assert_eq!(metadata.key_id, Some(fixture.key.key_id.to_string()));
@@ -712,9 +718,7 @@ fn verification_off_works_without_a_key() {
         &client,
         &Keyring::empty(),
         false,
-        RELEASE,
-        TARGET,
-        SUBTARGET,
+        &Triple::new(RELEASE, TARGET, SUBTARGET),
     )
     .unwrap();
     assert_eq!(metadata.key_id, None);

@@ -9,8 +9,8 @@ use crate::support::{TestFleet, upstream_data};
 /// The example fleet pointed at a fresh stand-in mirror that its settings trust.
 fn fleet_with_mirror() -> (TestFleet, demo::DemoMirror) {
     let fleet = TestFleet::example();
-    let loaded =
-        imagegen::manifest::load_fleet(&fleet.path().join("imagegen.toml")).expect("example fleet");
+    let loaded = imagegen::manifest::load_fleet(&fleet.path().join("imagegen.toml"), None)
+        .expect("example fleet");
     let mirror =
         demo::write_mirror_for_fleet(&fleet.path().join("mirror"), &upstream_data(), &loaded, 0.0)
             .expect("mirror");
@@ -122,7 +122,7 @@ fn ensure_fetches_into_the_cache_and_plan_sees_them_ready() {
     );
     // Nothing uses it yet (no recorded builds): prune removes it, then plan fetches again.
     let pruned = fleet.run(&["builders", "prune", "--json"]).success().json();
-    assert_eq!(pruned[0]["removed"], true);
+    assert_eq!(pruned["builders"][0]["action"], "removed");
     assert!(!path.exists());
     let planned = plan(&fleet, &[]);
     assert_eq!(

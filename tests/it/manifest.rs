@@ -1,9 +1,11 @@
 //! The manifest layer through the library: the repository's example fleet loads cleanly,
 //! and a broken fleet reports every problem at once with exact positions.
 
+use imagegen::triple::Triple;
 use std::path::{Path, PathBuf};
 
-use imagegen::manifest::{LockEntry, LockFile, VerifyMode, load_fleet};
+use imagegen::lock::{LockEntry, LockFile};
+use imagegen::manifest::{VerifyMode, load_fleet};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,7 +33,7 @@ fn write(root: &Path, relative: &str, text: &str) {
 
 #[test]
 fn example_fleet_loads() {
-    let fleet = match load_fleet(&repo_root().join("imagegen.toml")) {
+    let fleet = match load_fleet(&repo_root().join("imagegen.toml"), None) {
         Ok(fleet) => fleet,
         Err(error) => panic!("{}", render(&error)),
     };
@@ -64,7 +66,10 @@ fn example_fleet_loads() {
     let flash = sd.flash.as_ref().expect("lab-sd-1 has a flash target");
     assert_eq!(flash.image, "factory");
     assert_eq!(flash.verify, VerifyMode::Full);
-    assert_eq!(fleet.settings.jobs, Some(2));
+    assert_eq!(
+        fleet.settings.values.get("jobs"),
+        Some(&imagegen::settings::Value::Number(2))
+    );
     assert_eq!(fleet.settings.path, repo_root().join("imagegen.toml"));
     // Every file an example profile references exists.
     for loaded in &fleet.profiles {
@@ -138,7 +143,7 @@ flash = { path = "/dev/sdz", image = "combined", verify = "none", wipe = "yes" }
         "extra/e.yml",
         &valid.replace("name: OK", "name: Again"),
     );
-    let error = match load_fleet(&root.join("imagegen.toml")) {
+    let error = match load_fleet(&root.join("imagegen.toml"), None) {
         Ok(_) => panic!("the broken fleet loaded"),
         Err(error) => error,
     };
@@ -152,9 +157,7 @@ fn lock_file_round_trips_through_disk() {
     assert_eq!(LockFile::read(&path).ok(), Some(None));
     let mut lock = LockFile::default();
     lock.insert(LockEntry {
-        release: "23.05.4".into(),
-        target: "x86".into(),
-        subtarget: "64".into(),
+        triple: Triple::new("23.05.4", "x86", "64"),
         archive: "openwrt-imagebuilder-23.05.4-x86-64.Linux-x86_64.tar.xz".into(),
         archive_sha256: "a".repeat(64),
         key_id: Some("b5043e70f9a75cde".into()),
@@ -174,7 +177,7 @@ fn example_profiles_export_and_reload_in_every_format() {
     use imagegen::source::{Format, SourceFile};
     use std::sync::Arc;
 
-    let fleet = load_fleet(&repo_root().join("imagegen.toml")).expect("example fleet loads");
+    let fleet = load_fleet(&repo_root().join("imagegen.toml"), None).expect("example fleet loads");
     for loaded in &fleet.profiles {
         for format in [Format::Yaml, Format::Json, Format::Toml] {
             let text = export_profile(&loaded.profile, format).expect("export");

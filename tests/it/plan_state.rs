@@ -2,9 +2,10 @@
 //! library's state store, as apply does), then check that plan sees no changes, and that a
 //! single edit is explained by exactly that reason.
 
+use imagegen::triple::Triple;
 use std::path::Path;
 
-use imagegen::manifest::{LockEntry, LockFile};
+use imagegen::lock::{LockEntry, LockFile};
 use imagegen::plan::{ActionKind, Plan, Resource};
 use imagegen::state::{
     BuildRecord, BuildStatus, BuilderRecord, BuilderStatus, ProfilePointer, Store,
@@ -23,9 +24,7 @@ fn write_lock(fleet: &TestFleet, archive_sha: &str) {
         ("SNAPSHOT", "ramips", "mt7621"),
     ] {
         lock.insert(LockEntry {
-            release: release.into(),
-            target: target.into(),
-            subtarget: subtarget.into(),
+            triple: Triple::new(release, target, subtarget),
             archive: format!(
                 "openwrt-imagebuilder-{release}-{target}-{subtarget}.Linux-x86_64.tar.xz"
             ),
@@ -60,9 +59,7 @@ fn record_as_applied(db: &Path, plan: &Plan) {
                 let (target, subtarget) = rest.split_once('/').expect("address");
                 writer
                     .put_builder(&BuilderRecord {
-                        release: release.into(),
-                        target: target.into(),
-                        subtarget: subtarget.into(),
+                        triple: Triple::new(release, target, subtarget),
                         archive: "archive".into(),
                         archive_sha256: action.key.clone().expect("pinned"),
                         url: "file:///mirror".into(),
@@ -85,8 +82,7 @@ fn record_as_applied(db: &Path, plan: &Plan) {
                         key: key.clone(),
                         profile_id: profile_id.clone(),
                         fleet: Some(plan.fleet.clone()),
-                        inputs: serde_json::to_value(action.inputs.as_ref().expect("inputs"))
-                            .expect("inputs json"),
+                        inputs: action.inputs.clone().expect("inputs"),
                         status: BuildStatus::Succeeded,
                         started_at: 0,
                         finished_at: 0,

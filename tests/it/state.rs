@@ -1,6 +1,7 @@
 //! The state store against real redb files in temp dirs, and its cross-process lock against
 //! real processes holding `flock(2)`.
 
+use imagegen::triple::Triple;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,9 +22,7 @@ fn db_in(dir: &tempfile::TempDir) -> PathBuf {
 
 fn builder() -> BuilderRecord {
     BuilderRecord {
-        release: "23.05.4".into(),
-        target: "ath79".into(),
-        subtarget: "generic".into(),
+        triple: Triple::new("23.05.4", "ath79", "generic"),
         archive: "openwrt-imagebuilder-23.05.4-ath79-generic.Linux-x86_64.tar.xz".into(),
         archive_sha256: "ab".repeat(32),
         url: "https://downloads.openwrt.org/releases/23.05.4/targets/ath79/generic/x.tar.xz".into(),
@@ -48,12 +47,28 @@ fn artifact_ref(sha: &str) -> ArtifactRef {
     }
 }
 
+fn inputs() -> imagegen::key::BuildInputs {
+    imagegen::key::BuildInputs {
+        schema: imagegen::key::ACTION_SCHEMA_VERSION,
+        builder: imagegen::key::BuilderPin {
+            triple: Triple::new("23.05.4", "ath79", "generic"),
+            archive_sha256: Some("ab".repeat(32)),
+            version_code: None,
+        },
+        imagebuilder_profile: "tplink_archer-c7-v2".into(),
+        packages: vec!["collectd".into()],
+        packages_remove: vec!["ppp".into()],
+        overlay: Default::default(),
+        options: Default::default(),
+    }
+}
+
 fn build(key: &str, started_at: i64) -> BuildRecord {
     BuildRecord {
         key: key.into(),
         profile_id: "home.ap".into(),
         fleet: Some("home".into()),
-        inputs: serde_json::json!({"packages": ["collectd", "-ppp"], "schema": 1}),
+        inputs: inputs(),
         status: BuildStatus::Succeeded,
         started_at,
         finished_at: started_at + 60,
@@ -133,7 +148,9 @@ fn every_record_round_trips_through_a_reopened_file() {
     let store = Store::open(&path, "imagegen test").unwrap();
     let reader = store.read().unwrap();
     assert_eq!(
-        reader.builder("23.05.4", "ath79", "generic").unwrap(),
+        reader
+            .builder(&Triple::new("23.05.4", "ath79", "generic"))
+            .unwrap(),
         Some(builder())
     );
     assert_eq!(reader.builders().unwrap(), [builder()]);
@@ -162,7 +179,12 @@ fn every_record_round_trips_through_a_reopened_file() {
         Some(vec![1, 2, 3])
     );
     assert_eq!(reader.build("missing").unwrap(), None);
-    assert_eq!(reader.builder("23.05.4", "ath79", "nand").unwrap(), None);
+    assert_eq!(
+        reader
+            .builder(&Triple::new("23.05.4", "ath79", "nand"))
+            .unwrap(),
+        None
+    );
 }
 
 #[test]

@@ -71,7 +71,7 @@ pub fn write_mirror_for_fleet(
     fleet: &imagegen::manifest::Fleet,
     build_cpu_seconds: f64,
 ) -> Result<DemoMirror> {
-    let triples = imagegen::builders::fleet_triples(fleet);
+    let triples = fleet.triples();
     let borrowed: Vec<(&str, &str, &str)> = triples
         .iter()
         .map(|triple| {

@@ -60,7 +60,9 @@ impl MirrorWriter {
 
     /// The directory of a target on disk.
     pub fn target_path(&self, release: &str, target: &str, subtarget: &str) -> PathBuf {
-        self.root.join(target_dir(release, target, subtarget))
+        self.root.join(target_dir(&imagegen::triple::Triple::new(
+            release, target, subtarget,
+        )))
     }
 
     /// Writes the target's files, then `sha256sums` and (with a key) `sha256sums.sig`.

@@ -1,6 +1,6 @@
-//! `imagegen.lock`: the upstream facts pinned per (release, target, subtarget) — Image
-//! Builder archive and its sha256, the signing key, the revision and the `profiles.json`
-//! hash. Reads and writes the file; decides nothing about whether an entry is current.
+//! The `imagegen.lock` file format: the upstream facts pinned per Image Builder ([`Triple`])
+//! — archive and its sha256, the signing key, the revision and the `profiles.json` hash.
+//! Reads and writes the file; decides nothing about whether an entry is current.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Problem, Problems, Result};
 use crate::source::{self, Format, MapReader, SourceFile, Spanned};
+use crate::triple::Triple;
 
 /// The lock file's name, next to `imagegen.toml`.
 pub const LOCK_FILE_NAME: &str = "imagegen.lock";
@@ -30,18 +31,17 @@ const ENTRY_FIELDS: &[&str] = &[
     "locked_at",
 ];
 
-/// Every pinned Image Builder, keyed by `<release>/<target>/<subtarget>`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Every pinned Image Builder.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LockFile {
-    pub entries: BTreeMap<String, LockEntry>,
+    pub entries: BTreeMap<Triple, LockEntry>,
 }
 
 /// What was true upstream for one Image Builder when it was locked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockEntry {
-    pub release: String,
-    pub target: String,
-    pub subtarget: String,
+    #[serde(flatten)]
+    pub triple: Triple,
     /// The Image Builder archive's file name as listed in `sha256sums`.
     pub archive: String,
     pub archive_sha256: String,
@@ -55,25 +55,15 @@ pub struct LockEntry {
     pub locked_at: String,
 }
 
-impl LockEntry {
-    /// `<release>/<target>/<subtarget>`, the entry's key in [`LockFile::entries`].
-    pub fn key(&self) -> String {
-        LockFile::key(&self.release, &self.target, &self.subtarget)
-    }
-}
-
 impl LockFile {
-    pub fn key(release: &str, target: &str, subtarget: &str) -> String {
-        format!("{release}/{target}/{subtarget}")
+    /// The entry pinning `triple`, if any.
+    pub fn get(&self, triple: &Triple) -> Option<&LockEntry> {
+        self.entries.get(triple)
     }
 
-    pub fn get(&self, release: &str, target: &str, subtarget: &str) -> Option<&LockEntry> {
-        self.entries.get(&LockFile::key(release, target, subtarget))
-    }
-
-    /// Add or replace the entry for its (release, target, subtarget).
+    /// Add or replace the entry for its Image Builder.
     pub fn insert(&mut self, entry: LockEntry) {
-        self.entries.insert(entry.key(), entry);
+        self.entries.insert(entry.triple.clone(), entry);
     }
 
     /// `Ok(None)` when the file does not exist; every problem of a malformed file at once.
@@ -100,7 +90,7 @@ impl LockFile {
         let lock = MapReader::new(&tree, source, &mut problems).map(read_lock);
         match lock {
             Some(lock) if problems.is_empty() => Ok(lock),
-            _ => Err(super::read::sorted(problems.into_vec())),
+            _ => Err(problems.into_sorted()),
         }
     }
 
@@ -112,9 +102,9 @@ impl LockFile {
             let mut field = |name: &str, value: &str| {
                 let _ = writeln!(out, "{name} = {}", toml_string(value));
             };
-            field("release", &entry.release);
-            field("target", &entry.target);
-            field("subtarget", &entry.subtarget);
+            field("release", &entry.triple.release);
+            field("target", &entry.triple.target);
+            field("subtarget", &entry.triple.subtarget);
             field("archive", &entry.archive);
             field("archive_sha256", &entry.archive_sha256);
             if let Some(key_id) = &entry.key_id {
@@ -158,10 +148,10 @@ fn read_lock(mut reader: MapReader<'_, '_>) -> LockFile {
         let Some(entry) = reader.reader_for(item, &path).and_then(read_entry) else {
             continue;
         };
-        if lock.entries.contains_key(&entry.key()) {
+        if lock.entries.contains_key(&entry.triple) {
             reader.invalid(
                 item.span.clone(),
-                format!("`{path}`: `{}` is locked twice", entry.key()),
+                format!("`{path}`: `{}` is locked twice", entry.triple),
                 "duplicate entry",
             );
         }
@@ -194,9 +184,7 @@ fn read_entry(mut reader: MapReader<'_, '_>) -> Option<LockEntry> {
     }
     reader.finish(ENTRY_FIELDS);
     Some(LockEntry {
-        release: release?.value,
-        target: target?.value,
-        subtarget: subtarget?.value,
+        triple: Triple::new(release?.value, target?.value, subtarget?.value),
         archive: archive?.value,
         archive_sha256: archive_sha256?.value,
         key_id: key_id.map(|key| key.value),
@@ -234,9 +222,7 @@ mod tests {
 
     fn entry(release: &str, target: &str, key_id: Option<&str>) -> LockEntry {
         LockEntry {
-            release: release.into(),
-            target: target.into(),
-            subtarget: "generic".into(),
+            triple: Triple::new(release, target, "generic"),
             archive: format!("openwrt-imagebuilder-{release}-{target}-generic.Linux-x86_64.tar.xz"),
             archive_sha256: "0123456789abcdef".repeat(4),
             key_id: key_id.map(Into::into),
@@ -292,7 +278,7 @@ mod tests {
         "#);
         assert_eq!(parse_text(&lock.to_text()), Ok(lock.clone()));
         assert_eq!(
-            lock.get("23.05.4", "x86", "generic")
+            lock.get(&Triple::new("23.05.4", "x86", "generic"))
                 .map(|e| e.key_id.clone()),
             Some(None)
         );

@@ -4,13 +4,25 @@
 //! They render only; they must not influence the run.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::report::{Event, OutcomeKind, Reporter};
+use crate::exec::report::{Event, JsonLinesReporter, OutcomeKind, Reporter};
+
+/// The reporter for a command-line run: JSON lines on stdout with `--json`, otherwise a live
+/// display when stderr is a terminal and plain lines when it is not.
+pub(crate) fn reporter_for(json: bool) -> Box<dyn Reporter> {
+    if json {
+        Box::new(JsonLinesReporter::stdout())
+    } else if std::io::stderr().is_terminal() {
+        Box::new(TerminalReporter::new())
+    } else {
+        Box::new(PlainReporter::stderr())
+    }
+}
 
 /// `2.1 s`, `3 min 05 s`.
 pub fn format_duration(duration_ms: u64) -> String {
@@ -276,8 +288,8 @@ impl Reporter for TerminalReporter {
 
 #[cfg(test)]
 mod tests {
-    use super::super::report::test_support::{SharedBuffer, sample_run};
     use super::*;
+    use crate::exec::report::test_support::{SharedBuffer, sample_run};
 
     #[test]
     fn plain_lines_count_finished_steps() {

@@ -1,0 +1,405 @@
+//! `apply` (complete the lock, plan, run what changed) and `build` (build or reuse some
+//! profiles now), with where every resulting image can be taken from.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+
+use super::Workspace;
+use super::plan::{PlanRequest, check_saved_plan, plan_with};
+use crate::apply::{self as applying, ApplyOptions, ApplyReport};
+use crate::error::{Error, ErrorCode, Result};
+use crate::exec::{OutcomeKind, Reporter};
+use crate::lock::{self, Change, LockFile, LockReport, Upgrade};
+use crate::manifest::{Fleet, ProfileFilter};
+use crate::plan::{ActionKind, Plan, Resource, Summary};
+use crate::state::{ArtifactRef, Store};
+
+/// How a frontend follows and steers a run: the cancel flag (Ctrl-C, an HTTP cancel), the
+/// executor's progress events, and a look at the plan before anything runs.
+pub struct RunHooks<'a> {
+    pub cancel: Arc<AtomicBool>,
+    pub reporter: &'a dyn Reporter,
+    /// Called once with the plan about to run (not called when nothing needs to run).
+    pub on_plan: &'a dyn Fn(&Plan),
+}
+
+impl<'a> RunHooks<'a> {
+    /// Hooks that only report events (no cancel source, no plan preview).
+    pub fn reporting(reporter: &'a dyn Reporter) -> RunHooks<'a> {
+        RunHooks {
+            cancel: Arc::new(AtomicBool::new(false)),
+            reporter,
+            on_plan: &|_| {},
+        }
+    }
+}
+
+/// Options of `apply`.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyRequest {
+    /// A plan saved with `plan --out`: applied exactly, or refused when it is stale.
+    pub saved_plan: Option<Plan>,
+    /// Fail instead of adding missing `imagegen.lock` entries.
+    pub locked: bool,
+    /// Run everything that does not depend on a failed step.
+    pub keep_going: bool,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyOutcome {
+    /// The plan that was carried out (or found to have no changes).
+    pub plan: Plan,
+    /// Entries added to `imagegen.lock` first, when any were missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked: Option<LockReport>,
+    /// The run; `None` when the plan had no changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<ApplyReport>,
+    /// Where each applied profile's images are.
+    pub images: Vec<ProfileImages>,
+}
+
+impl ApplyOutcome {
+    /// True when nothing failed (a plan without changes counts as success).
+    pub fn is_success(&self) -> bool {
+        self.report.as_ref().is_none_or(ApplyReport::is_success)
+    }
+}
+
+/// One image (or other artifact) of a profile and where to take it from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactLocation {
+    #[serde(flatten)]
+    pub artifact: ArtifactRef,
+    /// The blob in the content-addressed store (always there after a successful build).
+    pub store_path: PathBuf,
+    /// The copy in the profile's `bin_dir`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir_path: Option<PathBuf>,
+}
+
+/// A profile's current images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileImages {
+    pub profile_id: String,
+    pub build_key: String,
+    pub artifacts: Vec<ArtifactLocation>,
+}
+
+/// Completes the lock (unless `locked`), plans, checks a saved plan against the current one,
+/// and runs the changes. Holds the state store for the whole run.
+pub fn apply(
+    workspace: &Workspace,
+    request: &ApplyRequest,
+    hooks: &RunHooks,
+) -> Result<ApplyOutcome> {
+    let fleet = workspace.fleet()?;
+    let locked = match (&request.saved_plan, request.locked) {
+        (None, false) => lock_missing(workspace)?,
+        _ => None,
+    };
+    let store = workspace.store("imagegen apply")?;
+    let plan_request = PlanRequest {
+        locked: request.locked || request.saved_plan.is_some(),
+    };
+    let current = plan_with(workspace, &plan_request, &store)?;
+    if let Some(saved) = &request.saved_plan {
+        check_saved_plan(saved, &current)?;
+    }
+    let report = match current.has_changes() {
+        true => Some(run(
+            workspace,
+            &store,
+            &current,
+            request.keep_going,
+            false,
+            hooks,
+        )?),
+        false => None,
+    };
+    let profiles: Vec<String> = fleet
+        .profiles
+        .iter()
+        .map(|loaded| loaded.profile.profile_id.clone())
+        .collect();
+    let images = images_of(workspace, &store, &profiles)?;
+    Ok(ApplyOutcome {
+        plan: current,
+        locked,
+        report,
+        images,
+    })
+}
+
+/// Options of `build`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// Profile ids; empty means every profile the filter selects.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    #[serde(default)]
+    pub filter: ProfileFilter,
+    /// Rebuild even when a recorded build with the same key exists.
+    #[serde(default)]
+    pub force: bool,
+    /// Build the other profiles when one fails.
+    #[serde(default)]
+    pub keep_going: bool,
+}
+
+/// How one profile's build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildResult {
+    /// Built now.
+    Built,
+    /// A recorded build with the same key was reused (now, or already applied).
+    Reused,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+/// One profile's result of `build`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileBuild {
+    pub profile_id: String,
+    pub build_key: Option<String>,
+    pub result: BuildResult,
+    pub cache_hit: bool,
+    pub artifacts: Vec<ArtifactLocation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+}
+
+/// What `build` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildOutcome {
+    pub profiles: Vec<ProfileBuild>,
+    /// The run, when anything had to run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<ApplyReport>,
+}
+
+impl BuildOutcome {
+    pub fn is_success(&self) -> bool {
+        self.report.as_ref().is_none_or(ApplyReport::is_success)
+    }
+}
+
+/// Builds (or reuses) the images of the selected profiles now: their part of the plan, plus
+/// the Image Builders they need. Everything else in the plan is left alone.
+pub fn build(
+    workspace: &Workspace,
+    request: &BuildRequest,
+    hooks: &RunHooks,
+) -> Result<BuildOutcome> {
+    let fleet = workspace.fleet()?;
+    let selected = select_profiles(fleet, request)?;
+    lock_missing(workspace)?;
+    let store = workspace.store("imagegen build")?;
+    let mut plan = plan_with(workspace, &PlanRequest::default(), &store)?;
+    let wanted: BTreeSet<String> = plan
+        .actions
+        .iter()
+        .filter(|action| {
+            action.resource == Resource::Build
+                && action
+                    .profile_id
+                    .as_ref()
+                    .is_some_and(|id| selected.contains(id))
+        })
+        .flat_map(|action| {
+            std::iter::once(action.address.clone()).chain(action.depends_on.iter().cloned())
+        })
+        .collect();
+    plan.actions
+        .retain(|action| wanted.contains(&action.address) && action.action != ActionKind::Remove);
+    plan.summary = Summary::default();
+    let up_to_date = plan
+        .actions
+        .iter()
+        .all(|action| action.action == ActionKind::NoOp);
+    let report = match up_to_date && !request.force {
+        true => None,
+        false => Some(run(
+            workspace,
+            &store,
+            &plan,
+            request.keep_going,
+            request.force,
+            hooks,
+        )?),
+    };
+    let profiles = profile_results(workspace, &store, &selected, &plan, report.as_ref())?;
+    Ok(BuildOutcome { profiles, report })
+}
+
+fn select_profiles(fleet: &Fleet, request: &BuildRequest) -> Result<Vec<String>> {
+    if request.profiles.is_empty() && request.filter == ProfileFilter::default() {
+        return Err(Error::new(
+            ErrorCode::Validation,
+            "name the profiles to build, or select them with a filter",
+        )
+        .with_help("e.g. `imagegen build ap-livingroom` or `imagegen build --tag lab`; `imagegen apply` builds the whole fleet"));
+    }
+    for id in &request.profiles {
+        if fleet.profile(id).is_none() {
+            return Err(super::profiles::not_found(fleet, id));
+        }
+    }
+    let selected: Vec<String> = fleet
+        .profiles
+        .iter()
+        .map(|loaded| &loaded.profile)
+        .filter(|profile| {
+            (request.profiles.is_empty() || request.profiles.contains(&profile.profile_id))
+                && request.filter.matches(profile)
+        })
+        .map(|profile| profile.profile_id.clone())
+        .collect();
+    if selected.is_empty() {
+        return Err(Error::new(
+            ErrorCode::ProfileNotFound,
+            "no profile matches the selection",
+        )
+        .with_help("run `imagegen profiles list` to see the profiles and their tags"));
+    }
+    Ok(selected)
+}
+
+/// Per selected profile: the step's outcome when it ran, else the recorded build.
+fn profile_results(
+    workspace: &Workspace,
+    store: &Store,
+    selected: &[String],
+    plan: &Plan,
+    report: Option<&ApplyReport>,
+) -> Result<Vec<ProfileBuild>> {
+    let current = images_of(workspace, store, selected)?;
+    let mut results = Vec::new();
+    for profile_id in selected {
+        let action = plan.actions.iter().find(|action| {
+            action.resource == Resource::Build && action.profile_id.as_ref() == Some(profile_id)
+        });
+        let step = report.and_then(|report| {
+            report
+                .steps
+                .iter()
+                .find(|step| Some(&step.address) == action.map(|action| &action.address))
+        });
+        let images = current
+            .iter()
+            .find(|images| &images.profile_id == profile_id);
+        let (result, cache_hit) = match step {
+            None => (BuildResult::Reused, true),
+            Some(step) => match step.outcome {
+                OutcomeKind::Succeeded if step.cache_hit => (BuildResult::Reused, true),
+                OutcomeKind::Succeeded => (BuildResult::Built, false),
+                OutcomeKind::Failed => (BuildResult::Failed, false),
+                OutcomeKind::Skipped => (BuildResult::Skipped, false),
+                OutcomeKind::Cancelled => (BuildResult::Cancelled, false),
+            },
+        };
+        let succeeded = matches!(result, BuildResult::Built | BuildResult::Reused);
+        results.push(ProfileBuild {
+            profile_id: profile_id.clone(),
+            build_key: action.and_then(|action| action.key.clone()),
+            result,
+            cache_hit,
+            artifacts: images
+                .filter(|_| succeeded)
+                .map(|images| images.artifacts.clone())
+                .unwrap_or_default(),
+            log_path: step.and_then(|step| step.log_path.clone()),
+            error: step.and_then(|step| step.error.clone()),
+        });
+    }
+    Ok(results)
+}
+
+/// Runs a plan's changes.
+fn run(
+    workspace: &Workspace,
+    store: &Store,
+    plan: &Plan,
+    keep_going: bool,
+    force: bool,
+    hooks: &RunHooks,
+) -> Result<ApplyReport> {
+    (hooks.on_plan)(plan);
+    let options = ApplyOptions {
+        keep_going,
+        force,
+        cancel: Arc::clone(&hooks.cancel),
+    };
+    applying::apply(
+        workspace.fleet()?,
+        &workspace.settings,
+        store,
+        plan,
+        &options,
+        hooks.reporter,
+    )
+}
+
+/// Adds lock entries for Image Builders the fleet uses but `imagegen.lock` does not pin yet.
+fn lock_missing(workspace: &Workspace) -> Result<Option<LockReport>> {
+    let fleet = workspace.fleet()?;
+    let lock = LockFile::read(&fleet.lock_path())?.unwrap_or_default();
+    let missing = fleet
+        .triples()
+        .iter()
+        .any(|triple| lock.get(triple).is_none());
+    if !missing {
+        return Ok(None);
+    }
+    let report = lock::lock(fleet, &workspace.settings, &Upgrade::Missing)?;
+    Ok((report.count(Change::Added) > 0).then_some(report))
+}
+
+/// The current images of some profiles: the build each one's fleet pointer names.
+pub(crate) fn images_of(
+    workspace: &Workspace,
+    store: &Store,
+    profile_ids: &[String],
+) -> Result<Vec<ProfileImages>> {
+    let fleet = workspace.fleet()?;
+    let cas = crate::cas::Cas::open(&workspace.settings.artifacts_dir.value)?;
+    let reader = store.read()?;
+    let mut images = Vec::new();
+    for profile_id in profile_ids {
+        let Some(pointer) = reader.profile_pointer(&fleet.name, profile_id)? else {
+            continue;
+        };
+        let Some(record) = reader.build(&pointer.build_key)? else {
+            continue;
+        };
+        let bin_dir = fleet
+            .profile(profile_id)
+            .and_then(|loaded| loaded.profile.bin_dir.as_ref())
+            .map(|dir| fleet.root.join(dir));
+        let artifacts = record
+            .artifacts
+            .into_iter()
+            .map(|artifact| ArtifactLocation {
+                store_path: cas.blob_path(&artifact.sha256),
+                bin_dir_path: bin_dir.as_ref().map(|dir| dir.join(&artifact.name)),
+                artifact,
+            })
+            .collect();
+        images.push(ProfileImages {
+            profile_id: profile_id.clone(),
+            build_key: record.key,
+            artifacts,
+        });
+    }
+    Ok(images)
+}
