@@ -20,7 +20,8 @@
 //!    that is the only database writer, worker pools); [`build`] runs `make image` in a
 //!    private worker slot and classifies the outputs; [`cas`] stores artifacts by sha256.
 //! 8. [`cli`] is the command-line frontend: it parses arguments, calls one operation and
-//!    renders the result as text or JSON. Nothing below it knows about clap.
+//!    renders the result as text or JSON. Nothing below it knows about clap. [`mcp`] is the
+//!    MCP server for AI agents (`imagegen mcp`): the same [`ops`] as tools, over stdio.
 //!
 //! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.
 
@@ -35,6 +36,7 @@ pub mod imagebuilder;
 pub mod key;
 pub mod lock;
 pub mod manifest;
+pub mod mcp;
 pub mod ops;
 pub mod overlay;
 pub mod plan;

@@ -9,6 +9,7 @@ mod fetch;
 mod http_server;
 mod lock_cli;
 mod manifest;
+mod mcp;
 mod overlay;
 mod plan_state;
 mod standin;
