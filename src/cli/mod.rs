@@ -8,6 +8,7 @@ mod commands;
 mod context;
 mod display;
 mod fetching;
+mod mcp;
 mod records;
 mod report;
 
@@ -65,6 +66,7 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Lock(args) => fetching::lock(context, &args),
         Command::Builders(command) => fetching::builders(context, command),
         Command::Profiles(command) => commands::profiles(context, command),
+        Command::Mcp(args) => mcp::serve(context, &args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "imagegen", &mut std::io::stdout());

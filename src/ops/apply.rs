@@ -69,6 +69,11 @@ impl ApplyOutcome {
     pub fn is_success(&self) -> bool {
         self.report.as_ref().is_none_or(ApplyReport::is_success)
     }
+
+    /// Why the run did not succeed, as one error (see [`run_failure`]); `None` on success.
+    pub fn failure(&self) -> Option<Error> {
+        self.report.as_ref().and_then(run_failure)
+    }
 }
 
 /// One image (or other artifact) of a profile and where to take it from.
@@ -192,6 +197,45 @@ impl BuildOutcome {
     pub fn is_success(&self) -> bool {
         self.report.as_ref().is_none_or(ApplyReport::is_success)
     }
+
+    /// Why the run did not succeed, as one error (see [`run_failure`]); `None` on success.
+    pub fn failure(&self) -> Option<Error> {
+        self.report.as_ref().and_then(run_failure)
+    }
+}
+
+/// The one error that best explains why a run did not succeed, for frontends that report a
+/// single failure (an MCP tool error, an HTTP job's status): the first failed step's error
+/// (with its log), else the run's own failure, an interruption, or why steps were skipped.
+pub fn run_failure(report: &ApplyReport) -> Option<Error> {
+    if report.is_success() {
+        return None;
+    }
+    let failed = report.steps.iter().find_map(|step| {
+        let error = step.error.clone()?;
+        Some(match (&error.log_path, &step.log_path) {
+            (None, Some(log_path)) => error.with_log(log_path.clone()),
+            _ => error,
+        })
+    });
+    if failed.is_some() {
+        return failed;
+    }
+    if let Some(error) = &report.run.error {
+        return Some(error.clone());
+    }
+    if report.run.interrupted {
+        return Some(
+            Error::new(ErrorCode::Interrupted, "the run was interrupted")
+                .with_help("finished steps are recorded; run it again to continue"),
+        );
+    }
+    let reason = report
+        .steps
+        .iter()
+        .find_map(|step| step.reason.clone())
+        .unwrap_or_else(|| "not every step ran".to_string());
+    Some(Error::new(ErrorCode::BuildFailed, reason))
 }
 
 /// Builds (or reuses) the images of the selected profiles now: their part of the plan, plus
