@@ -19,7 +19,10 @@
 //! 7. [`apply`] turns a plan into steps for [`exec`] (a pure dependency queue, a coordinator
 //!    that is the only database writer, worker pools); [`build`] runs `make image` in a
 //!    private worker slot and classifies the outputs; [`cas`] stores artifacts by sha256.
-//! 8. [`cli`] is the command-line frontend: it parses arguments, calls one operation and
+//! 8. [`flash`] writes an image to a whole disk after refusing anything unsafe (mounted,
+//!    stacked, system or read-only disks; partitions), then reads it back around the page
+//!    cache and compares SHA-256 digests.
+//! 9. [`cli`] is the command-line frontend: it parses arguments, calls one operation and
 //!    renders the result as text or JSON. Nothing below it knows about clap.
 //!
 //! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.
@@ -31,6 +34,7 @@ pub mod cas;
 pub mod cli;
 pub mod error;
 pub mod exec;
+pub mod flash;
 pub mod fsutil;
 pub mod imagebuilder;
 pub mod key;

@@ -7,6 +7,7 @@ mod args;
 mod commands;
 mod context;
 mod fetching;
+mod flash;
 mod records;
 mod report;
 
@@ -65,6 +66,8 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Lock(args) => fetching::lock(context, &args),
         Command::Builders(command) => fetching::builders(context, command),
         Command::Profiles(command) => commands::profiles(context, command),
+        Command::Flash(command) => flash::flash(context, command),
+        Command::Devices => flash::devices(context),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "imagegen", &mut std::io::stdout());

@@ -6,6 +6,7 @@ mod build;
 mod cli;
 mod exec;
 mod fetch;
+mod flash;
 mod http_server;
 mod lock_cli;
 mod manifest;
