@@ -3,6 +3,9 @@
 //! the rendering of reports. The work is `flash::flash` and `flash::list_devices`.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -33,6 +36,7 @@ pub(crate) fn flash(context: &Context, command: FlashCommand) -> Result<i32> {
 }
 
 fn flash_image(context: &Context, args: &FlashImageArgs) -> Result<i32> {
+    let cancel = crate::exec::install_interrupt_handler()?;
     let options = FlashOptions {
         image: args.image.clone(),
         device: args.device.clone(),
@@ -40,11 +44,12 @@ fn flash_image(context: &Context, args: &FlashImageArgs) -> Result<i32> {
         wipe: args.wipe,
         verify: args.verify,
         allow_regular_file: false,
-        cancel: Some(crate::exec::install_interrupt_handler()?),
+        cancel: Some(Arc::clone(&cancel)),
     };
     let mut observer = CliObserver {
         json: context.json(),
         force: args.force,
+        cancel,
         hook: context.env.get(TEST_HOOK_BEFORE_VERIFY).cloned(),
         display: None,
     };
@@ -86,6 +91,8 @@ fn print_line(value: &impl serde::Serialize) {
 struct CliObserver {
     json: bool,
     force: bool,
+    /// Ctrl-C: set by the signal handler, also while the question waits for an answer.
+    cancel: Arc<AtomicBool>,
     hook: Option<String>,
     display: Option<Display>,
 }
@@ -103,7 +110,7 @@ struct Display {
 impl FlashObserver for CliObserver {
     fn confirm(&mut self, plan: &FlashPlan) -> Result<()> {
         if !self.force {
-            ask(plan)?;
+            ask(plan, &self.cancel)?;
         }
         self.display = Some(Display::start(plan, self.json));
         Ok(())
@@ -140,7 +147,7 @@ impl CliObserver {
 
 /// Shows what will be destroyed and asks for the device name typed back; refuses without
 /// a terminal to ask on.
-fn ask(plan: &FlashPlan) -> Result<()> {
+fn ask(plan: &FlashPlan, cancel: &AtomicBool) -> Result<()> {
     let device = &plan.device;
     let node = device.node.display();
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
@@ -174,11 +181,13 @@ fn ask(plan: &FlashPlan) -> Result<()> {
     ));
     eprint!("{text}");
     let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|error| Error::internal(format!("reading the confirmation: {error}")))?;
+    let Some(answer) = read_answer(cancel)? else {
+        eprintln!();
+        return Err(Error::new(
+            ErrorCode::Interrupted,
+            format!("interrupted: `{node}` was left untouched"),
+        ));
+    };
     let answer = answer.trim();
     if answer == device.name || answer == node.to_string() {
         return Ok(());
@@ -187,6 +196,40 @@ fn ask(plan: &FlashPlan) -> Result<()> {
         ErrorCode::FlashNotConfirmed,
         format!("not confirmed: `{node}` was left untouched"),
     ))
+}
+
+/// Reads one line from stdin, or `None` when Ctrl-C comes first. The signal handler only
+/// sets a flag (reads restart after it), so stdin is polled with a short timeout.
+fn read_answer(cancel: &AtomicBool) -> Result<Option<String>> {
+    let mut stdin = libc::pollfd {
+        fd: std::io::stdin().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut stdin, 1, 100) };
+        if ready < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::internal(format!(
+                "waiting for the confirmation: {error}"
+            )));
+        }
+        if ready > 0 {
+            let mut answer = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut answer)
+                .map_err(|error| Error::internal(format!("reading the confirmation: {error}")))?;
+            return Ok(Some(answer));
+        }
+    }
 }
 
 impl Display {
@@ -228,11 +271,13 @@ impl Display {
     }
 
     fn progress(&mut self, progress: &FlashProgress) {
-        let message = progress_message(progress);
+        let amounts = progress_amounts(progress);
         if let Some(bar) = &self.bar {
             bar.set_prefix(progress.phase.as_str());
-            bar.set_position((progress.fraction.unwrap_or(0.0) * 1000.0) as u64);
-            bar.set_message(message.clone());
+            if let Some(fraction) = progress.fraction {
+                bar.set_position((fraction * 1000.0) as u64);
+            }
+            bar.set_message(amounts.clone());
         }
         let phase_changed = self.last_phase != Some(progress.phase);
         let due = self
@@ -243,7 +288,7 @@ impl Display {
             self.last_event = Some(Instant::now());
             self.emit(&Event::StepProgress {
                 address: self.address.clone(),
-                message,
+                message: format!("{} {amounts}", progress.phase.as_str()),
                 fraction: progress.fraction,
             });
         }
@@ -288,13 +333,9 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// `writing 128.0 MiB of 512.0 MiB, 350.2 MiB/s, 1 s left`.
-fn progress_message(progress: &FlashProgress) -> String {
-    let mut message = format!(
-        "{} {}",
-        progress.phase.as_str(),
-        format_size(progress.bytes)
-    );
+/// `128.0 MiB of 512.0 MiB, 350.2 MiB/s, 1 s left`.
+fn progress_amounts(progress: &FlashProgress) -> String {
+    let mut message = format_size(progress.bytes);
     if let Some(total) = progress.total {
         message.push_str(&format!(" of {}", format_size(total)));
     }
