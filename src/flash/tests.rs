@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::error::{Error, ErrorCode};
 
 const MIB: usize = 1024 * 1024;
 

@@ -141,6 +141,13 @@ pub(crate) fn write_stream(
         let bytes = feeding?;
         progress(written.load(Ordering::Relaxed));
         digests.sort_by_key(|(index, _)| *index);
+        let hashed = bytes.min(job.hash_limit).div_ceil(BLOCK as u64);
+        if digests.len() as u64 != hashed {
+            return Err(Error::internal(format!(
+                "{} of {hashed} block digests were taken: a hasher thread failed",
+                digests.len()
+            )));
+        }
         Ok(WriteOutcome {
             bytes,
             digests: digests.into_iter().map(|(_, digest)| digest).collect(),
