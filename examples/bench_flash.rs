@@ -76,7 +76,22 @@ fn main() -> AnyResult<()> {
 
 struct Sample {
     wall: Duration,
+    /// User + system time of the process and its descendants (less sensitive than wall
+    /// time to other load on a shared machine; the loop device's kernel worker is in neither).
+    cpu: Duration,
     peak_kb: u64,
+}
+
+/// CPU time of all waited-for children so far.
+fn children_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 #[derive(Default)]
@@ -169,11 +184,18 @@ fn report(label: &str, samples: &[Sample]) {
     let mut walls: Vec<f64> = samples.iter().map(|s| s.wall.as_secs_f64()).collect();
     walls.sort_by(f64::total_cmp);
     println!(
-        "{label}: median {:.3}s (min {:.3}s, max {:.3}s)",
+        "{label}: median {:.3}s (min {:.3}s, max {:.3}s), CPU median {:.3}s",
         walls[walls.len() / 2],
         walls[0],
-        walls[walls.len() - 1]
+        walls[walls.len() - 1],
+        median_cpu(samples)
     );
+}
+
+fn median_cpu(samples: &[Sample]) -> f64 {
+    let mut cpus: Vec<f64> = samples.iter().map(|s| s.cpu.as_secs_f64()).collect();
+    cpus.sort_by(f64::total_cmp);
+    cpus[cpus.len() / 2]
 }
 
 /// (c) for a larger image: the peak RSS must not follow the image size.
@@ -205,6 +227,7 @@ fn large_rss(scratch: &Path, backing_dir: &Path, mebibytes: usize) -> AnyResult<
 
 /// Runs one flash in a child process, so its peak RSS is its own.
 fn our_flash(image: &Path, device: &str, verify: &str) -> AnyResult<Sample> {
+    let cpu_before = children_cpu();
     let start = Instant::now();
     let output = Command::new(std::env::current_exe()?)
         .arg("--child")
@@ -225,7 +248,11 @@ fn our_flash(image: &Path, device: &str, verify: &str) -> AnyResult<Sample> {
         .find_map(|line| line.strip_prefix("VmHWM_kB="))
         .and_then(|value| value.trim().parse().ok())
         .ok_or("child printed no VmHWM")?;
-    Ok(Sample { wall, peak_kb })
+    Ok(Sample {
+        wall,
+        cpu: children_cpu() - cpu_before,
+        peak_kb,
+    })
 }
 
 struct Confirmed;
@@ -266,6 +293,7 @@ fn child_flash(args: &[String]) -> AnyResult<()> {
 
 /// Runs a shell pipeline under `/usr/bin/time`, with the largest child's peak RSS.
 fn timed_shell(script: &str) -> AnyResult<Sample> {
+    let cpu_before = children_cpu();
     let start = Instant::now();
     let output = Command::new("/usr/bin/time")
         .args(["-f", "MAXRSS_kB=%M", "sh", "-c", script])
@@ -281,7 +309,11 @@ fn timed_shell(script: &str) -> AnyResult<Sample> {
         .find_map(|line| line.strip_prefix("MAXRSS_kB="))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0);
-    Ok(Sample { wall, peak_kb })
+    Ok(Sample {
+        wall,
+        cpu: children_cpu() - cpu_before,
+        peak_kb,
+    })
 }
 
 /// A loop device over a sparse file, detached and removed on drop.
