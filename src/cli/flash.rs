@@ -36,7 +36,12 @@ pub(crate) fn flash(context: &Context, command: FlashCommand) -> Result<i32> {
 }
 
 fn flash_image(context: &Context, args: &FlashImageArgs) -> Result<i32> {
-    let cancel = crate::exec::install_interrupt_handler()?;
+    // A dry run writes nothing, so Ctrl-C may simply end it (also while it decompresses).
+    let cancel = if args.dry_run {
+        Arc::new(AtomicBool::new(false))
+    } else {
+        crate::exec::install_interrupt_handler()?
+    };
     let options = FlashOptions {
         image: args.image.clone(),
         device: args.device.clone(),
