@@ -30,6 +30,23 @@ pub enum ErrorCode {
     FlashError,
     FlashHashMismatch,
     DeviceError,
+    /// The device path does not exist (or has no medium).
+    DeviceNotFound,
+    /// The path is not a block device.
+    DeviceNotBlock,
+    /// A partition was given where a whole disk is needed.
+    DeviceIsPartition,
+    /// The disk or one of its partitions is mounted.
+    DeviceMounted,
+    /// Something holds the disk: device-mapper, md, LVM, or another exclusive opener.
+    DeviceBusy,
+    /// The disk backs `/`, `/boot`, `/boot/efi` or active swap.
+    DeviceSystemDisk,
+    DeviceReadOnly,
+    /// The image does not fit on the device.
+    ImageTooLarge,
+    /// A flash was neither confirmed on a terminal nor forced.
+    FlashNotConfirmed,
     PermissionError,
     StateLocked,
     StalePlan,
@@ -74,6 +91,15 @@ impl ErrorCode {
             ErrorCode::FlashError => "flash_error",
             ErrorCode::FlashHashMismatch => "flash_hash_mismatch",
             ErrorCode::DeviceError => "device_error",
+            ErrorCode::DeviceNotFound => "device_not_found",
+            ErrorCode::DeviceNotBlock => "device_not_block",
+            ErrorCode::DeviceIsPartition => "device_is_partition",
+            ErrorCode::DeviceMounted => "device_mounted",
+            ErrorCode::DeviceBusy => "device_busy",
+            ErrorCode::DeviceSystemDisk => "device_system_disk",
+            ErrorCode::DeviceReadOnly => "device_read_only",
+            ErrorCode::ImageTooLarge => "image_too_large",
+            ErrorCode::FlashNotConfirmed => "flash_not_confirmed",
             ErrorCode::PermissionError => "permission_error",
             ErrorCode::StateLocked => "state_locked",
             ErrorCode::StalePlan => "stale_plan",
@@ -97,6 +123,15 @@ impl ErrorCode {
             | ErrorCode::FlashError
             | ErrorCode::FlashHashMismatch
             | ErrorCode::DeviceError
+            | ErrorCode::DeviceNotFound
+            | ErrorCode::DeviceNotBlock
+            | ErrorCode::DeviceIsPartition
+            | ErrorCode::DeviceMounted
+            | ErrorCode::DeviceBusy
+            | ErrorCode::DeviceSystemDisk
+            | ErrorCode::DeviceReadOnly
+            | ErrorCode::ImageTooLarge
+            | ErrorCode::FlashNotConfirmed
             | ErrorCode::PermissionError => exit::FAILED,
             ErrorCode::StalePlan => exit::STALE,
             ErrorCode::StateLocked => exit::LOCKED,

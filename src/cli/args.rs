@@ -136,6 +136,12 @@ pub enum Command {
     Builders(BuildersCommand),
     /// Show every effective setting and where its value came from
     Config,
+    /// Write an image to a whole disk (SD card, USB stick) and verify it
+    #[command(subcommand)]
+    Flash(FlashCommand),
+    /// Disks this machine could flash: model, serial, size, partitions, and why a flash
+    /// would refuse one
+    Devices,
     /// List, show, validate, import and export device profiles
     #[command(subcommand)]
     Profiles(ProfilesCommand),
@@ -200,6 +206,44 @@ pub struct ApplyArgs {
     /// Print the whole plan before running it (default: its summary line)
     #[arg(long, short = 'v')]
     pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlashCommand {
+    /// Write a local image file (raw, .gz, .xz or .zst) to a whole disk and read it back
+    ///
+    /// Refuses partitions, mounted, stacked (device-mapper, md, LVM), system and read-only
+    /// disks, and images larger than the disk. Asks for the device name typed back unless
+    /// --force; without a terminal, --force is required.
+    Image(FlashImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FlashImageArgs {
+    /// The image file
+    pub image: PathBuf,
+    /// The whole disk: `/dev/sdX`, `/dev/mmcblkN` or a `/dev/disk/by-id/...` link
+    pub device: PathBuf,
+    /// Check everything and show what would be written, without writing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
+    /// Zero the first and last MiB of the disk first (MBR, primary and backup GPT)
+    #[arg(long)]
+    pub wipe: bool,
+    /// Read-back verification: `full`, `prefix:<MiB>` or `none`
+    #[arg(long, value_name = "MODE", default_value = "full", value_parser = parse_verify)]
+    pub verify: crate::flash::VerifyMode,
+}
+
+fn parse_verify(text: &str) -> Result<crate::flash::VerifyMode, String> {
+    text.parse()
+        .map_err(|error: crate::error::Error| match error.help {
+            Some(help) => format!("{}; {help}", error.message),
+            None => error.message,
+        })
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ mod context;
 mod display;
 mod fetching;
 mod mcp;
+mod flash;
 mod records;
 mod report;
 
@@ -67,6 +68,8 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Builders(command) => fetching::builders(context, command),
         Command::Profiles(command) => commands::profiles(context, command),
         Command::Mcp(args) => mcp::serve(context, &args),
+        Command::Flash(command) => flash::flash(context, command),
+        Command::Devices => flash::devices(context),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "imagegen", &mut std::io::stdout());

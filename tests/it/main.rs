@@ -7,6 +7,7 @@ mod cli;
 mod exec;
 mod fetch;
 mod first_hour;
+mod flash;
 mod http_server;
 mod lock_cli;
 mod manifest;
