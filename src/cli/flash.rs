@@ -13,8 +13,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::args::{FlashCommand, FlashImageArgs};
 use super::commands::print_json;
 use super::context::Context;
-use crate::error::{Error, ErrorCode, Result, exit};
 use super::display::PlainReporter;
+use crate::error::{Error, ErrorCode, Result, exit};
 use crate::exec::report::{EVENT_FORMAT_VERSION, ErrorSummary, JsonLinesReporter};
 use crate::exec::{Event, OutcomeKind, Reporter};
 use crate::flash::{

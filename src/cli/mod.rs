@@ -8,8 +8,8 @@ mod commands;
 mod context;
 mod display;
 mod fetching;
-mod mcp;
 mod flash;
+mod mcp;
 mod records;
 mod report;
 
