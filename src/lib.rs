@@ -19,8 +19,10 @@
 //! 7. [`apply`] turns a plan into steps for [`exec`] (a pure dependency queue, a coordinator
 //!    that is the only database writer, worker pools); [`build`] runs `make image` in a
 //!    private worker slot and classifies the outputs; [`cas`] stores artifacts by sha256.
-//! 8. [`cli`] is the command-line frontend: it parses arguments, calls one operation and
-//!    renders the result as text or JSON. Nothing below it knows about clap.
+//! 8. [`ops`] holds every operation a frontend offers. [`cli`] is the command-line frontend:
+//!    it parses arguments, calls one operation and renders the result as text or JSON;
+//!    nothing below it knows about clap. [`server`] (`imagegen serve`) is the HTTP API and
+//!    dashboard over the same operations.
 //!
 //! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.
 
@@ -38,6 +40,7 @@ pub mod manifest;
 pub mod ops;
 pub mod overlay;
 pub mod plan;
+pub mod server;
 pub mod settings;
 pub mod source;
 pub mod state;

@@ -38,14 +38,18 @@ impl Context {
         self.load(FleetNeed::Optional)
     }
 
-    fn load(&self, need: FleetNeed) -> Result<Workspace> {
-        let options = WorkspaceOptions {
+    /// Where the fleet is and the settings inputs, for frontends that load it themselves.
+    pub fn workspace_options(&self) -> WorkspaceOptions {
+        WorkspaceOptions {
             manifest: self.global.manifest.clone(),
             search_from: None,
             flags: self.flags(),
             env: self.env.clone(),
-        };
-        let workspace = Workspace::load(&options, need)?;
+        }
+    }
+
+    fn load(&self, need: FleetNeed) -> Result<Workspace> {
+        let workspace = Workspace::load(&self.workspace_options(), need)?;
         init_logging(&workspace.settings.log_level.value, self.color());
         Ok(workspace)
     }

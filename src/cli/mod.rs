@@ -10,6 +10,7 @@ mod display;
 mod fetching;
 mod records;
 mod report;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -65,6 +66,7 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Lock(args) => fetching::lock(context, &args),
         Command::Builders(command) => fetching::builders(context, command),
         Command::Profiles(command) => commands::profiles(context, command),
+        Command::Serve(args) => serve::serve(context, &args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "imagegen", &mut std::io::stdout());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Workspace;
 use super::plan::{PlanRequest, check_saved_plan, plan_with};
@@ -39,9 +40,12 @@ impl<'a> RunHooks<'a> {
 }
 
 /// Options of `apply`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct ApplyRequest {
-    /// A plan saved with `plan --out`: applied exactly, or refused when it is stale.
+    /// A plan saved with `plan --out` (or returned by `POST /plan`): applied exactly, or
+    /// refused with `stale_plan` when planning now gives different actions.
+    #[serde(rename = "plan")]
     pub saved_plan: Option<Plan>,
     /// Fail instead of adding missing `imagegen.lock` entries.
     pub locked: bool,
@@ -50,7 +54,7 @@ pub struct ApplyRequest {
 }
 
 /// What `apply` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ApplyOutcome {
     /// The plan that was carried out (or found to have no changes).
     pub plan: Plan,
@@ -69,22 +73,48 @@ impl ApplyOutcome {
     pub fn is_success(&self) -> bool {
         self.report.as_ref().is_none_or(ApplyReport::is_success)
     }
+
+    /// The last line of `apply --json` (and of `GET /jobs/{id}/events`): `{"event":
+    /// "summary", ...}` with the report and images, or the plan when nothing had to run.
+    pub fn summary_event(&self) -> serde_json::Value {
+        match &self.report {
+            Some(report) => summary_event(serde_json::json!({
+                "report": report,
+                "images": &self.images,
+            })),
+            None => summary_event(serde_json::json!({
+                "plan": &self.plan,
+                "images": &self.images,
+            })),
+        }
+    }
+}
+
+/// `{"event": "summary"}` followed by the fields of `value`.
+fn summary_event(value: serde_json::Value) -> serde_json::Value {
+    let mut line = serde_json::json!({ "event": "summary" });
+    if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), value) {
+        line.extend(fields);
+    }
+    line
 }
 
 /// One image (or other artifact) of a profile and where to take it from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactLocation {
     #[serde(flatten)]
     pub artifact: ArtifactRef,
     /// The blob in the content-addressed store (always there after a successful build).
+    #[schema(value_type = String)]
     pub store_path: PathBuf,
     /// The copy in the profile's `bin_dir`, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub bin_dir_path: Option<PathBuf>,
 }
 
 /// A profile's current images.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProfileImages {
     pub profile_id: String,
     pub build_key: String,
@@ -137,7 +167,7 @@ pub fn apply(
 }
 
 /// Options of `build`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct BuildRequest {
     /// Profile ids; empty means every profile the filter selects.
     #[serde(default)]
@@ -153,7 +183,7 @@ pub struct BuildRequest {
 }
 
 /// How one profile's build ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildResult {
     /// Built now.
@@ -166,7 +196,7 @@ pub enum BuildResult {
 }
 
 /// One profile's result of `build`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProfileBuild {
     pub profile_id: String,
     pub build_key: Option<String>,
@@ -174,13 +204,14 @@ pub struct ProfileBuild {
     pub cache_hit: bool,
     pub artifacts: Vec<ArtifactLocation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Error>,
 }
 
 /// What `build` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BuildOutcome {
     pub profiles: Vec<ProfileBuild>,
     /// The run, when anything had to run.
@@ -191,6 +222,14 @@ pub struct BuildOutcome {
 impl BuildOutcome {
     pub fn is_success(&self) -> bool {
         self.report.as_ref().is_none_or(ApplyReport::is_success)
+    }
+
+    /// The last line of `build --json` (and of a build job's events).
+    pub fn summary_event(&self) -> serde_json::Value {
+        summary_event(serde_json::json!({
+            "profiles": &self.profiles,
+            "report": &self.report,
+        }))
     }
 }
 

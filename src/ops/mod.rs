@@ -16,6 +16,7 @@ mod records;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::lock::LockFile;
@@ -76,6 +77,9 @@ pub struct Workspace {
     pub fleet: Option<Fleet>,
     pub settings: Settings,
     pub env: BTreeMap<String, String>,
+    /// How long [`Workspace::store`] waits for another process to release the state store
+    /// before failing with `state_locked` (zero: fail at once, as the CLI does).
+    pub store_wait: Duration,
 }
 
 impl Workspace {
@@ -101,6 +105,7 @@ impl Workspace {
             fleet,
             settings,
             env: options.env.clone(),
+            store_wait: Duration::ZERO,
         })
     }
 
@@ -111,7 +116,10 @@ impl Workspace {
 
     /// Opens (and locks) the state store; `holder` tells other processes who holds it.
     pub fn store(&self, holder: &str) -> Result<Store> {
-        Store::open(&self.settings.db.value, holder)
+        match self.store_wait.is_zero() {
+            true => Store::open(&self.settings.db.value, holder),
+            false => Store::open_wait(&self.settings.db.value, holder, self.store_wait),
+        }
     }
 
     /// The fleet's `imagegen.lock`, when the fleet has one.

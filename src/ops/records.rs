@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::Workspace;
 use crate::cas::Cas;
@@ -25,9 +26,10 @@ pub fn build_show(workspace: &Workspace, key: &str) -> Result<BuildRecord> {
 }
 
 /// A build's log (or its last `tail_bytes`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BuildLog {
     pub key: String,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// The log's size on disk.
     pub size: u64,
@@ -90,7 +92,8 @@ fn find_build<'a>(records: &'a [BuildRecord], prefix: &str) -> Result<&'a BuildR
 }
 
 /// Which artifacts `artifacts list` shows.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ArtifactFilter {
     /// Only the artifacts of this build (key or unique prefix).
     #[serde(default)]
@@ -129,9 +132,10 @@ pub fn artifacts_list(
 }
 
 /// One artifact and where its bytes are.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactDetail {
     pub artifact: ArtifactRecord,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// False when the blob is missing from the store (run `artifacts verify`).
     pub present: bool,

@@ -3,6 +3,7 @@
 
 mod apply;
 mod build;
+mod dashboard;
 mod cli;
 mod exec;
 mod fetch;
@@ -11,6 +12,10 @@ mod lock_cli;
 mod manifest;
 mod overlay;
 mod plan_state;
+mod serve_support;
+mod server;
+mod server_schema;
 mod standin;
 mod state;
 mod support;
+mod webdriver;
