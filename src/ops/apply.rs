@@ -129,11 +129,13 @@ pub fn apply(
     hooks: &RunHooks,
 ) -> Result<ApplyOutcome> {
     let fleet = workspace.fleet()?;
+    // The store first: while this apply completes the lock, another one must already see
+    // the state as taken (and not race it on `imagegen.lock`).
+    let store = workspace.store("imagegen apply")?;
     let locked = match (&request.saved_plan, request.locked) {
         (None, false) => lock_missing(workspace)?,
         _ => None,
     };
-    let store = workspace.store("imagegen apply")?;
     let plan_request = PlanRequest {
         locked: request.locked || request.saved_plan.is_some(),
     };
@@ -242,8 +244,8 @@ pub fn build(
 ) -> Result<BuildOutcome> {
     let fleet = workspace.fleet()?;
     let selected = select_profiles(fleet, request)?;
-    lock_missing(workspace)?;
     let store = workspace.store("imagegen build")?;
+    lock_missing(workspace)?;
     let mut plan = plan_with(workspace, &PlanRequest::default(), &store)?;
     let wanted: BTreeSet<String> = plan
         .actions

@@ -54,7 +54,8 @@ impl Served {
     pub fn post_json(&self, path: &str, body: serde_json::Value) -> reqwest::blocking::Response {
         self.client
             .post(format!("{}{path}", self.url))
-            .json(&body)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
             .send()
             .expect("POST")
     }
@@ -63,7 +64,7 @@ impl Served {
     pub fn start_apply(&self) -> String {
         let response = self.post_json("/apply", serde_json::json!({}));
         assert_eq!(response.status(), 202);
-        let job: serde_json::Value = response.json().expect("job JSON");
+        let job: serde_json::Value = read_json(response);
         job["id"].as_str().expect("job id").to_string()
     }
 
@@ -89,7 +90,7 @@ impl Served {
     pub fn wait_job(&self, id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let job: serde_json::Value = self.get(&format!("/jobs/{id}")).json().expect("job");
+            let job: serde_json::Value = read_json(self.get(&format!("/jobs/{id}")));
             if job["status"] != "running" {
                 return job;
             }
@@ -127,4 +128,10 @@ fn which(name: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
     })
+}
+
+/// A response body as JSON (panics with the body when it is not JSON).
+pub fn read_json<T: serde::de::DeserializeOwned>(response: reqwest::blocking::Response) -> T {
+    let text = response.text().expect("response body");
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
 }

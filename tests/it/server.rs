@@ -10,12 +10,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::apply::small_fleet;
-use crate::serve_support::Served;
+use crate::serve_support::{Served, read_json};
 use crate::support::TestFleet;
 
 fn json_of(response: reqwest::blocking::Response) -> (u16, Value) {
     let status = response.status().as_u16();
-    let body = response.json().expect("JSON body");
+    let body = read_json(response);
     (status, body)
 }
 
@@ -32,7 +32,7 @@ fn plan_apply_over_sse_then_records_and_downloads() {
     assert_eq!(profiles[0]["profile_id"], "gw");
     assert_eq!(profiles.as_array().map(Vec::len), Some(1));
 
-    let plan: Plan = server.post_json("/plan", json!({})).json().expect("plan");
+    let plan: Plan = read_json(server.post_json("/plan", json!({})));
     assert!(plan.has_changes());
     assert_eq!(plan.summary.build, 2);
 
@@ -63,7 +63,7 @@ fn plan_apply_over_sse_then_records_and_downloads() {
     let resumed_text = resumed.text().expect("text");
     assert_eq!(resumed_text.matches("data: ").count(), lines.len() - 1);
 
-    let after: Plan = server.post_json("/plan", json!({})).json().expect("plan");
+    let after: Plan = read_json(server.post_json("/plan", json!({})));
     assert!(!after.has_changes(), "{:?}", after.summary);
 
     let (status, builds) = json_of(server.get("/builds"));
@@ -97,7 +97,7 @@ fn plan_apply_over_sse_then_records_and_downloads() {
     // Build-or-reuse through the API reports the cache hit.
     let response = server.post_json("/builds", json!({ "profiles": ["gw"] }));
     assert_eq!(response.status(), 202);
-    let job: Value = response.json().expect("job");
+    let job: Value = read_json(response);
     let view = server.wait_job(job["id"].as_str().expect("id"));
     assert_eq!(view["status"], "succeeded", "{view}");
     assert_eq!(view["result"]["profiles"][0]["cache_hit"], true, "{view}");
@@ -346,7 +346,7 @@ fn off_loopback_needs_a_token() {
 #[test]
 fn a_second_apply_while_one_runs_gets_409() {
     // Slow builds (CPU seconds each) keep the first apply running.
-    let fleet = small_fleet(3.0);
+    let fleet = small_fleet(1.0);
     let server = Served::start(&fleet, &[], &[]);
     let job = server.start_apply();
 
@@ -368,7 +368,7 @@ fn a_second_apply_while_one_runs_gets_409() {
 
 #[test]
 fn an_apply_in_another_process_makes_post_apply_409() {
-    let fleet = small_fleet(3.0);
+    let fleet = small_fleet(1.0);
     let server = Served::start(&fleet, &["--store-wait-ms", "200"], &[]);
     let mut cli = fleet.command(&["apply"]).spawn().expect("cli apply");
     let lock = fleet.state_dir().join("state.redb.lock");

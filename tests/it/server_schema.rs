@@ -40,7 +40,7 @@ fn every_endpoint_matches_the_served_openapi_document() {
             "1",
             "--no-shrink",
             "--max-time",
-            "40",
+            "30",
             "--phases",
             "examples,coverage,fuzzing",
         ])

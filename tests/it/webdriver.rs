@@ -85,13 +85,14 @@ impl Browser {
         let request = match method {
             "GET" => self.client.get(url),
             "DELETE" => self.client.delete(url),
-            _ => self.client.post(url).json(&body),
+            _ => self
+                .client
+                .post(url)
+                .header("Content-Type", "application/json")
+                .body(body.to_string()),
         };
-        let response: Value = request
-            .send()
-            .expect("webdriver request")
-            .json()
-            .expect("webdriver JSON");
+        let response: Value =
+            crate::serve_support::read_json(request.send().expect("webdriver request"));
         response["value"].clone()
     }
 

@@ -121,7 +121,11 @@ async function startApply() {
   showError(null);
   $("#apply").disabled = true;
   try {
-    const job = await api("/apply", { method: "POST", body: currentPlan ? { plan: currentPlan } : {} });
+    // Apply exactly the plan on screen (the server refuses it with `stale_plan` if the
+    // fleet moved since). A plan with Image Builders not yet pinned in imagegen.lock cannot
+    // be applied exactly (their keys are only known after locking): apply the fleet then.
+    const exact = currentPlan && currentPlan.actions.every((action) => action.resource !== "builder" || action.key !== null);
+    const job = await api("/apply", { method: "POST", body: exact ? { plan: currentPlan } : {} });
     follow(job.id);
   } catch (error) {
     showError(error);

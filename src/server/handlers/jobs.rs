@@ -11,7 +11,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt};
 
-use super::json_body;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{json_body, required_json_body};
 use crate::ops::{self, ApplyRequest, BuildRequest};
 use crate::server::AppState;
 use crate::server::error::{ApiResult, ErrorBody};
@@ -39,20 +42,30 @@ pub(crate) async fn apply(
 /// Builds (or reuses, reporting `cache_hit`) the images of some profiles now, as a
 /// background job; name `profiles` or select them with `filter`.
 #[utoipa::path(post, path = "/builds", tag = "jobs",
-    request_body(content = BuildRequest, content_type = "application/json"),
+    request_body(content = BuildRequest, content_type = "application/json", description = "Required"),
     responses((status = 202, description = "The job started", body = JobView),
         (status = 409, description = "A job or another process holds the state store (`state_locked`)", body = ErrorBody)))]
 pub(crate) async fn build(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
-    let request: BuildRequest = json_body(&body)?;
+    let request: BuildRequest = required_json_body(&body)?;
     let job = state
         .start_job(JobKind::Build, move |workspace, hooks| {
             ops::build(workspace, &request, hooks).map(JobResult::Build)
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+/// One server-sent event as a client sees it (the OpenAPI description of the stream).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct EventMessage {
+    /// The line's 0-based index in the job's stream (send it back as `Last-Event-ID`).
+    pub id: String,
+    /// One JSON line: an `Event`, or last the summary (`{"event": "summary", ...}`) or
+    /// `{"error": ...}`.
+    pub data: String,
 }
 
 /// This server's recent jobs, newest first.
@@ -94,7 +107,7 @@ pub(crate) async fn cancel(
 #[utoipa::path(get, path = "/jobs/{id}/events", tag = "jobs",
     params(("id" = String, Path, description = "The job id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
-    responses((status = 200, description = "`text/event-stream` of NDJSON event lines", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "`text/event-stream`; each event's `data` is one NDJSON line of `apply --json` (an `Event`, then the summary)", content_type = "text/event-stream", body = EventMessage),
         (status = 404, description = "No such job", body = ErrorBody)))]
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
