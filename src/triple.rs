@@ -54,7 +54,9 @@ impl Triple {
         let mut parts = bare.split('/');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some(release), Some(target), Some(subtarget), None)
-                if [release, target, subtarget].iter().all(|part| is_name(part)) =>
+                if [release, target, subtarget]
+                    .iter()
+                    .all(|part| is_name(part)) =>
             {
                 Ok(Triple::new(release, target, subtarget))
             }

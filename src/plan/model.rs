@@ -3,8 +3,8 @@
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 use crate::key::{BuildInputs, Reason};
 use crate::triple::Triple;

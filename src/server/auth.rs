@@ -99,12 +99,11 @@ pub(crate) async fn require_token(
     match presented {
         Some(candidate) if token.matches(candidate) => Ok(next.run(request).await),
         Some(_) => Err(Error::new(ErrorCode::Unauthorized, "wrong API token").into()),
-        None => Err(Error::new(
-            ErrorCode::Unauthorized,
-            "this server needs an API token",
-        )
-        .with_help("send `Authorization: Bearer <token>`")
-        .into()),
+        None => Err(
+            Error::new(ErrorCode::Unauthorized, "this server needs an API token")
+                .with_help("send `Authorization: Bearer <token>`")
+                .into(),
+        ),
     }
 }
 

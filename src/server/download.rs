@@ -94,7 +94,10 @@ pub(crate) async fn download(
     if !detail.present {
         return Err(Error::new(
             ErrorCode::ArtifactNotFound,
-            format!("the blob of `{}` is missing from the store", detail.artifact.name),
+            format!(
+                "the blob of `{}` is missing from the store",
+                detail.artifact.name
+            ),
         )
         .with_help("run `imagegen artifacts verify`, then `imagegen apply` to rebuild it")
         .into());
@@ -104,10 +107,18 @@ pub(crate) async fn download(
         headers
             .get(name)
             .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"))
+            .is_some_and(|value| {
+                value
+                    .split(',')
+                    .any(|tag| tag.trim() == etag || tag.trim() == "*")
+            })
     };
     if matches_etag(header::IF_NONE_MATCH) {
-        return Ok(with_common(StatusCode::NOT_MODIFIED.into_response(), &etag, &detail.artifact.name));
+        return Ok(with_common(
+            StatusCode::NOT_MODIFIED.into_response(),
+            &etag,
+            &detail.artifact.name,
+        ));
     }
     let mut file = tokio::fs::File::open(&detail.path)
         .await
@@ -119,7 +130,10 @@ pub(crate) async fn download(
         .len();
     // `If-Range` with another validator means "the file changed: send all of it".
     let if_range_ok = headers.get(header::IF_RANGE).is_none() || matches_etag(header::IF_RANGE);
-    let range = match headers.get(header::RANGE).and_then(|value| value.to_str().ok()) {
+    let range = match headers
+        .get(header::RANGE)
+        .and_then(|value| value.to_str().ok())
+    {
         Some(text) if if_range_ok => parse_range(text, size),
         _ => RangeAnswer::Whole,
     };
@@ -132,7 +146,11 @@ pub(crate) async fn download(
         ),
         RangeAnswer::Unsatisfiable => {
             let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-            insert(&mut response, header::CONTENT_RANGE, &format!("bytes */{size}"));
+            insert(
+                &mut response,
+                header::CONTENT_RANGE,
+                &format!("bytes */{size}"),
+            );
             return Ok(with_common(response, &etag, &detail.artifact.name));
         }
     };
@@ -142,10 +160,18 @@ pub(crate) async fn download(
     let mut response = Response::new(Body::from_stream(chunks(file, length)));
     *response.status_mut() = status;
     insert(&mut response, header::CONTENT_LENGTH, &length.to_string());
-    insert(&mut response, header::CONTENT_TYPE, "application/octet-stream");
+    insert(
+        &mut response,
+        header::CONTENT_TYPE,
+        "application/octet-stream",
+    );
     if status == StatusCode::PARTIAL_CONTENT {
         let last = start + length - 1;
-        insert(&mut response, header::CONTENT_RANGE, &format!("bytes {start}-{last}/{size}"));
+        insert(
+            &mut response,
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{last}/{size}"),
+        );
     }
     Ok(with_common(response, &etag, &detail.artifact.name))
 }

@@ -46,8 +46,8 @@ pub(crate) enum JobStatus {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub(crate) enum JobResult {
-    Apply(ApplyOutcome),
-    Build(BuildOutcome),
+    Apply(Box<ApplyOutcome>),
+    Build(Box<BuildOutcome>),
 }
 
 /// A job as `GET /jobs/{id}` shows it.
@@ -171,7 +171,8 @@ pub(crate) struct FinishGuard(pub Arc<Job>, pub Arc<Jobs>);
 
 impl Drop for FinishGuard {
     fn drop(&mut self) {
-        self.0.finish(Err(Error::internal("the job stopped unexpectedly")));
+        self.0
+            .finish(Err(Error::internal("the job stopped unexpectedly")));
         self.1.release(&self.0);
     }
 }
@@ -223,7 +224,11 @@ impl Jobs {
     /// The job no longer holds the store.
     pub(crate) fn release(&self, job: &Job) {
         let mut inner = lock(&self.inner);
-        if inner.running.as_ref().is_some_and(|running| running.id == job.id) {
+        if inner
+            .running
+            .as_ref()
+            .is_some_and(|running| running.id == job.id)
+        {
             inner.running = None;
         }
     }

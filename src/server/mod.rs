@@ -73,7 +73,12 @@ pub(crate) enum Access {
 
 impl AppState {
     /// Loads the workspace and runs one operation on the blocking pool.
-    pub(crate) async fn run<T, F>(&self, need: FleetNeed, access: Access, operation: F) -> ApiResult<T>
+    pub(crate) async fn run<T, F>(
+        &self,
+        need: FleetNeed,
+        access: Access,
+        operation: F,
+    ) -> ApiResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Workspace) -> Result<T> + Send + 'static,
@@ -121,20 +126,18 @@ impl AppState {
         F: FnOnce(&Workspace, &RunHooks) -> Result<JobResult> + Send + 'static,
     {
         let job = self.jobs.begin(kind)?;
-        let permit = match tokio::time::timeout(
-            GATE_WAIT,
-            Arc::clone(&self.gate).acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                self.jobs.abandon(&job);
-                return Err(Error::new(ErrorCode::StateLocked, "the state store stayed busy")
-                    .with_help("try again")
-                    .into());
-            }
-        };
+        let permit =
+            match tokio::time::timeout(GATE_WAIT, Arc::clone(&self.gate).acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    self.jobs.abandon(&job);
+                    return Err(
+                        Error::new(ErrorCode::StateLocked, "the state store stayed busy")
+                            .with_help("try again")
+                            .into(),
+                    );
+                }
+            };
         let (started, start_result) = oneshot::channel();
         let options = self.workspace.clone();
         let (worker_job, jobs) = (Arc::clone(&job), Arc::clone(&self.jobs));
@@ -205,7 +208,9 @@ async fn run(options: ServeOptions, token: Option<Token>) -> Result<()> {
         .local_addr()
         .map_err(|error| Error::internal(format!("no local address: {error}")))?;
     let mut workspace = options.workspace;
-    workspace.env.remove(crate::settings::env_vars::OWRT_IMG_API_TOKEN);
+    workspace
+        .env
+        .remove(crate::settings::env_vars::OWRT_IMG_API_TOKEN);
     let state = Arc::new(AppState {
         workspace,
         store_wait: options.store_wait,

@@ -85,7 +85,10 @@ fn add_common_parts(document: &mut Value) {
             };
             let mut common = vec![
                 ("400", "Malformed request (`usage`)"),
-                ("500", "The operation failed (`internal_error`, `download_error`, ...)"),
+                (
+                    "500",
+                    "The operation failed (`internal_error`, `download_error`, ...)",
+                ),
             ];
             if !public {
                 common.push(("401", "Missing or wrong bearer token (`unauthorized`)"));
@@ -163,9 +166,11 @@ fn render_operation(html: &mut String, path: &str, method: &str, operation: &Val
         "<div class=\"op\"><div><span class=\"method\">{}</span><code>{}</code></div><p>{}</p>",
         escape(method),
         escape(path),
-        escape(operation["description"].as_str().unwrap_or_else(|| {
-            operation["summary"].as_str().unwrap_or_default()
-        }))
+        escape(
+            operation["description"]
+                .as_str()
+                .unwrap_or_else(|| { operation["summary"].as_str().unwrap_or_default() })
+        )
     );
     html.push_str("<table>");
     for parameter in operation["parameters"].as_array().into_iter().flatten() {

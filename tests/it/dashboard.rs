@@ -22,18 +22,27 @@ fn dashboard_plans_applies_and_downloads() {
     let browser = Browser::start(downloads.path());
     browser.open(&format!("{}/", server.url));
 
-    let row = browser.wait_for("#plan tr[data-address='build.lab.gw']", Duration::from_secs(60));
+    let row = browser.wait_for(
+        "#plan tr[data-address='build.lab.gw']",
+        Duration::from_secs(60),
+    );
     let text = browser.text(&row);
     assert!(text.starts_with("create"), "{text}");
     let summary = browser.wait_for("#plan-summary[data-changes]", Duration::from_secs(10));
-    assert!(browser.text(&summary).contains("2 to build"), "{}", browser.text(&summary));
+    assert!(
+        browser.text(&summary).contains("2 to build"),
+        "{}",
+        browser.text(&summary)
+    );
 
     let apply = browser.wait_for("#apply:not([disabled])", Duration::from_secs(10));
     browser.click(&apply);
     let status = browser.wait_for("#job-status", Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let state = browser.attribute(&status, "data-status").unwrap_or_default();
+        let state = browser
+            .attribute(&status, "data-status")
+            .unwrap_or_default();
         if state == "succeeded" {
             break;
         }
@@ -73,13 +82,19 @@ fn wait_for_file(path: &Path) -> Vec<u8> {
         if let Ok(bytes) = std::fs::read(path) {
             let partial = path.with_extension(format!(
                 "{}.crdownload",
-                path.extension().and_then(|e| e.to_str()).unwrap_or_default()
+                path.extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or_default()
             ));
             if !partial.exists() {
                 return bytes;
             }
         }
-        assert!(Instant::now() < deadline, "no download at {}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "no download at {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -3,8 +3,8 @@
 
 mod apply;
 mod build;
-mod dashboard;
 mod cli;
+mod dashboard;
 mod exec;
 mod fetch;
 mod http_server;

@@ -125,9 +125,8 @@ pub fn tool_available(path: &str, package: &str) -> bool {
 }
 
 fn which(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 /// A response body as JSON (panics with the body when it is not JSON).

@@ -44,8 +44,14 @@ fn plan_apply_over_sse_then_records_and_downloads() {
         .iter()
         .map(|line| serde_json::from_str(line).expect("an executor event"))
         .collect();
-    assert!(matches!(events[0], Event::RunStarted { total: 4, .. }), "{events:?}");
-    assert!(matches!(events.last(), Some(Event::RunFinished { failed: 0, .. })));
+    assert!(
+        matches!(events[0], Event::RunStarted { total: 4, .. }),
+        "{events:?}"
+    );
+    assert!(matches!(
+        events.last(),
+        Some(Event::RunFinished { failed: 0, .. })
+    ));
     let summary: Value = serde_json::from_str(last).expect("summary");
     assert_eq!(summary["event"], "summary");
     assert_eq!(summary["report"]["run"]["succeeded"], 4);
@@ -90,7 +96,10 @@ fn plan_apply_over_sse_then_records_and_downloads() {
     let (_, builders) = json_of(server.get("/builders"));
     assert_eq!(builders.as_array().map(Vec::len), Some(2));
     let (status, builder) = json_of(server.get("/builders/23.05.4/x86/64"));
-    assert_eq!((status, builder["address"].as_str()), (200, Some("builder.23.05.4/x86/64")));
+    assert_eq!(
+        (status, builder["address"].as_str()),
+        (200, Some("builder.23.05.4/x86/64"))
+    );
 
     check_downloads(&server, &fleet, sha, image["size"].as_u64().expect("size"));
 
@@ -186,7 +195,12 @@ fn profile_writes_validate_with_locations_and_misses_are_404() {
     let valid = "profile_id: lab\nname: Lab\ndevice_id: generic\nopenwrt_release: 23.05.4\ntarget: x86\nsubtarget: \"64\"\nimagebuilder_profile: generic\n";
 
     // Two problems, both with file:line:col in the request body.
-    let broken = valid.replace("name: Lab\n", "name: Lab\npackges: [luci]\n").replace("generic\nopenwrt", "generic\nbin_dir: ../../outside\nopenwrt");
+    let broken = valid
+        .replace("name: Lab\n", "name: Lab\npackges: [luci]\n")
+        .replace(
+            "generic\nopenwrt",
+            "generic\nbin_dir: ../../outside\nopenwrt",
+        );
     let (status, body) = put("lab", "application/yaml", &broken);
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "validation");
@@ -196,31 +210,58 @@ fn profile_writes_validate_with_locations_and_misses_are_404() {
         .iter()
         .map(|problem| {
             let at = &problem["location"];
-            format!("{}:{}:{}", at["file"].as_str().unwrap_or("?"), at["line"], at["column"])
+            format!(
+                "{}:{}:{}",
+                at["file"].as_str().unwrap_or("?"),
+                at["line"],
+                at["column"]
+            )
         })
         .collect();
-    assert_eq!(locations, ["profiles/lab.yaml:3:1", "profiles/lab.yaml:5:10"], "{body}");
+    assert_eq!(
+        locations,
+        ["profiles/lab.yaml:3:1", "profiles/lab.yaml:5:10"],
+        "{body}"
+    );
 
     let (status, body) = put("other", "application/yaml", valid);
     assert_eq!(status, 422);
-    assert_eq!(body["error"]["problems"][0]["location"]["line"], 1, "{body}");
+    assert_eq!(
+        body["error"]["problems"][0]["location"]["line"], 1,
+        "{body}"
+    );
 
     let (status, body) = put("lab", "application/yaml", valid);
-    assert_eq!((status, body["file"].as_str()), (200, Some("profiles/lab.yaml")), "{body}");
+    assert_eq!(
+        (status, body["file"].as_str()),
+        (200, Some("profiles/lab.yaml")),
+        "{body}"
+    );
     assert!(fleet.path().join("profiles/lab.yaml").is_file());
     let (status, shown) = json_of(server.get("/profiles/lab"));
-    assert_eq!((status, shown["profile"]["name"].as_str()), (200, Some("Lab")));
+    assert_eq!(
+        (status, shown["profile"]["name"].as_str()),
+        (200, Some("Lab"))
+    );
 
     // POST refuses an existing id; JSON bodies work too.
     let as_json = json!({"profile_id": "lab", "name": "Lab", "device_id": "generic",
         "openwrt_release": "23.05.4", "target": "x86", "subtarget": "64",
         "imagebuilder_profile": "generic"});
     let (status, body) = json_of(server.post_json("/profiles", as_json.clone()));
-    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("validation")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("validation")),
+        "{body}"
+    );
     let mut renamed = as_json;
     renamed["profile_id"] = json!("lab2");
     let (status, body) = json_of(server.post_json("/profiles", renamed));
-    assert_eq!((status, body["file"].as_str()), (201, Some("profiles/lab2.json")), "{body}");
+    assert_eq!(
+        (status, body["file"].as_str()),
+        (201, Some("profiles/lab2.json")),
+        "{body}"
+    );
 
     let delete = |id: &str| {
         json_of(
@@ -234,18 +275,28 @@ fn profile_writes_validate_with_locations_and_misses_are_404() {
     assert_eq!(delete("lab2").0, 200);
     assert!(!fleet.path().join("profiles/lab2.json").exists());
     let (status, body) = delete("lab2");
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("profile_not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("profile_not_found"))
+    );
 
     for (path, code) in [
         ("/profiles/nope", "profile_not_found"),
         ("/builds/ffffffff", "build_not_found"),
-        (&format!("/artifacts/{}/download", "0".repeat(64)), "artifact_not_found"),
+        (
+            &format!("/artifacts/{}/download", "0".repeat(64)),
+            "artifact_not_found",
+        ),
         ("/jobs/nope", "job_not_found"),
         ("/builders/23.05.4/x86/generic", "builder_not_found"),
         ("/no/such/path", "usage"),
     ] {
         let (status, body) = json_of(server.get(path));
-        assert_eq!((status, body["error"]["code"].as_str()), (404, Some(code)), "{path}: {body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some(code)),
+            "{path}: {body}"
+        );
     }
     let malformed = server
         .client
@@ -254,7 +305,11 @@ fn profile_writes_validate_with_locations_and_misses_are_404() {
         .send()
         .expect("POST");
     let (status, body) = json_of(malformed);
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("usage")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("usage")),
+        "{body}"
+    );
     let huge = server
         .client
         .put(format!("{}/profiles/lab", server.url))
@@ -262,7 +317,11 @@ fn profile_writes_validate_with_locations_and_misses_are_404() {
         .send()
         .expect("PUT");
     let (status, body) = json_of(huge);
-    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("usage")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("usage")),
+        "{body}"
+    );
 }
 
 #[test]
@@ -271,7 +330,10 @@ fn tokens_are_required_when_set_and_never_shown() {
     let secret = "correct-horse-battery-staple";
     let server = Served::start(&fleet, &[], &[("OWRT_IMG_API_TOKEN", secret)]);
     let (status, body) = json_of(server.get("/profiles"));
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     let with = |token: &str| {
         server
             .client
@@ -315,8 +377,18 @@ fn off_loopback_needs_a_token() {
     let fleet = small_fleet(0.0);
     let refused = fleet.run(&["serve", "--listen", "0.0.0.0:0"]);
     assert_eq!(refused.code, 3, "{}{}", refused.stdout, refused.stderr);
-    assert!(refused.stderr.contains("refusing to listen on `0.0.0.0:0` without an API token"), "{}", refused.stderr);
-    assert!(refused.stderr.contains("OWRT_IMG_API_TOKEN"), "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("refusing to listen on `0.0.0.0:0` without an API token"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("OWRT_IMG_API_TOKEN"),
+        "{}",
+        refused.stderr
+    );
 
     // With a token it starts, listening on every address; reached here over loopback only.
     let mut child = fleet
@@ -337,7 +409,8 @@ fn off_loopback_needs_a_token() {
         .and_then(|rest| rest.split('/').next())
         .expect("port")
         .to_string();
-    let response = reqwest::blocking::get(format!("http://127.0.0.1:{port}/profiles")).expect("GET");
+    let response =
+        reqwest::blocking::get(format!("http://127.0.0.1:{port}/profiles")).expect("GET");
     assert_eq!(response.status(), 401);
     let _ = child.kill();
     let _ = child.wait();
@@ -351,10 +424,18 @@ fn a_second_apply_while_one_runs_gets_409() {
     let job = server.start_apply();
 
     let (status, body) = json_of(server.post_json("/apply", json!({})));
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("state_locked")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("state_locked")),
+        "{body}"
+    );
     assert_eq!(body["error"]["details"]["job"].as_str(), Some(job.as_str()));
     let (status, body) = json_of(server.get("/builds"));
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("state_locked")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("state_locked")),
+        "{body}"
+    );
     // Reading the fleet files does not need the store.
     assert_eq!(server.get("/profiles").status(), 200);
     // Another process sees the server's job as the holder.
@@ -374,13 +455,24 @@ fn an_apply_in_another_process_makes_post_apply_409() {
     let lock = fleet.state_dir().join("state.redb.lock");
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::read_to_string(&lock).map_or(true, |text| !text.contains("imagegen apply")) {
-        assert!(Instant::now() < deadline, "the CLI apply never took the store");
+        assert!(
+            Instant::now() < deadline,
+            "the CLI apply never took the store"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let (status, body) = json_of(server.post_json("/apply", json!({})));
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("state_locked")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("state_locked")),
+        "{body}"
+    );
     let (status, body) = json_of(server.get("/artifacts"));
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("state_locked")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("state_locked")),
+        "{body}"
+    );
     assert!(cli.wait().expect("cli").success());
     assert_eq!(server.get("/artifacts").status(), 200);
 }

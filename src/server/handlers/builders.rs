@@ -20,7 +20,9 @@ use crate::triple::Triple;
 /// Every Image Builder recorded in the state store.
 #[utoipa::path(get, path = "/builders", tag = "builders",
     responses((status = 200, description = "Recorded Image Builders", body = Vec<BuilderRecord>)))]
-pub(crate) async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<BuilderRecord>>> {
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+) -> ApiResult<Json<Vec<BuilderRecord>>> {
     let records = state
         .run(FleetNeed::Optional, Access::Store, ops::list_builders)
         .await?;

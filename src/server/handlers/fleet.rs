@@ -41,9 +41,13 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
 #[utoipa::path(get, path = "/config", tag = "server",
     responses((status = 200, description = "Effective settings", body = Vec<SettingEntry>),
         (status = 422, description = "The manifest is invalid", body = ErrorBody)))]
-pub(crate) async fn config(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<SettingEntry>>> {
+pub(crate) async fn config(
+    State(state): State<Arc<AppState>>,
+) -> ApiResult<Json<Vec<SettingEntry>>> {
     let entries = state
-        .run(FleetNeed::Optional, Access::Files, |workspace| Ok(workspace.config()))
+        .run(FleetNeed::Optional, Access::Files, |workspace| {
+            Ok(workspace.config())
+        })
         .await?;
     Ok(Json(entries))
 }

@@ -33,7 +33,8 @@ pub(crate) async fn apply(
     let request: ApplyRequest = json_body(&body)?;
     let job = state
         .start_job(JobKind::Apply, move |workspace, hooks| {
-            ops::apply(workspace, &request, hooks).map(JobResult::Apply)
+            ops::apply(workspace, &request, hooks)
+                .map(|outcome| JobResult::Apply(Box::new(outcome)))
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
@@ -52,7 +53,8 @@ pub(crate) async fn build(
     let request: BuildRequest = required_json_body(&body)?;
     let job = state
         .start_job(JobKind::Build, move |workspace, hooks| {
-            ops::build(workspace, &request, hooks).map(JobResult::Build)
+            ops::build(workspace, &request, hooks)
+                .map(|outcome| JobResult::Build(Box::new(outcome)))
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
@@ -120,8 +122,8 @@ pub(crate) async fn events(
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.trim().parse::<usize>().ok())
         .map_or(0, |last| last + 1);
-    let stream = job.events_from(from).map(|(index, line)| {
-        Ok(SseEvent::default().id(index.to_string()).data(&*line))
-    });
+    let stream = job
+        .events_from(from)
+        .map(|(index, line)| Ok(SseEvent::default().id(index.to_string()).data(&*line)));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -17,7 +17,9 @@ use crate::state::{ArtifactRecord, BuildRecord};
 /// Every recorded build, newest first.
 #[utoipa::path(get, path = "/builds", tag = "builds",
     responses((status = 200, description = "Recorded builds", body = Vec<BuildRecord>)))]
-pub(crate) async fn builds(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<BuildRecord>>> {
+pub(crate) async fn builds(
+    State(state): State<Arc<AppState>>,
+) -> ApiResult<Json<Vec<BuildRecord>>> {
     let records = state
         .run(FleetNeed::Optional, Access::Store, ops::builds_list)
         .await?;
