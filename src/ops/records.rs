@@ -108,7 +108,9 @@ pub fn artifacts_list(
     workspace: &Workspace,
     filter: &ArtifactFilter,
 ) -> Result<Vec<ArtifactRecord>> {
-    let reader = workspace.store("imagegen artifacts")?.read()?;
+    // The store must outlive the reader: dropping it closes the database and unlocks it.
+    let store = workspace.store("imagegen artifacts")?;
+    let reader = store.read()?;
     let records = reader.artifacts()?;
     if filter.build.is_none() && filter.profile.is_none() {
         return Ok(records);

@@ -38,6 +38,9 @@ pub use openapi::openapi_json;
 /// How long a request waits for the store gate behind other requests of this process.
 const GATE_WAIT: Duration = Duration::from_secs(30);
 
+/// How often a waiting request checks whether a job took the store meanwhile.
+const JOB_CHECK: Duration = Duration::from_millis(100);
+
 /// How `imagegen serve` runs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -102,19 +105,30 @@ impl AppState {
         }
     }
 
-    /// The store gate, unless a job holds it (then `state_locked` at once).
+    /// The store gate, in arrival order; `state_locked` at once while a job holds the store
+    /// (also when one starts while this request waits).
     async fn store_permit(&self) -> ApiResult<OwnedSemaphorePermit> {
         self.jobs.check_idle()?;
-        match tokio::time::timeout(GATE_WAIT, Arc::clone(&self.gate).acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => {
-                self.jobs.check_idle()?;
-                Err(Error::new(
-                    ErrorCode::StateLocked,
-                    "the state store stayed busy with other requests",
-                )
-                .with_help("try again")
-                .into())
+        let deadline = tokio::time::Instant::now() + GATE_WAIT;
+        // One acquire for the whole wait, so the request keeps its place in the queue.
+        let acquire = Arc::clone(&self.gate).acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => {
+                    return permit.map_err(|_| Error::internal("the store gate is closed").into());
+                }
+                _ = tokio::time::sleep(JOB_CHECK) => {
+                    self.jobs.check_idle()?;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::new(
+                            ErrorCode::StateLocked,
+                            "the state store stayed busy with other requests",
+                        )
+                        .with_help("try again")
+                        .into());
+                    }
+                }
             }
         }
     }

@@ -61,7 +61,7 @@ fn dashboard_plans_applies_and_downloads() {
 
     // After the run the page shows the builds and the artifacts; the plan has no changes.
     browser.wait_for("#plan-summary[data-changes='0']", Duration::from_secs(30));
-    browser.wait_for("#builds tbody tr", Duration::from_secs(30));
+    browser.wait_for("#builds tbody td.status-succeeded", Duration::from_secs(30));
     let link = browser.wait_for("#artifacts a.download", Duration::from_secs(30));
     let href = browser.attribute(&link, "href").expect("href");
     let sha = href

@@ -91,6 +91,13 @@ fn plan_apply_over_sse_then_records_and_downloads() {
         .expect("combined image")
         .clone();
     let sha = image["sha256"].as_str().expect("sha");
+    // Filtered listings read builds after artifacts, with the store still open.
+    let (status, of_gw) = json_of(server.get("/artifacts?profile=gw"));
+    assert_eq!(status, 200, "{of_gw}");
+    assert_eq!(
+        of_gw.as_array().map(Vec::len),
+        artifacts.as_array().map(Vec::len)
+    );
     let (status, detail) = json_of(server.get(&format!("/artifacts/{sha}")));
     assert_eq!((status, detail["present"].as_bool()), (200, Some(true)));
     let (_, builders) = json_of(server.get("/builders"));

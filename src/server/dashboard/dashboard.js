@@ -61,6 +61,13 @@ function cell(row, content, className) {
 function fill(tableSelector, items, render) {
   const body = $(tableSelector + " tbody");
   body.replaceChildren();
+  if (items.length === 0) {
+    const row = document.createElement("tr");
+    const empty = cell(row, "None yet.", "empty");
+    empty.colSpan = $(tableSelector + " thead tr").children.length;
+    body.appendChild(row);
+    return;
+  }
   for (const item of items) {
     const row = document.createElement("tr");
     render(row, item);
@@ -109,10 +116,15 @@ function renderPlan() {
     row.dataset.address = action.address;
     cell(row, action.action, "action " + action.action);
     cell(row, action.address);
-    const reasons = action.reasons.map((reason) => reason.text);
-    for (const notice of plan.notices || []) if (action.resource === "builder") reasons.push(notice);
-    cell(row, reasons.join("; "));
+    cell(row, action.reasons.map((reason) => reason.text).join("; "));
   });
+  const notices = $("#plan-notices");
+  notices.replaceChildren();
+  for (const notice of plan.notices || []) {
+    const item = document.createElement("li");
+    item.textContent = notice;
+    notices.appendChild(item);
+  }
 }
 
 // --- apply job ----------------------------------------------------------------------------
