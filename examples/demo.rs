@@ -1,116 +1,171 @@
 //! The offline demo: generates a `file://` mirror of stand-in OpenWrt Image Builders (made
-//! from the real 23.05.4 device data the `imagegen-standin` crate carries), copies the example fleet next to it
-//! with settings that point at that mirror and trust its TEST signing key, then runs
-//! `imagegen plan`, `imagegen apply` and `imagegen plan` again, for real (GNU make builds
-//! every image). Needs no network.
+//! from the real 23.05.4 device data the `imagegen-standin` crate carries), copies the
+//! example fleet next to it with settings that point at that mirror and trust its TEST
+//! signing key, then runs `imagegen lock`, `plan`, `apply` and `plan` again, for real (GNU
+//! make builds every image). Needs no network.
 //!
 //! Run: `cargo run --release --example demo [-- DIR]` (default DIR: target/imagegen-demo).
-//! Afterwards, try the CLI yourself: `cd DIR/fleet && ../../release/imagegen builds list`.
+//! A directory left by an earlier or interrupted run is replaced.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use imagegen::error::{Error, ErrorCode, Result};
+
 fn main() {
-    let crate_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| crate_root.join("target"));
-            target.join("imagegen-demo")
-        });
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .unwrap_or_else(|error| panic!("cannot clear {}: {error}", dir.display()));
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            eprintln!("error[{}]: {}", error.code, error.message);
+            for problem in &error.problems {
+                eprintln!("  {problem}");
+            }
+            if let Some(help) = &error.help {
+                eprintln!("hint: {help}");
+            }
+            std::process::exit(error.exit_code());
+        }
     }
-    let data = imagegen_standin::upstream_data();
+}
+
+fn run() -> Result<i32> {
+    let crate_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = match std::env::args_os().nth(1) {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate_root.join("target"))
+            .join("imagegen-demo"),
+    };
+    prepare_dir(&dir)?;
     let fleet = dir.join("fleet");
-    copy_fleet(&crate_root, &fleet);
+    copy_fleet(&crate_root, &fleet)?;
     eprintln!(
         "== generating a stand-in mirror in {}",
         dir.join("mirror").display()
     );
-    let loaded = imagegen::manifest::load_fleet(&fleet.join("imagegen.toml"), None)
-        .unwrap_or_else(|error| panic!("loading the example fleet: {error}"));
-    let mirror =
-        imagegen_standin::demo::write_mirror_for_fleet(&dir.join("mirror"), &data, &loaded, 0.0)
-            .unwrap_or_else(|error| panic!("writing the mirror: {error}"));
-    // The demo's state lives next to it, named in the fleet's own settings, so plain
-    // `imagegen --manifest DIR/fleet/imagegen.toml builds list` works afterwards.
-    let state = dir.join("state");
-    let manifest = std::fs::read_to_string(fleet.join("imagegen.toml")).expect("manifest");
-    let manifest = manifest.replace(
-        "mirror = \"https://downloads.openwrt.org\"",
-        &format!(
-            "mirror = \"{}\"\ntrusted_keys = [\"{}\"]\noffline = true\ndb = \"{}\"\nartifacts_dir = \"{}\"\ncache_dir = \"{}\"\ntmp_dir = \"{}\"",
-            mirror.url,
-            mirror.public_key.display(),
-            state.join("state.redb").display(),
-            state.join("artifacts").display(),
-            state.join("cache").display(),
-            state.join("tmp").display()
-        ),
-    );
-    std::fs::write(fleet.join("imagegen.toml"), manifest).expect("write manifest");
+    let manifest_path = fleet.join("imagegen.toml");
+    let loaded = imagegen::manifest::load_fleet(&manifest_path, None)?;
+    let mirror = imagegen_standin::demo::write_mirror_for_fleet(
+        &dir.join("mirror"),
+        &imagegen_standin::upstream_data(),
+        &loaded,
+        0.0,
+    )?;
+    point_fleet_at(&manifest_path, &mirror, &dir.join("state"))?;
     let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(name, _)| !name.starts_with("OWRT_IMG_"))
         .collect();
-    let run = |args: &[&str]| {
+    let steps: [&[&str]; 4] = [
+        &["lock"],
+        &["plan"],
+        &["apply"],
+        &["plan", "--detailed-exitcode"],
+    ];
+    for args in steps {
         eprintln!("\n== imagegen {}", args.join(" "));
         let mut argv = vec![
             "imagegen".into(),
             "--manifest".into(),
-            fleet.join("imagegen.toml").into_os_string(),
+            manifest_path.clone().into_os_string(),
         ];
         argv.extend(args.iter().map(Into::into));
-        imagegen::cli::run(argv, env.clone())
-    };
-    let steps: [(&[&str], i32); 4] = [
-        (&["lock"], 0),
-        (&["plan"], 0),
-        (&["apply"], 0),
-        (&["plan", "--detailed-exitcode"], 0),
-    ];
-    for (args, expected) in steps {
-        let code = run(args);
-        if code != expected {
+        let code = imagegen::cli::run(argv, env.clone());
+        if code != 0 {
             eprintln!("imagegen {} exited {code}", args.join(" "));
-            std::process::exit(code);
+            return Ok(code);
         }
     }
+    let manifest = manifest_path.display();
     eprintln!(
         "\nThe demo fleet, its state and the mirror are in {}.",
         dir.display()
     );
+    eprintln!("Next, from the repository:");
+    eprintln!("  cargo run --release -- --manifest {manifest} builds list");
     eprintln!(
-        "Edit {} and run `imagegen --manifest {} plan` to see a change explained.",
-        fleet.join("profiles").display(),
-        fleet.join("imagegen.toml").display()
+        "  cargo run --release -- --manifest {manifest} artifacts export home.ap-livingroom.23.05 --out {}",
+        dir.join("images").display()
     );
+    eprintln!(
+        "or install it (`cargo install --path . --locked`) and run `imagegen --manifest {manifest} plan`"
+    );
+    eprintln!(
+        "after editing a profile in {} to see the change explained.",
+        fleet.join("profiles").display()
+    );
+    Ok(0)
 }
 
-fn copy_fleet(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("fleet dir");
-    std::fs::copy(from.join("imagegen.toml"), to.join("imagegen.toml")).expect("copy manifest");
+/// An empty demo directory: what an earlier (perhaps interrupted) run left is removed.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|error| {
+            Error::io("clearing the demo directory", dir, error)
+                .with_help("remove it yourself, or pass another directory: `cargo run --release --example demo -- DIR`")
+        })?;
+    }
+    std::fs::create_dir_all(dir).map_err(|error| Error::io("creating", dir, error))
+}
+
+/// Points the copied fleet's `[settings]` at the stand-in mirror and keeps the demo's state
+/// next to it, so `imagegen --manifest DIR/fleet/imagegen.toml …` works afterwards.
+fn point_fleet_at(
+    manifest_path: &Path,
+    mirror: &imagegen_standin::demo::DemoMirror,
+    state: &Path,
+) -> Result<()> {
+    let text = std::fs::read_to_string(manifest_path)
+        .map_err(|error| Error::io("reading", manifest_path, error))?;
+    let original = "mirror = \"https://downloads.openwrt.org\"";
+    if !text.contains(original) {
+        return Err(Error::new(
+            ErrorCode::Precondition,
+            format!("the example manifest has no `{original}` line to replace"),
+        )
+        .with_help("restore imagegen.toml from git"));
+    }
+    let settings = format!(
+        "mirror = \"{}\"\ntrusted_keys = [\"{}\"]\noffline = true\ndb = \"{}\"\nartifacts_dir = \"{}\"\ncache_dir = \"{}\"\ntmp_dir = \"{}\"",
+        mirror.url,
+        mirror.public_key.display(),
+        state.join("state.redb").display(),
+        state.join("artifacts").display(),
+        state.join("cache").display(),
+        state.join("tmp").display()
+    );
+    imagegen::fsutil::write_atomically(manifest_path, text.replace(original, &settings).as_bytes())
+}
+
+fn copy_fleet(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|error| Error::io("creating", to, error))?;
+    let manifest = from.join("imagegen.toml");
+    std::fs::copy(&manifest, to.join("imagegen.toml"))
+        .map_err(|error| Error::io("copying", &manifest, error))?;
     for dir in ["profiles", "files"] {
-        copy_tree(&from.join(dir), &to.join(dir));
+        copy_tree(&from.join(dir), &to.join(dir))?;
     }
+    Ok(())
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
-        let target = to.join(entry.file_name());
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &target);
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|error| Error::io("creating", to, error))?;
+    let entries = std::fs::read_dir(from).map_err(|error| Error::io("reading", from, error))?;
+    for entry in entries {
+        let entry = entry.map_err(|error| Error::io("reading", from, error))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry
+            .file_type()
+            .map_err(|error| Error::io("reading", &source, error))?;
+        let copied = if kind.is_dir() {
+            copy_tree(&source, &target)?;
+            Ok(())
         } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).expect("link"), &target)
-                .expect("symlink");
+            std::fs::read_link(&source).and_then(|link| std::os::unix::fs::symlink(link, &target))
         } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
+            std::fs::copy(&source, &target).map(drop)
+        };
+        copied.map_err(|error| Error::io("copying", &source, error))?;
     }
+    Ok(())
 }

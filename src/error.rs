@@ -4,7 +4,7 @@
 //! message, optional details, and zero or more [`Problem`]s. A problem is one finding in an
 //! input file (or about one input) with an optional [`Location`] (file, line, column and the
 //! byte span used for the miette rendering). Parsing and validation collect *all* problems of
-//! one run before failing. This module renders nothing; `cli::render` does.
+//! one run before failing. This module renders nothing; frontends do (the CLI in `cli::report`).
 
 use std::fmt;
 use std::ops::Range;
@@ -13,8 +13,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-
-use crate::source::SourceFile;
 
 /// Stable error codes (the seed taxonomy). Their snake_case names are part of the JSON
 /// interface and never change.
@@ -132,6 +130,16 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The text of a file a problem points into, as renderers need it (implemented by
+/// `source::SourceFile`; errors know nothing else about how files are read).
+pub trait SourceText: fmt::Debug + Send + Sync {
+    /// The file as the user should read it.
+    fn display_name(&self) -> &str;
+    fn text(&self) -> &str;
+    /// The 1-based line and column of a byte offset.
+    fn line_column(&self, offset: usize) -> (usize, usize);
+}
+
 /// Where a problem is: a file, a 1-based line and column, and the byte span for rendering.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Location {
@@ -142,19 +150,20 @@ pub struct Location {
     #[serde(skip)]
     pub span: Range<usize>,
     #[serde(skip)]
-    pub source: Option<Arc<SourceFile>>,
+    pub source: Option<Arc<dyn SourceText>>,
 }
 
 impl Location {
     /// A location for a byte span of a source file.
-    pub fn at(source: &Arc<SourceFile>, span: Range<usize>) -> Location {
+    pub fn at<S: SourceText + 'static>(source: &Arc<S>, span: Range<usize>) -> Location {
         let (line, column) = source.line_column(span.start);
+        let source: Arc<dyn SourceText> = Arc::clone(source) as Arc<dyn SourceText>;
         Location {
             file: source.display_name().to_string(),
             line,
             column,
             span,
-            source: Some(Arc::clone(source)),
+            source: Some(source),
         }
     }
 

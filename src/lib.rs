@@ -1,27 +1,29 @@
 //! imagegen: a declarative reconciler for OpenWrt firmware.
 //!
-//! A tour in pipeline order:
+//! A tour in pipeline order (docs/architecture.md has the picture and the rules):
 //!
 //! 1. [`settings`] resolves every knob from flags > environment > `imagegen.toml` > defaults,
-//!    remembering where each value came from.
+//!    remembering where each value came from; each setting is one row of its table.
 //! 2. [`source`] reads YAML, JSON and TOML into a spanned tree; [`manifest`] turns the fleet
-//!    manifest (`imagegen.toml`), the profile files and the lock file (`imagegen.lock`) into
-//!    validated types, collecting every problem with its file, line and column ([`error`]).
+//!    manifest (`imagegen.toml`) and the profile files into validated types, collecting every
+//!    problem with its file, line and column ([`error`]); [`lock`] reads, writes and pins
+//!    `imagegen.lock`. [`triple`] names an Image Builder (release, target, subtarget).
 //! 3. [`overlay`] hashes (and later stages) the files a profile puts into its image.
 //! 4. [`key`] turns one profile's resolved inputs into a canonical serialization, a blake3
 //!    build key, and the human explanation of what changed, from the same walk.
-//! 5. [`plan`] compares the desired state with what [`state`] (the redb store) recorded and
-//!    produces a `Plan`: actions with addresses, reasons and dependencies.
-//! 6. [`imagebuilder`] fetches, verifies (usign) and safely unpacks official Image Builders;
-//!    [`builders`] pins them into `imagegen.lock`, checks profiles against upstream
-//!    `profiles.json` and keeps the builder cache. (Stand-in Image Builders and mirrors
+//! 5. [`plan`] checks the fleet against upstream metadata and compares the desired state
+//!    with what [`state`] (the redb store) recorded: a `Plan` of actions with addresses,
+//!    reasons and dependencies.
+//! 6. [`imagebuilder`] fetches, verifies (usign) and safely unpacks official Image Builders,
+//!    and keeps them and their metadata in its cache. (Stand-in Image Builders and mirrors
 //!    for tests and the offline demo live in the `imagegen-standin` crate, not here.)
 //! 7. [`apply`] turns a plan into steps for [`exec`] (a pure dependency queue, a coordinator
 //!    that is the only database writer, worker pools); [`build`] runs `make image` in a
 //!    private worker slot and classifies the outputs; [`cas`] stores artifacts by sha256.
-//! 8. [`ops`] holds every operation a frontend offers. [`cli`] is the command-line frontend:
-//!    it parses arguments, calls one operation and renders the result as text or JSON;
-//!    nothing below it knows about clap. [`server`] (`imagegen serve`) is the HTTP API and
+//! 8. [`ops`] is every operation a frontend offers, over the stages above, taking typed
+//!    options and returning `Serialize` reports. [`cli`] is the command-line frontend: it
+//!    parses arguments, calls one operation and renders the result as text or JSON.
+//!    Nothing below it knows about clap. [`server`] (`imagegen serve`) is the HTTP API and
 //!    dashboard over the same operations.
 //!
 //! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.

@@ -80,6 +80,20 @@ impl SourceFile {
     }
 }
 
+impl crate::error::SourceText for SourceFile {
+    fn display_name(&self) -> &str {
+        SourceFile::display_name(self)
+    }
+
+    fn text(&self) -> &str {
+        SourceFile::text(self)
+    }
+
+    fn line_column(&self, offset: usize) -> (usize, usize) {
+        SourceFile::line_column(self, offset)
+    }
+}
+
 /// Largest input file we read (manifest, profile, lock), in bytes.
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 

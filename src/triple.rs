@@ -34,15 +34,6 @@ impl Triple {
         }
     }
 
-    /// The Image Builder a profile builds with.
-    pub fn of(profile: &crate::manifest::Profile) -> Triple {
-        Triple::new(
-            profile.openwrt_release.as_str(),
-            profile.target.as_str(),
-            profile.subtarget.as_str(),
-        )
-    }
-
     /// The plan address of this Image Builder: `builder.23.05.4/ath79/generic`.
     pub fn address(&self) -> String {
         format!("{BUILDER_ADDRESS_PREFIX}{self}")

@@ -106,6 +106,15 @@ pub(crate) struct Shared<'a> {
     pub fleet_commit: Option<String>,
 }
 
+impl Shared<'_> {
+    /// The archive sha256 `imagegen.lock` pins for `triple`, if any.
+    pub(crate) fn pinned(&self, triple: &Triple) -> Option<&str> {
+        self.lock
+            .and_then(|lock| lock.get(triple))
+            .map(|entry| entry.archive_sha256.as_str())
+    }
+}
+
 /// Applies `plan` (already checked to be current) to the fleet.
 pub fn apply(
     fleet: &Fleet,

@@ -52,7 +52,7 @@ pub(crate) fn run(
             let previous = shared.store.read()?.builder(triple)?;
             let record = crate::imagebuilder::cache::fetch_pinned(
                 shared.settings,
-                shared.lock,
+                shared.pinned(triple),
                 triple,
                 previous.as_ref(),
                 &mut |progress| {
@@ -203,15 +203,16 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
         });
     }
     let started_at = unix_now();
-    let triple = crate::triple::Triple::of(&loaded.profile);
-    let pristine = crate::imagebuilder::cache::ready_path(shared.store, shared.lock, &triple)?
-        .ok_or_else(|| {
-            Error::new(
-                ErrorCode::Precondition,
-                format!("Image Builder {triple} is not in the cache"),
-            )
-            .with_help(format!("run `imagegen builders ensure {triple}`"))
-        })?;
+    let triple = loaded.profile.triple();
+    let pristine =
+        crate::imagebuilder::cache::ready_path(shared.store, shared.pinned(&triple), &triple)?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::Precondition,
+                    format!("Image Builder {triple} is not in the cache"),
+                )
+                .with_help(format!("run `imagegen builders ensure {triple}`"))
+            })?;
     let work = &shared.settings.tmp_dir.value;
     let slot = context.slot();
     let stage_dir = fresh_dir(&work.join("stage").join(format!("slot-{slot}")))?;

@@ -11,7 +11,6 @@ use utoipa::ToSchema;
 
 use super::{FetchOptions, FetchProgress, Keyring, MirrorClient, TargetMetadata};
 use crate::error::{Error, ErrorCode, Result};
-use crate::lock::LockFile;
 use crate::settings::Settings;
 use crate::state::{BuilderRecord, BuilderStatus, Store};
 use crate::triple::Triple;
@@ -121,29 +120,26 @@ pub struct Ensured {
     pub fetched: bool,
 }
 
-/// Makes sure the Image Builder pinned for `triple` is unpacked in the cache and recorded
-/// as ready. A failure records nothing: a transient download error is never a fact.
+/// Makes sure the Image Builder for `triple` (the archive `pinned` names, when the lock pins
+/// one) is unpacked in the cache and recorded as ready. A failure records nothing: a
+/// transient download error is never a fact.
 pub fn ensure(
     store: &Store,
     settings: &Settings,
-    lock: Option<&LockFile>,
+    pinned: Option<&str>,
     triple: &Triple,
     progress: &mut dyn FnMut(FetchProgress),
 ) -> Result<Ensured> {
-    if let Some(path) = ready_path(store, lock, triple)? {
-        let archive_sha256 = lock
-            .and_then(|lock| lock.get(triple))
-            .map(|entry| entry.archive_sha256.clone())
-            .unwrap_or_default();
+    if let Some(path) = ready_path(store, pinned, triple)? {
         return Ok(Ensured {
             address: triple.address(),
             path,
-            archive_sha256,
+            archive_sha256: pinned.unwrap_or_default().to_string(),
             fetched: false,
         });
     }
     let existing = store.read()?.builder(triple)?;
-    let record = fetch_pinned(settings, lock, triple, existing.as_ref(), progress)?;
+    let record = fetch_pinned(settings, pinned, triple, existing.as_ref(), progress)?;
     let mut writer = store.write()?;
     writer.put_builder(&record)?;
     writer.commit()?;
@@ -155,40 +151,36 @@ pub fn ensure(
     })
 }
 
-/// The unpacked tree of a recorded, ready builder matching the lock pin, if there is one.
-pub fn ready_path(
-    store: &Store,
-    lock: Option<&LockFile>,
-    triple: &Triple,
-) -> Result<Option<PathBuf>> {
-    let entry = lock.and_then(|lock| lock.get(triple));
+/// The unpacked tree of a recorded, ready builder matching the `pinned` archive sha256 (any,
+/// when nothing is pinned), if there is one.
+pub fn ready_path(store: &Store, pinned: Option<&str>, triple: &Triple) -> Result<Option<PathBuf>> {
     let record = store.read()?.builder(triple)?;
     Ok(record.and_then(|record| {
-        let pinned = entry.is_none_or(|entry| entry.archive_sha256 == record.archive_sha256);
+        let matches = pinned.is_none_or(|sha256| sha256 == record.archive_sha256);
         let path = record.path.filter(|path| path.is_dir())?;
-        (record.status == BuilderStatus::Ready && pinned).then_some(path)
+        (record.status == BuilderStatus::Ready && matches).then_some(path)
     }))
 }
 
-/// Fetches, verifies and unpacks the builder the lock pins for `triple` (the live upstream
-/// one when unpinned) and returns the record to store. Touches no database.
+/// Fetches, verifies and unpacks the builder whose archive sha256 is `pinned` (the live
+/// upstream one when unpinned) and returns the record to store. Touches no database.
 pub fn fetch_pinned(
     settings: &Settings,
-    lock: Option<&LockFile>,
+    pinned: Option<&str>,
     triple: &Triple,
     previous: Option<&BuilderRecord>,
     progress: &mut dyn FnMut(FetchProgress),
 ) -> Result<BuilderRecord> {
     require_mirror(settings, &format!("fetch Image Builder {triple}"))?;
     let metadata = fetch_metadata(settings, triple)?;
-    if let Some(entry) = lock.and_then(|lock| lock.get(triple))
-        && entry.archive_sha256 != metadata.archive_sha256
+    if let Some(pinned) = pinned
+        && pinned != metadata.archive_sha256
     {
         return Err(Error::new(
             ErrorCode::StalePlan,
             format!(
                 "imagegen.lock pins {} for {triple} but the mirror now has {}",
-                crate::key::short_hash(&entry.archive_sha256),
+                crate::key::short_hash(pinned),
                 crate::key::short_hash(&metadata.archive_sha256)
             ),
         )

@@ -364,7 +364,11 @@ fn open_http(
     }
     let response = request.send().map_err(|error| {
         let message = download_error(format!("fetching `{url}`: {}", error_chain(&error)));
-        if error.is_connect() || error.is_timeout() || error.is_request() || error.is_body() {
+        if is_unreachable(&error) {
+            // Nothing answers at that name or port: retrying only makes the user wait.
+            Attempt::Fatal(message.with_help(UNREACHABLE_HINT))
+        } else if error.is_connect() || error.is_timeout() || error.is_request() || error.is_body()
+        {
             Attempt::Retry(message)
         } else {
             Attempt::Fatal(message)
@@ -436,6 +440,30 @@ fn content_range(response: &reqwest::blocking::Response) -> Option<(u64, Option<
         None => 0,
     };
     Some((start, total))
+}
+
+const UNREACHABLE_HINT: &str = "check the `mirror` setting (`imagegen config` shows it), use a `file://` mirror, or pass `--offline` to work from imagegen.lock and the local caches";
+
+/// True when the mirror's name does not resolve or its port refuses connections: errors a
+/// retry does not fix, unlike a timeout or a reset connection.
+fn is_unreachable(error: &reqwest::Error) -> bool {
+    if !error.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        let text = cause.to_string();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -14,8 +14,7 @@ use crate::error::{Error, Problem, Problems, Result};
 use crate::source::{self, Format, MapReader, SourceFile, Spanned};
 use crate::triple::Triple;
 
-/// The lock file's name, next to `imagegen.toml`.
-pub const LOCK_FILE_NAME: &str = "imagegen.lock";
+pub use crate::manifest::LOCK_FILE_NAME;
 const LOCK_VERSION: u64 = 1;
 const HEADER: &str = "# Written by imagegen; commit this file.\n";
 const TOP_FIELDS: &[&str] = &["version", "builder"];

@@ -57,7 +57,7 @@ impl Fleet {
         let set: BTreeSet<Triple> = self
             .profiles
             .iter()
-            .map(|loaded| Triple::of(&loaded.profile))
+            .map(|loaded| loaded.profile.triple())
             .collect();
         set.into_iter().collect()
     }
@@ -69,12 +69,12 @@ impl Fleet {
     ) -> impl Iterator<Item = &'a LoadedProfile> {
         self.profiles
             .iter()
-            .filter(move |loaded| Triple::of(&loaded.profile) == *triple)
+            .filter(move |loaded| loaded.profile.triple() == *triple)
     }
 
     /// The fleet's `imagegen.lock` (which may not exist yet).
     pub fn lock_path(&self) -> PathBuf {
-        self.root.join(crate::lock::LOCK_FILE_NAME)
+        self.root.join(super::LOCK_FILE_NAME)
     }
 
     /// Where a manifest field is (`device[1].flash.path`); the file start when absent.

@@ -22,3 +22,5 @@ pub use rules::{is_valid_id, is_valid_release};
 
 /// The fleet manifest's file name.
 pub const MANIFEST_FILE_NAME: &str = "imagegen.toml";
+/// The lock file's name, next to `imagegen.toml` (its format is [`crate::lock`]'s).
+pub const LOCK_FILE_NAME: &str = "imagegen.lock";

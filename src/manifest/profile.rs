@@ -5,6 +5,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::triple::Triple;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -63,6 +64,15 @@ pub struct Profile {
 
 impl Profile {
     /// Whether the release is a nightly (`SNAPSHOT` or `<branch>-SNAPSHOT`).
+    /// The Image Builder this profile builds with.
+    pub fn triple(&self) -> Triple {
+        Triple::new(
+            self.openwrt_release.as_str(),
+            self.target.as_str(),
+            self.subtarget.as_str(),
+        )
+    }
+
     pub fn is_snapshot(&self) -> bool {
         is_snapshot_release(&self.openwrt_release)
     }

@@ -78,13 +78,13 @@ pub fn ensure_builders(
     triples
         .iter()
         .map(|triple| {
-            cache::ensure(
-                &store,
-                &workspace.settings,
-                lock.as_ref(),
-                triple,
-                &mut |update| progress(triple, update),
-            )
+            let pinned = lock
+                .as_ref()
+                .and_then(|lock| lock.get(triple))
+                .map(|entry| entry.archive_sha256.as_str());
+            cache::ensure(&store, &workspace.settings, pinned, triple, &mut |update| {
+                progress(triple, update)
+            })
         })
         .collect()
 }

@@ -102,7 +102,7 @@ fn skipped_checks(
     let profiles = fleet
         .profiles
         .iter()
-        .filter(|loaded| unchecked.contains(&crate::triple::Triple::of(&loaded.profile)))
+        .filter(|loaded| unchecked.contains(&loaded.profile.triple()))
         .map(|loaded| loaded.profile.profile_id.clone())
         .collect();
     let (reason, hint) = match (&prepared.upstream.unreachable, offline) {

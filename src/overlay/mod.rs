@@ -95,11 +95,6 @@ impl OverlayDigest {
         }
     }
 
-    /// The exact text the tree hash is computed over (see docs/overlay.md).
-    pub fn canonical_text(&self) -> String {
-        canonical::serialize(&self.entries)
-    }
-
     /// The entry at an image path, if any.
     pub fn entry(&self, path: &str) -> Option<&OverlayEntry> {
         self.entries

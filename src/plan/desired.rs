@@ -245,7 +245,7 @@ fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDiges
     let mut builds = Vec::new();
     for (loaded, digest) in fleet.profiles.iter().zip(digests) {
         let profile = &loaded.profile;
-        let triple = Triple::of(profile);
+        let triple = profile.triple();
         let entry = lock.and_then(|lock| lock.get(&triple));
         let pin = BuilderPin {
             triple: triple.clone(),

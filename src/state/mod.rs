@@ -9,6 +9,7 @@
 //! The schema lives in [`tables`]; the design in `docs/state.md`.
 
 mod lock;
+mod migrate;
 mod reader;
 mod records;
 mod tables;
@@ -207,6 +208,7 @@ fn check_schema(db: &Database, path: &Path) -> Result<()> {
             ),
         )
         .with_help("upgrade imagegen, or point OWRT_IMG_DB_URL at another database")),
+        Some(found) if found >= 1 => migrate::upgrade(db, found),
         Some(found) => Err(Error::new(
             ErrorCode::Precondition,
             format!(

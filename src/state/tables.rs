@@ -7,8 +7,11 @@
 use redb::TableDefinition;
 
 /// The version of the tables and record encodings below. Bump it for any change an older
-/// imagegen could misread; an imagegen refuses a database with a newer version.
-pub const SCHEMA_VERSION: u64 = 1;
+/// imagegen could misread, and add the upgrade step in `migrate`; an imagegen refuses a
+/// database with a newer version and upgrades an older one in place.
+///
+/// 1: first release. 2: `BuildRecord.inputs` is a typed `BuildInputs`.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// The key in [`META`] that holds the schema version.
 pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";

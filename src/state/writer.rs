@@ -140,10 +140,6 @@ impl Writer {
         self.put(FLEET_DEVICE_TO_POINTER, (fleet, device_id), pointer)
     }
 
-    pub fn remove_device_pointer(&mut self, fleet: &str, device_id: &str) -> Result<bool> {
-        self.remove(FLEET_DEVICE_TO_POINTER, (fleet, device_id))
-    }
-
     /// Stores the overlay module's opaque bytes per absolute path.
     pub fn put_file_hashes(
         &mut self,

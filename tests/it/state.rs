@@ -308,8 +308,9 @@ fn a_newer_schema_is_refused() {
     assert_eq!(
         error.message,
         format!(
-            "state `{}` was written by a newer imagegen (schema 2); this imagegen understands schema 1",
-            path.display()
+            "state `{}` was written by a newer imagegen (schema {}); this imagegen understands schema {SCHEMA_VERSION}",
+            path.display(),
+            SCHEMA_VERSION + 1
         )
     );
     assert_eq!(
@@ -325,7 +326,63 @@ fn a_newer_schema_is_refused() {
         .get("schema_version")
         .unwrap()
         .map(|v| v.value());
-    assert_eq!(stored, Some(2));
+    assert_eq!(stored, Some(SCHEMA_VERSION + 1));
+}
+
+fn stored_schema(path: &Path) -> Option<u64> {
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .get("schema_version")
+        .unwrap()
+        .map(|v| v.value())
+}
+
+/// A database written by imagegen at e07c245 (schema 1, tests/data/README.md) is upgraded in
+/// place: every record is still there, build inputs are typed, and opening again is a no-op.
+#[test]
+fn a_schema_1_database_from_the_first_release_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-schema1.redb");
+    std::fs::copy(&fixture, &path).unwrap();
+    assert_eq!(stored_schema(&path), Some(1));
+    for _ in 0..2 {
+        let store = Store::open(&path, "imagegen test").unwrap();
+        let reader = store.read().unwrap();
+        let builds = reader.builds().unwrap();
+        assert_eq!(builds.len(), 5);
+        assert!(
+            builds
+                .iter()
+                .all(|build| build.status == BuildStatus::Succeeded
+                    && build.inputs.builder.archive_sha256.is_some()
+                    && build.inputs.schema == 1)
+        );
+        let profiles: Vec<&str> = builds
+            .iter()
+            .map(|build| build.profile_id.as_str())
+            .collect();
+        assert!(
+            profiles.contains(&"home.ap-livingroom.23.05"),
+            "{profiles:?}"
+        );
+        assert_eq!(reader.builders().unwrap().len(), 5);
+        assert_eq!(reader.profile_pointers("home").unwrap().len(), 5);
+        let artifacts = reader.artifacts().unwrap();
+        assert!(
+            builds
+                .iter()
+                .flat_map(|build| &build.artifacts)
+                .all(|artifact| artifacts
+                    .iter()
+                    .any(|record| record.sha256 == artifact.sha256))
+        );
+        drop(reader);
+        drop(store);
+        assert_eq!(stored_schema(&path), Some(SCHEMA_VERSION));
+    }
 }
 
 #[test]
@@ -520,4 +577,34 @@ fn a_damaged_database_never_panics() {
             assert!(clean.contains(&error.code), "{error:?}");
         }
     }
+}
+
+/// A schema-1 build record whose free-form inputs are not `BuildInputs` cannot be reused
+/// safely: the upgrade drops it (the next plan rebuilds that profile) and keeps the rest.
+#[test]
+fn the_upgrade_drops_build_records_whose_inputs_cannot_be_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-schema1.redb");
+    std::fs::copy(&fixture, &path).unwrap();
+    {
+        const BUILDS: TableDefinition<&str, &[u8]> = TableDefinition::new("BUILD_KEY_TO_BUILD");
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let record = serde_json::json!({
+            "key": "ff".repeat(32), "profile_id": "old", "fleet": "home",
+            "inputs": {"packages": ["x"]}, "status": "succeeded", "started_at": 1,
+            "finished_at": 2, "log_path": null, "manifest_path": null, "artifacts": [], "error": null
+        });
+        let bytes = serde_json::to_vec(&record).unwrap();
+        txn.open_table(BUILDS)
+            .unwrap()
+            .insert("ff".repeat(32).as_str(), bytes.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, "imagegen test").unwrap();
+    let builds = store.read().unwrap().builds().unwrap();
+    assert_eq!(builds.len(), 5);
+    assert!(builds.iter().all(|build| build.profile_id != "old"));
 }
