@@ -136,6 +136,45 @@ impl Workspace {
     }
 }
 
+/// The fleet's files as they were at one moment: path, size and modification time of the
+/// manifest and of every profile file its patterns match. Frontends that keep a loaded
+/// [`Workspace`] between requests (`imagegen serve`) reuse it while the stamp is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetStamp {
+    files: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+}
+
+impl FleetStamp {
+    /// The newest modification time among the files (`None` when one is unknown).
+    pub fn newest(&self) -> Option<std::time::SystemTime> {
+        self.files
+            .iter()
+            .map(|(_, _, modified)| *modified)
+            .try_fold(std::time::UNIX_EPOCH, |newest, modified| {
+                modified.map(|modified| newest.max(modified))
+            })
+    }
+}
+
+impl Workspace {
+    /// The stamp of this workspace's fleet files as they are now (`None` without a fleet).
+    /// A file that is gone or unreadable is stamped as such, so its return changes the stamp.
+    pub fn fleet_stamp(&self) -> Option<FleetStamp> {
+        let fleet = self.fleet.as_ref()?;
+        let files = fleet
+            .source_files()
+            .into_iter()
+            .map(|path| {
+                let metadata = std::fs::metadata(&path).ok();
+                let size = metadata.as_ref().map_or(u64::MAX, std::fs::Metadata::len);
+                let modified = metadata.and_then(|metadata| metadata.modified().ok());
+                (path, size, modified)
+            })
+            .collect();
+        Some(FleetStamp { files })
+    }
+}
+
 /// `--manifest`, else `imagegen.toml` in the search directory or its nearest parent.
 fn manifest_path(options: &WorkspaceOptions) -> Result<PathBuf> {
     if let Some(path) = &options.manifest {

@@ -2,8 +2,9 @@
 //!
 //! Every handler parses its request, runs one [`crate::ops`] operation on tokio's blocking
 //! pool (never on the async runtime) and renders the operation's `Serialize` report as JSON;
-//! no handler decides anything the CLI would not. The fleet is loaded per request, so edits
-//! to the fleet files between requests are always seen.
+//! no handler decides anything the CLI would not. Edits to the fleet files between requests
+//! are always seen: a loaded workspace is reused only while the manifest and every profile
+//! file (as the manifest's patterns match them now) keep their size and modification time.
 //!
 //! The state store takes an exclusive lock while open, so within this process requests that
 //! open it go through one gate, in arrival order ([`AppState::run`]). A background job
@@ -22,18 +23,22 @@ mod routes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::ops::{FleetNeed, RunHooks, Workspace, WorkspaceOptions};
+use crate::ops::{FleetNeed, FleetStamp, RunHooks, Workspace, WorkspaceOptions};
 use auth::Token;
 use error::{ApiError, ApiResult};
 use jobs::{FinishGuard, JobKind, JobResult, JobView, Jobs};
 
 pub use openapi::openapi_json;
+
+/// A file modified this close to a load may have been read in its older version (and some
+/// filesystems keep coarse times), so such a load is used but not kept.
+const STABLE_MARGIN: Duration = Duration::from_secs(2);
 
 /// How long a request waits for the store gate behind other requests of this process.
 const GATE_WAIT: Duration = Duration::from_secs(30);
@@ -63,6 +68,49 @@ pub(crate) struct AppState {
     gate: Arc<Semaphore>,
     jobs: Arc<Jobs>,
     token: Option<Token>,
+    workspaces: Arc<WorkspaceCache>,
+}
+
+/// The last loaded workspace and the stamp of its files: loading 1,000 profiles costs tens
+/// of milliseconds, stamping them (one `stat` each) about a millisecond (docs/api.md).
+#[derive(Default)]
+struct WorkspaceCache {
+    last: Mutex<Option<(FleetStamp, Arc<Workspace>)>>,
+}
+
+impl WorkspaceCache {
+    /// The cached workspace while its files are unchanged, else a fresh load.
+    fn get(
+        &self,
+        options: &WorkspaceOptions,
+        need: FleetNeed,
+        store_wait: Duration,
+    ) -> Result<Arc<Workspace>> {
+        let cached = self.lock().clone();
+        if let Some((stamp, workspace)) = cached
+            && workspace.fleet_stamp().as_ref() == Some(&stamp)
+        {
+            return Ok(workspace);
+        }
+        let started = SystemTime::now();
+        let mut workspace = Workspace::load(options, need)?;
+        workspace.store_wait = store_wait;
+        let workspace = Arc::new(workspace);
+        if let Some(stamp) = workspace.fleet_stamp()
+            && stamp
+                .newest()
+                .is_some_and(|newest| newest + STABLE_MARGIN < started)
+        {
+            *self.lock() = Some((stamp, Arc::clone(&workspace)));
+        }
+        Ok(workspace)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(FleetStamp, Arc<Workspace>)>> {
+        self.last
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
 }
 
 /// What a request's operation touches.
@@ -92,10 +140,10 @@ impl AppState {
         };
         let options = self.workspace.clone();
         let store_wait = self.store_wait;
+        let workspaces = Arc::clone(&self.workspaces);
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let mut workspace = Workspace::load(&options, need)?;
-            workspace.store_wait = store_wait;
+            let workspace = workspaces.get(&options, need, store_wait)?;
             operation(&workspace)
         })
         .await;
@@ -231,6 +279,7 @@ async fn run(options: ServeOptions, token: Option<Token>) -> Result<()> {
         gate: Arc::new(Semaphore::new(1)),
         jobs: Arc::new(Jobs::default()),
         token,
+        workspaces: Arc::new(WorkspaceCache::default()),
     });
     let app = routes::router(Arc::clone(&state), options.body_limit);
     println!("imagegen serve: listening on http://{address}/ (API docs at /docs)");

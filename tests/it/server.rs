@@ -483,3 +483,42 @@ fn an_apply_in_another_process_makes_post_apply_409() {
     assert!(cli.wait().expect("cli").success());
     assert_eq!(server.get("/artifacts").status(), 200);
 }
+
+/// The server keeps a loaded fleet while its files keep their size and modification time,
+/// and sees every edit, added and removed profile file.
+#[test]
+fn edits_to_old_fleet_files_are_seen() {
+    let fleet = small_fleet(0.0);
+    let age = |path: &std::path::Path, when: &str| {
+        let status = std::process::Command::new("touch")
+            .args(["-d", when])
+            .arg(path)
+            .status()
+            .expect("touch");
+        assert!(status.success());
+    };
+    for file in ["imagegen.toml", "profiles/gw.yaml", "profiles/ap.yaml"] {
+        age(&fleet.path().join(file), "1 hour ago");
+    }
+    let server = Served::start(&fleet, &[], &[]);
+    let name = |id: &str| -> Value {
+        let (_, detail) = json_of(server.get(&format!("/profiles/{id}")));
+        detail["profile"]["name"].clone()
+    };
+    assert_eq!(name("gw"), "gw");
+    assert_eq!(name("gw"), "gw");
+
+    let gw = fleet.path().join("profiles/gw.yaml");
+    let text = std::fs::read_to_string(&gw).expect("profile");
+    std::fs::write(&gw, text.replace("name: gw", "name: gateway")).expect("edit");
+    age(&gw, "30 minutes ago");
+    assert_eq!(name("gw"), "gateway");
+
+    let copy = text.replace("profile_id: gw", "profile_id: gw2");
+    fleet.write("profiles/gw2.yaml", &copy);
+    age(&fleet.path().join("profiles/gw2.yaml"), "20 minutes ago");
+    assert_eq!(name("gw2"), "gw");
+    std::fs::remove_file(fleet.path().join("profiles/gw2.yaml")).expect("remove");
+    let (status, _) = json_of(server.get("/profiles/gw2"));
+    assert_eq!(status, 404);
+}
