@@ -12,6 +12,7 @@ mod flash;
 mod mcp;
 mod records;
 mod report;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -70,6 +71,7 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Mcp(args) => mcp::serve(context, &args),
         Command::Flash(command) => flash::flash(context, command),
         Command::Devices => flash::devices(context),
+        Command::Serve(args) => serve::serve(context, &args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "imagegen", &mut std::io::stdout());

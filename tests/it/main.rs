@@ -4,6 +4,7 @@
 mod apply;
 mod build;
 mod cli;
+mod dashboard;
 mod exec;
 mod fetch;
 mod first_hour;
@@ -15,6 +16,10 @@ mod mcp;
 mod overlay;
 mod plan_state;
 mod readme;
+mod serve_support;
+mod server;
+mod server_schema;
 mod standin;
 mod state;
 mod support;
+mod webdriver;
