@@ -168,7 +168,7 @@ fn lock_missing(context: &Context, fleet: &Fleet, settings: &Settings) -> Result
 }
 
 fn read_plan(path: &std::path::Path) -> Result<Plan> {
-    let bytes = std::fs::read(path).map_err(|error| Error::io("reading", path, error))?;
+    let bytes = std::fs::read(path).map_err(|error| Error::io_user_path("reading", path, error))?;
     let plan: Plan = serde_json::from_slice(&bytes).map_err(|error| {
         Error::new(
             ErrorCode::Validation,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Problem, Problems, Result};
-use crate::source::{self, Format, MapReader, SourceFile, Spanned};
+use crate::source::{self, Containment, Format, MapReader, SourceFile, Spanned};
 
 /// The lock file's name, next to `imagegen.toml`.
 pub const LOCK_FILE_NAME: &str = "imagegen.lock";
@@ -77,17 +77,28 @@ impl LockFile {
     }
 
     /// `Ok(None)` when the file does not exist; every problem of a malformed file at once.
+    /// The lock file sits in the fleet root, so it must resolve inside its own directory.
     pub fn read(path: &Path) -> Result<Option<LockFile>> {
-        if !path.exists() {
+        // `symlink_metadata`: a dangling link is a lock file that cannot be read, not none.
+        if std::fs::symlink_metadata(path).is_err() {
             return Ok(None);
         }
+        let root = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let display = path.file_name().map_or_else(
             || path.to_string_lossy().into_owned(),
             |name| name.to_string_lossy().into_owned(),
         );
         let invalid = format!("invalid lock file `{display}`");
-        let source = SourceFile::read_limited(path, display, crate::source::MAX_MANIFEST_SIZE)
-            .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
+        let source = SourceFile::read_limited(
+            path,
+            display,
+            crate::source::MAX_MANIFEST_SIZE,
+            Containment::Inside(root),
+        )
+        .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
         LockFile::parse(&source)
             .map(Some)
             .map_err(|problems| Error::from_problems(invalid, problems))

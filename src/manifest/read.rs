@@ -12,7 +12,9 @@ use super::rules::{
     parse_mode_text, read_relative_path,
 };
 use crate::error::{Location, Problem, Problems};
-use crate::source::{self, Format, MapReader, Node, SourceFile, Spanned};
+use crate::source::{
+    self, Containment, Format, MAX_FILE_SIZE, MapReader, Node, SourceFile, Spanned,
+};
 
 const PROFILE_FIELDS: &[&str] = &[
     "profile_id",
@@ -52,8 +54,18 @@ const BUILD_DEFAULT_FIELDS: &[&str] = &["rebuild_if_cached", "initramfs", "keep_
 /// Largest `rootfs_partsize` in MiB.
 const MAX_ROOTFS_PARTSIZE: u64 = 16384;
 
-/// Read and validate one profile file; the format comes from the extension.
+/// Read and validate one profile file the user named (anywhere); the format comes from the
+/// extension.
 pub fn load_profile(path: &Path, display_name: String) -> Result<LoadedProfile, Vec<Problem>> {
+    load_profile_in(path, display_name, Containment::Anywhere)
+}
+
+/// [`load_profile`] for a file that must resolve inside `containment` (a fleet's profiles).
+pub(crate) fn load_profile_in(
+    path: &Path,
+    display_name: String,
+    containment: Containment<'_>,
+) -> Result<LoadedProfile, Vec<Problem>> {
     let Some(format) = Format::from_path(path) else {
         let problem = Problem::validation(format!(
             "`{display_name}` is not a profile file: use `.yaml`, `.yml`, `.json` or `.toml`"
@@ -61,14 +73,15 @@ pub fn load_profile(path: &Path, display_name: String) -> Result<LoadedProfile, 
         .at(Location::file(display_name));
         return Err(vec![problem]);
     };
-    let source = SourceFile::read(path, display_name).map_err(|problem| vec![problem])?;
+    let source = SourceFile::read_limited(path, display_name, MAX_FILE_SIZE, containment)
+        .map_err(|problem| vec![problem])?;
     parse_profile(&source, format)
 }
 
 /// The `profile_id` a file declares, if it parses that far (for files with problems).
-pub(crate) fn declared_profile_id(path: &Path) -> Option<String> {
+pub(crate) fn declared_profile_id(path: &Path, containment: Containment<'_>) -> Option<String> {
     let format = Format::from_path(path)?;
-    let source = SourceFile::read(path, String::new()).ok()?;
+    let source = SourceFile::read_limited(path, String::new(), MAX_FILE_SIZE, containment).ok()?;
     match source::parse(&source, format)
         .ok()?
         .value
@@ -99,16 +112,15 @@ pub fn parse_profile(
     }
 }
 
-/// Problems in document order (file, then position), whatever order the checks ran in.
+/// Problems in document order (file, then position), whatever order the checks ran in; an
+/// "and N more problems" entry stays last.
 pub(crate) fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
-    problems.sort_by(|left, right| {
-        let key = |problem: &Problem| {
-            problem
-                .location
-                .as_ref()
-                .map(|location| (location.file.clone(), location.span.start))
-        };
-        key(left).cmp(&key(right))
+    problems.sort_by_cached_key(|problem| {
+        let position = problem
+            .location
+            .as_ref()
+            .map(|location| (location.file.clone(), location.span.start));
+        (problem.is_omitted_summary(), position)
     });
     problems
 }

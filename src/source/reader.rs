@@ -288,8 +288,15 @@ impl<'n, 'p> MapReader<'n, 'p> {
     }
 }
 
+/// Longest word [`suggest`] compares: the similarity measure is quadratic in the length,
+/// and no typo of a field or id is this long.
+const MAX_SUGGEST_LEN: usize = 128;
+
 /// The candidate closest to `word`, if any is close enough to be a likely typo.
 pub fn suggest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    if word.len() > MAX_SUGGEST_LEN {
+        return None;
+    }
     candidates
         .into_iter()
         .map(|candidate| (strsim::jaro_winkler(word, candidate), candidate))
