@@ -143,6 +143,7 @@ fn lock_entry(settings: &Settings, metadata: &TargetMetadata) -> LockEntry {
         archive: metadata.archive.clone(),
         archive_sha256: metadata.archive_sha256.clone(),
         key_id: metadata.key_id.clone(),
+        key_fingerprint: metadata.key_fingerprint.clone(),
         version_code: metadata.version_code.clone(),
         profiles_json_sha256: metadata.profiles_json_sha256.clone(),
         mirror: settings.mirror.value.clone(),

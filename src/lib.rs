@@ -32,6 +32,8 @@ pub mod cli;
 pub mod error;
 pub mod exec;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imagebuilder;
 pub mod key;
 pub mod manifest;

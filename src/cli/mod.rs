@@ -8,7 +8,7 @@ mod commands;
 mod context;
 mod fetching;
 mod records;
-mod report;
+pub(crate) mod report;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -170,6 +170,22 @@ pub fn load_fleet_with_home(manifest_path: &Path, home: Option<&Path>) -> Result
     collected.finish(fleet, &invalid)
 }
 
+/// The problems of `imagegen.toml` text alone: syntax, fields, settings and devices, without
+/// reading the profiles it names (the fuzzing entry point; no I/O).
+pub(crate) fn check_manifest_text(source: &Arc<SourceFile>, root: &Path) -> Vec<Problem> {
+    let tree = match source::parse(source, Format::Toml) {
+        Ok(tree) => tree,
+        Err(problem) => return vec![problem],
+    };
+    let mut problems = Problems::new();
+    let raw = MapReader::new(&tree, source, &mut problems)
+        .and_then(|reader| read_manifest(reader, root, None));
+    if let Some(raw) = raw {
+        check_devices(&raw.devices, &[], &[], &mut problems);
+    }
+    sorted(problems.into_vec())
+}
+
 /// The manifest's own content, before profiles are loaded.
 struct RawManifest {
     name: Spanned<String>,

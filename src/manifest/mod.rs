@@ -7,12 +7,14 @@
 mod export;
 mod fleet;
 mod lock;
+pub(crate) mod names;
 mod profile;
 mod read;
 mod rules;
 mod settings_table;
 
 pub use export::export_profile;
+pub(crate) use fleet::check_manifest_text;
 pub use fleet::{Device, FlashTarget, Fleet, VerifyMode, load_fleet};
 pub use lock::{LOCK_FILE_NAME, LockEntry, LockFile};
 pub use profile::{
