@@ -374,6 +374,17 @@ impl Problems {
         }
     }
 
+    /// True once no further problem will be kept: callers in hot loops can then
+    /// [`Problems::count`] one instead of building it.
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= MAX_REPORTED_PROBLEMS
+    }
+
+    /// Counts one problem of `code` that is not kept (see [`Problems::is_full`]).
+    pub fn count(&mut self, code: ErrorCode) {
+        self.omit(code, 1);
+    }
+
     fn omit(&mut self, code: ErrorCode, count: usize) {
         self.omitted += count;
         self.omitted_code.get_or_insert(code);

@@ -12,7 +12,7 @@ use super::profile::LoadedProfile;
 use super::read::{declared_profile_id, load_profile_in, sorted};
 use super::rules::check_id;
 use super::settings_table::read_settings;
-use crate::error::{Error, Location, Problem, Problems, Result};
+use crate::error::{Error, ErrorCode, Location, Problem, Problems, Result};
 use crate::settings::FileSettings;
 use crate::source::{self, Containment, Format, MapReader, Node, SourceFile, Spanned, suggest};
 
@@ -472,14 +472,18 @@ fn check_devices(
     let mut suggestions_left = crate::error::MAX_REPORTED_PROBLEMS;
     for device in devices {
         if let Some(first) = first_seen.get(device.id.as_str()) {
-            problems.push(
-                Problem::validation(format!(
-                    "duplicate device id `{}` (also defined at {})",
-                    device.id, first.location
-                ))
-                .at(device.location.clone())
-                .with_label("defined again here"),
-            );
+            if problems.is_full() {
+                problems.count(ErrorCode::Validation);
+            } else {
+                problems.push(
+                    Problem::validation(format!(
+                        "duplicate device id `{}` (also defined at {})",
+                        device.id, first.location
+                    ))
+                    .at(device.location.clone())
+                    .with_label("defined again here"),
+                );
+            }
         } else {
             first_seen.insert(&device.id, device);
         }
@@ -487,8 +491,12 @@ fn check_devices(
         if loaded.contains(profile) || broken.contains(profile) {
             continue;
         }
+        if problems.is_full() {
+            problems.count(ErrorCode::ProfileNotFound);
+            continue;
+        }
         let mut problem = Problem::new(
-            crate::error::ErrorCode::ProfileNotFound,
+            ErrorCode::ProfileNotFound,
             format!(
                 "device `{}` uses unknown profile `{}`",
                 device.id, device.profile

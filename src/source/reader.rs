@@ -231,6 +231,11 @@ impl<'n, 'p> MapReader<'n, 'p> {
             if known.contains(&key.value.as_str()) {
                 continue;
             }
+            if self.problems.is_full() {
+                // Not shown anyway: count it without building the message and suggestion.
+                self.problems.count(crate::error::ErrorCode::Validation);
+                continue;
+            }
             let path = self.path_of(&key.value);
             let mut problem = Problem::validation(format!("unknown field `{path}`"))
                 .at(Location::at(self.source, key.span.clone()))

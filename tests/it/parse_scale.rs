@@ -76,7 +76,7 @@ fn many_unknown_keys_are_capped_and_counted() {
 fn many_devices_with_unknown_profiles_against_many_profiles() {
     let fleet = TestFleet::empty();
     let profiles = 300;
-    let devices = 20_000;
+    let devices = 15_000;
     for index in 0..profiles {
         fleet.write(
             &format!("profiles/p{index}.yaml"),
