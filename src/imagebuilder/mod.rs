@@ -9,6 +9,7 @@
 pub mod checksums;
 pub mod download;
 pub mod keys;
+mod limits;
 pub mod metadata;
 pub mod mirror;
 pub mod unpack;
