@@ -40,6 +40,8 @@ pub mod error;
 pub mod exec;
 pub mod flash;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imagebuilder;
 pub mod key;
 pub mod lock;

@@ -234,25 +234,23 @@ pub fn make_arguments(
     }
     let mut arguments = vec![OsString::from("image")];
     for (name, value) in variables {
-        let lists = ["PACKAGES", "DISABLED_SERVICES"].contains(&name);
-        check_make_value(name, &value, lists)?;
+        check_make_value(name, &value)?;
         arguments.push(OsString::from(format!("{name}={value}")));
     }
     Ok(arguments)
 }
 
-/// Refuses values that make or the recipes' shell would interpret: command-line variables
-/// are expanded by make (`$(shell ...)`) and pasted unquoted into shell recipes.
-fn check_make_value(name: &str, value: &str, spaces_allowed: bool) -> Result<()> {
-    let bad = value.chars().find(|&c| {
-        c.is_control() || (c == ' ' && !spaces_allowed) || "$`\\\"';&|<>(){}*?[]#!".contains(c)
-    });
-    match bad {
+/// Refuses values that make or the recipes' shell would interpret, with the same rules
+/// `validate` applies (`manifest::names`): defence in depth for inputs that did not come
+/// through a validated profile.
+fn check_make_value(name: &str, value: &str) -> Result<()> {
+    match crate::manifest::names::make_variable_problem(name, value) {
         None => Ok(()),
-        Some(c) => Err(Error::new(
+        Some(problem) => Err(Error::new(
             ErrorCode::Validation,
             format!(
-                "`{name}` value `{value}` contains {c:?}, which make or the shell would interpret"
+                "`{name}` value `{}`: {problem}",
+                crate::error::printable(value)
             ),
         )),
     }
@@ -516,6 +514,9 @@ mod tests {
     fn values_make_would_expand_are_refused() {
         let mut bad = inputs(ImageOptions::default());
         bad.packages = vec!["$(shell touch /tmp/x)".into()];
+        let mut local = inputs(ImageOptions::default());
+        local.packages = vec!["/srv/x.ipk".into()];
+        assert!(make_arguments(&local, None, Path::new("/out")).is_err());
         let error = make_arguments(&bad, None, Path::new("/out")).unwrap_err();
         assert_eq!(error.code, ErrorCode::Validation);
         let mut spaced = inputs(ImageOptions::default());

@@ -11,7 +11,7 @@ mod fetching;
 mod flash;
 mod mcp;
 mod records;
-mod report;
+pub(crate) mod report;
 mod serve;
 
 use std::collections::BTreeMap;

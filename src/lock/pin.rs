@@ -99,6 +99,7 @@ pub fn entry_for(settings: &Settings, metadata: &TargetMetadata) -> LockEntry {
         archive: metadata.archive.clone(),
         archive_sha256: metadata.archive_sha256.clone(),
         key_id: metadata.key_id.clone(),
+        key_fingerprint: metadata.key_fingerprint.clone(),
         version_code: metadata.version_code.clone(),
         profiles_json_sha256: metadata.profiles_json_sha256.clone(),
         mirror: settings.mirror.value.clone(),

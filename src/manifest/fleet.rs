@@ -2,19 +2,19 @@
 //! at (loaded and validated here) and the `[[device]]` list, with the checks that span files
 //! (duplicate ids, devices naming unknown profiles). Reads files; writes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::profile::LoadedProfile;
-use super::read::{declared_profile_id, load_profile};
+use super::read::{declared_profile_id, load_profile_in};
 use super::rules::check_id;
 use super::settings_table::read_settings;
-use crate::error::{Error, Location, Problem, Problems, Result};
+use crate::error::{Error, ErrorCode, Location, Problem, Problems, Result};
 use crate::settings::FileSettings;
-use crate::source::{self, Format, MapReader, Node, SourceFile, Spanned, suggest};
+use crate::source::{self, Containment, Format, MapReader, Node, SourceFile, Spanned, suggest};
 use crate::triple::Triple;
 
 const TOP_FIELDS: &[&str] = &["fleet", "settings", "device"];
@@ -167,9 +167,13 @@ pub fn load_fleet(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
         .unwrap_or_else(|| PathBuf::from("/"));
     let display = display_name(&root, &manifest_path);
     let invalid = format!("invalid fleet `{display}`");
-    let manifest =
-        SourceFile::read_limited(&manifest_path, display, crate::source::MAX_MANIFEST_SIZE)
-            .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
+    let manifest = SourceFile::read_limited(
+        &manifest_path,
+        display,
+        crate::source::MAX_MANIFEST_SIZE,
+        Containment::Inside(&root),
+    )
+    .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
     let tree = source::parse(&manifest, Format::Toml)
         .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
     let mut problems = Problems::new();
@@ -202,6 +206,22 @@ pub fn load_fleet(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
     let mut collected = Problems::new();
     collected.extend(problems);
     collected.finish(fleet, &invalid)
+}
+
+/// The problems of `imagegen.toml` text alone: syntax, fields, settings and devices, without
+/// reading the profiles it names (the fuzzing entry point; no I/O).
+pub(crate) fn check_manifest_text(source: &Arc<SourceFile>, root: &Path) -> Vec<Problem> {
+    let tree = match source::parse(source, Format::Toml) {
+        Ok(tree) => tree,
+        Err(problem) => return vec![problem],
+    };
+    let mut problems = Problems::new();
+    let raw = MapReader::new(&tree, source, &mut problems)
+        .and_then(|reader| read_manifest(reader, root, None));
+    if let Some(raw) = raw {
+        check_devices(&raw.devices, &[], &[], &mut problems);
+    }
+    problems.into_sorted()
 }
 
 /// The manifest's own content, before profiles are loaded.
@@ -384,12 +404,13 @@ fn load_profiles(
     let mut profiles: Vec<LoadedProfile> = Vec::with_capacity(paths.len());
     // Ids declared by files that failed to load: devices naming them are not "unknown".
     let mut broken_ids = Vec::new();
+    let inside = Containment::Inside(root);
     for path in paths {
-        match load_profile(&path, display_name(root, &path)) {
+        match load_profile_in(&path, display_name(root, &path), inside) {
             Ok(loaded) => profiles.push(loaded),
             Err(found) => {
                 problems.extend(found);
-                broken_ids.extend(declared_profile_id(&path));
+                broken_ids.extend(declared_profile_id(&path, inside));
             }
         }
     }
@@ -399,9 +420,25 @@ fn load_profiles(
 }
 
 /// The profile files a `[fleet] profiles` entry names: a file, a directory (its profile
-/// files, sorted, not recursive) or a glob. Paths are relative to the fleet root.
+/// files, sorted, not recursive) or a glob. Paths are relative to the fleet root and may not
+/// leave it. Whatever has a profile extension is listed, links and special files included,
+/// so that reading it reports why it is refused instead of skipping it silently.
 fn expand_pattern(root: &Path, pattern: &str) -> std::result::Result<Vec<PathBuf>, String> {
-    let is_profile = |path: &Path| path.is_file() && Format::from_path(path).is_some();
+    let relative = Path::new(pattern);
+    if relative.is_absolute() || pattern.contains('\0') {
+        return Err(format!(
+            "profile pattern `{pattern}` is absolute; write it relative to the fleet root"
+        ));
+    }
+    if relative
+        .components()
+        .any(|component| component == std::path::Component::ParentDir)
+    {
+        return Err(format!(
+            "profile pattern `{pattern}` leaves the fleet root with `..`"
+        ));
+    }
+    let is_profile = |path: &Path| !path.is_dir() && Format::from_path(path).is_some();
     if pattern.contains(['*', '?', '[']) {
         let full = root.join(pattern);
         let full = full.to_string_lossy();
@@ -425,7 +462,8 @@ fn expand_pattern(root: &Path, pattern: &str) -> std::result::Result<Vec<PathBuf
         found.sort();
         return Ok(found);
     }
-    Ok(if path.is_file() {
+    // Named explicitly: let the read say what is wrong with it (a FIFO, a link elsewhere).
+    Ok(if path.symlink_metadata().is_ok() {
         vec![path]
     } else {
         Vec::new()
@@ -461,42 +499,60 @@ fn check_devices(
     broken_ids: &[String],
     problems: &mut Problems,
 ) {
-    let mut first_seen: BTreeMap<&str, &Device> = BTreeMap::new();
+    let loaded: HashSet<&str> = profiles
+        .iter()
+        .map(|loaded| loaded.profile.profile_id.as_str())
+        .collect();
+    let broken: HashSet<&str> = broken_ids.iter().map(String::as_str).collect();
+    let mut first_seen: HashMap<&str, &Device> = HashMap::new();
+    // Suggestions compare against every profile id; past the reported problems they would
+    // only cost time.
+    let mut suggestions_left = crate::error::MAX_REPORTED_PROBLEMS;
     for device in devices {
         if let Some(first) = first_seen.get(device.id.as_str()) {
-            problems.push(
-                Problem::validation(format!(
-                    "duplicate device id `{}` (also defined at {})",
-                    device.id, first.location
-                ))
-                .at(device.location.clone())
-                .with_label("defined again here"),
-            );
+            if problems.is_full() {
+                problems.count(ErrorCode::Validation);
+            } else {
+                problems.push(
+                    Problem::validation(format!(
+                        "duplicate device id `{}` (also defined at {})",
+                        device.id, first.location
+                    ))
+                    .at(device.location.clone())
+                    .with_label("defined again here"),
+                );
+            }
         } else {
             first_seen.insert(&device.id, device);
         }
-        let known = profiles
-            .iter()
-            .map(|loaded| loaded.profile.profile_id.as_str())
-            .chain(broken_ids.iter().map(String::as_str));
-        let loaded = profiles
-            .iter()
-            .any(|loaded| loaded.profile.profile_id == device.profile);
-        if !loaded && !broken_ids.contains(&device.profile) {
-            let mut problem = Problem::new(
-                crate::error::ErrorCode::ProfileNotFound,
-                format!(
-                    "device `{}` uses unknown profile `{}`",
-                    device.id, device.profile
-                ),
-            )
-            .at(device.profile_location.clone())
-            .with_label("no profile with this id");
-            if let Some(close) = suggest(&device.profile, known) {
+        let profile = device.profile.as_str();
+        if loaded.contains(profile) || broken.contains(profile) {
+            continue;
+        }
+        if problems.is_full() {
+            problems.count(ErrorCode::ProfileNotFound);
+            continue;
+        }
+        let mut problem = Problem::new(
+            ErrorCode::ProfileNotFound,
+            format!(
+                "device `{}` uses unknown profile `{}`",
+                device.id, device.profile
+            ),
+        )
+        .at(device.profile_location.clone())
+        .with_label("no profile with this id");
+        if suggestions_left > 0 {
+            suggestions_left -= 1;
+            let known = profiles
+                .iter()
+                .map(|loaded| loaded.profile.profile_id.as_str())
+                .chain(broken_ids.iter().map(String::as_str));
+            if let Some(close) = suggest(profile, known) {
                 problem = problem.with_help(format!("did you mean `{close}`?"));
             }
-            problems.push(problem);
         }
+        problems.push(problem);
     }
 }
 

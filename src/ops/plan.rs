@@ -50,16 +50,13 @@ pub fn save_plan(plan: &Plan, path: &Path) -> Result<()> {
 /// Reads a plan saved with `plan --out`; refuses another plan format.
 pub fn read_saved_plan(path: &Path) -> Result<Plan> {
     let bytes = std::fs::read(path).map_err(|error| {
-        if error.kind() == std::io::ErrorKind::NotFound {
-            Error::new(
-                ErrorCode::Validation,
-                format!("no saved plan `{}`", path.display()),
-            )
-            .with_help(
+        let missing = error.kind() == std::io::ErrorKind::NotFound;
+        let error = Error::io_user_path("reading", path, error);
+        match missing {
+            true => error.with_help(
                 "save one with `imagegen plan --out FILE`, or run `imagegen apply` without a file",
-            )
-        } else {
-            Error::io("reading", path, error)
+            ),
+            false => error,
         }
     })?;
     let plan: Plan = serde_json::from_slice(&bytes).map_err(|error| {
