@@ -308,7 +308,9 @@ fn copy_to_bin_dir(
     let Some(bin_dir) = &loaded.profile.bin_dir else {
         return Ok(());
     };
-    crate::build::copy_stored(&shared.cas, artifacts, &shared.fleet.root.join(bin_dir))?;
+    let target = crate::plan::resolve_bin_dir(shared.fleet, shared.settings, bin_dir)
+        .map_err(|why| crate::plan::bin_dir_error(&loaded.profile.profile_id, why))?;
+    crate::build::copy_stored(&shared.cas, artifacts, &target)?;
     Ok(())
 }
 

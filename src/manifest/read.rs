@@ -9,7 +9,7 @@ use super::names;
 use super::profile::{BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile};
 use super::rules::{
     check_builder_name, check_destination, check_id, check_name, check_owner, check_relative_path,
-    check_release, check_snapshot_policy, check_word, non_empty, parse_mode_text,
+    check_release, check_snapshot_policy, check_word, non_empty, parse_mode_text, read_bin_dir,
     read_relative_path,
 };
 use crate::error::{Location, Problem, Problems};
@@ -157,7 +157,7 @@ fn read_profile(mut reader: MapReader<'_, '_>) -> Option<Profile> {
     let description = text(&mut reader, "description");
     let tags = read_tags(&mut reader);
     let overlay_dir = read_relative_path(&mut reader, "overlay_dir");
-    let bin_dir = read_relative_path(&mut reader, "bin_dir");
+    let bin_dir = read_bin_dir(&mut reader);
     let provenance = reader.opt_bool("provenance").is_none_or(|flag| flag.value);
     let created_by = text(&mut reader, "created_by");
     let notes = text(&mut reader, "notes");

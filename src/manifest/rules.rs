@@ -172,6 +172,22 @@ pub(crate) fn read_relative_path(reader: &mut MapReader<'_, '_>, field: &str) ->
     Some(path.value)
 }
 
+/// `bin_dir`: a relative path inside the fleet, or an absolute one (allowed only under the
+/// operator's `bin_dir_roots`, which the plan checks against the effective settings).
+pub(crate) fn read_bin_dir(reader: &mut MapReader<'_, '_>) -> Option<String> {
+    let path = reader.opt_string("bin_dir")?;
+    if path.value.starts_with('/') {
+        let text = &path.value;
+        if text.split('/').any(|part| part == "..") || text.contains('\0') || text == "/" {
+            let message = format!("`bin_dir` must not be `/` or contain `..`, not `{text}`");
+            reader.invalid(path.span.clone(), message, "not a usable directory");
+        }
+    } else {
+        check_relative_path(reader, "bin_dir", &path);
+    }
+    Some(path.value)
+}
+
 /// Sources and overlay directories stay inside the fleet repository.
 pub(crate) fn check_relative_path(
     reader: &mut MapReader<'_, '_>,

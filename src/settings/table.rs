@@ -175,6 +175,12 @@ settings_table! {
         default: |_| Ok(true.into()),
         help: "Verify the usign signature of every `sha256sums`",
     }
+    bin_dir_roots: Vec<PathBuf> {
+        env: OWRT_IMG_BIN_DIR_ROOTS, flag: "bin-dir-root", short: None, value_name: "DIR",
+        kind: Kind::Paths,
+        default: |_| Ok(Vec::<PathBuf>::new().into()),
+        help: "Directories outside the fleet where a profile's absolute `bin_dir` may put image copies (repeat the flag; `:`-separated in the environment)",
+    }
     build_timeout: u64 {
         env: OWRT_IMG_BUILD_TIMEOUT, flag: "build-timeout", short: None, value_name: "SECONDS",
         kind: Kind::Count { max: MAX_BUILD_TIMEOUT },

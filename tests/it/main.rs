@@ -2,6 +2,7 @@
 //! library against temp dirs, a real redb file and real files.
 
 mod apply;
+mod bin_dir;
 mod build;
 mod cli;
 mod dashboard;
