@@ -334,12 +334,18 @@ impl Error {
     }
 
     /// An error that carries the problems found (at most [`MAX_REPORTED_PROBLEMS`], then
-    /// one "and N more problems" entry); the code is the first problem's code.
+    /// one "and N more problems" entry). The code is `validation` when any problem is one (a
+    /// broken file explains its consequences), else the first problem's code.
     pub fn from_problems(message: impl Into<String>, problems: Vec<Problem>) -> Error {
-        let code = problems
-            .first()
-            .map(|problem| problem.code)
-            .unwrap_or(ErrorCode::Validation);
+        let any_invalid = problems
+            .iter()
+            .any(|problem| problem.code == ErrorCode::Validation);
+        let code = match any_invalid {
+            true => ErrorCode::Validation,
+            false => problems
+                .first()
+                .map_or(ErrorCode::Validation, |problem| problem.code),
+        };
         let mut capped = Problems::new();
         capped.extend(problems);
         Error {

@@ -402,17 +402,26 @@ fn load_profiles(
         }
     }
     let mut profiles: Vec<LoadedProfile> = Vec::with_capacity(paths.len());
-    // Ids declared by files that failed to load: devices naming them are not "unknown".
+    // Ids declared by files that failed to load: devices naming them are not "unknown". A
+    // file that does not even parse declares nothing we can read; then no device reference
+    // can be judged, and none is reported (never a consequence of a broken file).
     let mut broken_ids = Vec::new();
+    let mut unreadable = false;
     let inside = Containment::Inside(root);
     for path in paths {
         match load_profile_in(&path, display_name(root, &path), inside) {
             Ok(loaded) => profiles.push(loaded),
             Err(found) => {
                 problems.extend(found);
-                broken_ids.extend(declared_profile_id(&path, inside));
+                match declared_profile_id(&path, inside) {
+                    Some(id) => broken_ids.push(id),
+                    None => unreadable = true,
+                }
             }
         }
+    }
+    if unreadable {
+        broken_ids.push(UNKNOWN_IDS.to_string());
     }
     check_duplicate_profiles(&profiles, problems);
     profiles.sort_by(|left, right| left.profile.profile_id.cmp(&right.profile.profile_id));
@@ -499,32 +508,20 @@ fn check_devices(
     broken_ids: &[String],
     problems: &mut Problems,
 ) {
+    check_duplicate_devices(devices, problems);
+    if broken_ids.iter().any(|id| id == UNKNOWN_IDS) {
+        return;
+    }
     let loaded: HashSet<&str> = profiles
         .iter()
         .map(|loaded| loaded.profile.profile_id.as_str())
         .collect();
     let broken: HashSet<&str> = broken_ids.iter().map(String::as_str).collect();
-    let mut first_seen: HashMap<&str, &Device> = HashMap::new();
+    let known: Vec<&str> = loaded.iter().chain(&broken).copied().collect();
     // Suggestions compare against every profile id; past the reported problems they would
     // only cost time.
     let mut suggestions_left = crate::error::MAX_REPORTED_PROBLEMS;
     for device in devices {
-        if let Some(first) = first_seen.get(device.id.as_str()) {
-            if problems.is_full() {
-                problems.count(ErrorCode::Validation);
-            } else {
-                problems.push(
-                    Problem::validation(format!(
-                        "duplicate device id `{}` (also defined at {})",
-                        device.id, first.location
-                    ))
-                    .at(device.location.clone())
-                    .with_label("defined again here"),
-                );
-            }
-        } else {
-            first_seen.insert(&device.id, device);
-        }
         let profile = device.profile.as_str();
         if loaded.contains(profile) || broken.contains(profile) {
             continue;
@@ -544,15 +541,47 @@ fn check_devices(
         .with_label("no profile with this id");
         if suggestions_left > 0 {
             suggestions_left -= 1;
-            let known = profiles
-                .iter()
-                .map(|loaded| loaded.profile.profile_id.as_str())
-                .chain(broken_ids.iter().map(String::as_str));
-            if let Some(close) = suggest(profile, known) {
-                problem = problem.with_help(format!("did you mean `{close}`?"));
-            }
+            problem = problem.with_help(unknown_profile_help(profile, &known));
         }
         problems.push(problem);
+    }
+}
+
+/// The closest profile id, or all of them when there are few.
+fn unknown_profile_help(profile: &str, known: &[&str]) -> String {
+    match suggest(profile, known.iter().copied()) {
+        Some(close) => format!("did you mean `{close}`?"),
+        None if known.is_empty() => {
+            "the fleet has no profiles yet; add one with `imagegen profiles import FILE`".into()
+        }
+        None if known.len() <= 5 => {
+            let mut listed: Vec<String> = known.iter().map(|id| format!("`{id}`")).collect();
+            listed.sort();
+            format!("the fleet's profiles: {}", listed.join(", "))
+        }
+        None => "`imagegen profiles list` shows the profile ids".into(),
+    }
+}
+
+fn check_duplicate_devices(devices: &[Device], problems: &mut Problems) {
+    let mut first_seen: HashMap<&str, &Device> = HashMap::new();
+    for device in devices {
+        let Some(first) = first_seen.get(device.id.as_str()) else {
+            first_seen.insert(&device.id, device);
+            continue;
+        };
+        if problems.is_full() {
+            problems.count(ErrorCode::Validation);
+            continue;
+        }
+        problems.push(
+            Problem::validation(format!(
+                "duplicate device id `{}` (also defined at {})",
+                device.id, first.location
+            ))
+            .at(device.location.clone())
+            .with_label("defined again here"),
+        );
     }
 }
 
@@ -819,3 +848,6 @@ mod tests {
         assert_eq!(matching(both), ["a", "b"]);
     }
 }
+
+/// Stands in `broken_ids` for "a profile file did not parse, its id is unknown".
+const UNKNOWN_IDS: &str = "\0unknown";
