@@ -502,6 +502,9 @@ fn check_duplicate_profiles(profiles: &[LoadedProfile], problems: &mut Problems)
     }
 }
 
+/// Stands in `broken_ids` for "a profile file did not parse, its id is unknown".
+const UNKNOWN_IDS: &str = "\0unknown";
+
 fn check_devices(
     devices: &[Device],
     profiles: &[LoadedProfile],
@@ -848,6 +851,3 @@ mod tests {
         assert_eq!(matching(both), ["a", "b"]);
     }
 }
-
-/// Stands in `broken_ids` for "a profile file did not parse, its id is unknown".
-const UNKNOWN_IDS: &str = "\0unknown";
