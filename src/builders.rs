@@ -587,6 +587,7 @@ pub fn fetch_pinned(
         )));
     }
     let client = client(settings)?;
+    crate::fsutil::ensure_private_dir(&settings.tmp_dir.value)?;
     let path = imagebuilder::fetch_builder(
         &client,
         &metadata,

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::{BuildJob, Done, Payload, Shared};
-use crate::build::{BuildManifest, BuildRequest, prepare_slot, run_build, verify_slot};
+use crate::build::{
+    BuildManifest, BuildRequest, SandboxMode, prepare_slot, run_build, verify_slot,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{StepContext, StepOutcome, StepSpec};
 use crate::state::{
@@ -219,6 +221,7 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
             .with_help(format!("run `imagegen builders ensure {}`", triple.key()))
         })?;
     let work = &shared.settings.tmp_dir.value;
+    crate::fsutil::ensure_private_dir(work)?;
     let slot = context.slot();
     let stage_dir = fresh_dir(&work.join("stage").join(format!("slot-{slot}")))?;
     context.progress("staging overlay", None);
@@ -262,6 +265,7 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
         log_path: &log_path,
         timeout: std::time::Duration::from_secs(shared.settings.build_timeout.value),
         cancel: context.cancel_flag(),
+        sandbox: sandbox_mode()?,
     })?;
     verify_slot(&slot_dir)?;
     context.progress("storing artifacts", None);
@@ -301,6 +305,15 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
         started_at,
         finished_at: unix_now(),
     })
+}
+
+// TODO(lead): settings table — a `sandbox` setting (`OWRT_IMG_SANDBOX`, `--sandbox`, default
+// `auto`) resolved in src/settings.rs; until then the environment variable alone.
+fn sandbox_mode() -> Result<SandboxMode> {
+    match std::env::var("OWRT_IMG_SANDBOX") {
+        Ok(text) => SandboxMode::parse(&text),
+        Err(_) => Ok(SandboxMode::default()),
+    }
 }
 
 /// A profile's `bin_dir` (relative to the fleet root) gets a copy of its artifacts, from the

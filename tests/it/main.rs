@@ -11,6 +11,7 @@ mod lock_cli;
 mod manifest;
 mod overlay;
 mod plan_state;
+mod sandbox;
 mod standin;
 mod state;
 mod support;
