@@ -171,9 +171,15 @@ pub(crate) fn meta_dir(slot_dir: &Path) -> PathBuf {
 /// the staged root filesystems (`build_dir/*/root-*`, `root.orig-*`), which carry the
 /// overlay's modes (setuid files, world-writable directories). The rest of the slot waits
 /// for the next reset; nothing left in it comes from the overlay.
+///
+/// The build may have replaced any directory of the slot with a symlink to a host path; only
+/// real directories are entered (nothing of the build runs any more to swap them meanwhile).
 pub(crate) fn scrub_after_build(slot_dir: &Path) -> Result<()> {
     remove_tree(&private_files_dir(slot_dir))?;
     let build_dir = slot_dir.join("build_dir");
+    if !fs::symlink_metadata(&build_dir).is_ok_and(|metadata| metadata.is_dir()) {
+        return Ok(());
+    }
     let Ok(targets) = fs::read_dir(&build_dir) else {
         return Ok(());
     };

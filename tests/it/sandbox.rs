@@ -640,6 +640,49 @@ fn a_build_cannot_forge_the_slot_records_or_write_the_pristine_tree() {
 }
 
 #[test]
+fn cleaning_the_slot_does_not_follow_a_planted_symlink() {
+    if !sandbox_works("cleaning_the_slot_does_not_follow_a_planted_symlink") {
+        return;
+    }
+    let standin = Standin::new();
+    // A host directory shaped like `build_dir`: imagegen (root) deletes `*/root-*` there
+    // after the build if it follows the link the build leaves in the slot.
+    let victim = tempfile::Builder::new()
+        .prefix("sandbox-victim-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("victim");
+    fs::create_dir_all(victim.path().join("target-x/root-x")).expect("mkdir");
+    let overlay = standin.postinst_overlay(
+        "overlay",
+        &format!(
+            "#!/bin/sh\n\
+             mv \"$TOPDIR/build_dir\" \"$TOPDIR/build_dir.moved\"\n\
+             ln -s '{}' \"$TOPDIR/build_dir\"\n\
+             exit 0\n",
+            victim.path().display()
+        ),
+    );
+    let result = standin.build(
+        &overlay,
+        "swap",
+        SandboxMode::Sandbox,
+        Duration::from_secs(120),
+    );
+    assert!(
+        result.is_err(),
+        "the build cannot finish without its build_dir"
+    );
+    assert!(
+        fs::symlink_metadata(standin.path("slot/build_dir"))
+            .expect("the planted link")
+            .file_type()
+            .is_symlink(),
+        "the postinst did not plant its link"
+    );
+    assert!(victim.path().join("target-x/root-x").is_dir());
+}
+
+#[test]
 fn a_timeout_stops_everything_in_the_sandbox() {
     if !sandbox_works("a_timeout_stops_everything_in_the_sandbox") {
         return;
