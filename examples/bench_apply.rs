@@ -66,18 +66,6 @@ fn fleet(dir: &Path, data: &Path, count: usize, cpu_seconds: f64) {
     }
 }
 
-/// User + system CPU seconds of this process's waited-for children (imagegen, and through
-/// it make, bwrap and everything they ran): on a loaded machine a steadier measure of what a
-/// build costs than wall time.
-fn children_cpu_seconds() -> f64 {
-    // SAFETY: rusage is plain data; getrusage fills it and touches nothing else.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid out-pointer for the duration of the call.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
-}
-
 fn imagegen(binary: &Path, dir: &Path, args: &[&str]) -> (f64, String) {
     let state = dir.join("state");
     let started = Instant::now();
@@ -111,9 +99,7 @@ fn makespan(binary: &Path, data: &Path) {
     fleet(dir.path(), data, 8, 2.0);
     imagegen(binary, dir.path(), &["lock"]);
     imagegen(binary, dir.path(), &["builders", "ensure"]);
-    let cpu_before = children_cpu_seconds();
     let (wall, stdout) = imagegen(binary, dir.path(), &["apply", "--json"]);
-    let cpu = children_cpu_seconds() - cpu_before;
     let summary: serde_json::Value =
         serde_json::from_str(stdout.lines().last().expect("summary")).expect("json");
     let steps = summary["report"]["steps"].as_array().expect("steps");
@@ -138,7 +124,7 @@ fn makespan(binary: &Path, data: &Path) {
         run_ms / ideal
     );
     println!(
-        "    per-build step durations: {:?}; CPU of the apply {cpu:.2} s",
+        "    per-build step durations: {:?}",
         builds.iter().map(|b| format!("{b:.2}")).collect::<Vec<_>>()
     );
 }
@@ -153,13 +139,10 @@ fn noop(binary: &Path, data: &Path) {
     imagegen(binary, dir.path(), &["builders", "ensure"]);
     // The first apply is 100 `make image` runs that burn no CPU on purpose: what it costs
     // is imagegen's per-build overhead (slot reset, sandbox, make, hashing, recording).
-    let cpu_before = children_cpu_seconds();
     let (first, _) = imagegen(binary, dir.path(), &["apply"]);
-    let cpu = children_cpu_seconds() - cpu_before;
     println!(
-        "(b0) 100 builds of 0 CPU s on 2 slots (per-build overhead): wall {first:.2} s ({:.0} ms per build and slot), CPU {cpu:.2} s ({:.0} ms per build)",
-        first * 2.0 * 1000.0 / 100.0,
-        cpu * 1000.0 / 100.0
+        "(b0) 100 builds of 0 CPU s on 2 slots (per-build overhead): {first:.2} s, {:.0} ms per build and slot",
+        first * 2.0 * 1000.0 / 100.0
     );
     let mut times: Vec<f64> = (0..7)
         .map(|_| imagegen(binary, dir.path(), &["apply"]).0)

@@ -224,6 +224,7 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
     crate::fsutil::ensure_private_dir(work)?;
     let slot = context.slot();
     let stage_dir = fresh_dir(&work.join("stage").join(format!("slot-{slot}")))?;
+    let mut scratch = Scratch(vec![stage_dir.clone()]);
     context.progress("staging overlay", None);
     let digest = crate::overlay::stage(
         &crate::plan::overlay_input(shared.fleet, loaded),
@@ -243,6 +244,7 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
     let slot_dir = work.join("slots").join(format!("slot-{slot}"));
     prepare_slot(&pristine, &slot_dir)?;
     let output_dir = fresh_dir(&work.join("out").join(format!("slot-{slot}")))?;
+    scratch.0.push(output_dir.clone());
     let logs = shared.settings.artifacts_dir.value.join("logs");
     std::fs::create_dir_all(&logs).map_err(|error| Error::io("creating", &logs, error))?;
     let log_path = logs.join(format!("{}-{}.log", job.key, started_at));
@@ -292,8 +294,7 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
     }
     manifest.write_to(&manifest_path)?;
     copy_to_bin_dir(shared, loaded, &artifacts)?;
-    let _ = std::fs::remove_dir_all(&output_dir);
-    let _ = std::fs::remove_dir_all(&stage_dir);
+    drop(scratch);
     Ok(BuildDone {
         key: job.key.clone(),
         profile_id: job.profile_id.clone(),
@@ -342,6 +343,18 @@ fn copy_to_bin_dir(
 }
 
 /// An empty directory at `path` (whatever a previous, interrupted run left there is removed).
+/// A build's staged overlay and output directory, removed however the step ends: the overlay
+/// may hold setuid files and secrets that must not outlive the build.
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn fresh_dir(path: &Path) -> Result<PathBuf> {
     if path.exists() {
         std::fs::remove_dir_all(path).map_err(|error| Error::io("removing", path, error))?;

@@ -158,6 +158,52 @@ pub fn sandbox_unavailable() -> Option<String> {
     available(std::env::var_os("PATH").as_deref()).err()
 }
 
+/// Kills what is left of earlier sandboxes of `slot`: bwrap processes whose command line
+/// mounts it. When imagegen is killed while bwrap sets a sandbox up, bwrap's child is not
+/// yet bound to die with its parent (bwrap arms that only later) and can live on, stuck or
+/// running a build nobody supervises; the next use of the slot must not share it with that.
+pub(crate) fn stop_stale_sandboxes(slot: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(slot) = fs::canonicalize(slot) else {
+        return;
+    };
+    let slot = slot.as_os_str().as_bytes();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    let stale: Vec<i32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let is_bwrap =
+                fs::read(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm == b"bwrap\n");
+            is_bwrap
+                && fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| cmdline.split(|byte| *byte == 0).any(|arg| arg == slot))
+        })
+        .collect();
+    for pid in &stale {
+        tracing::warn!(pid, "killing a stale build sandbox of this slot");
+        // SAFETY: kill(2) of a process id; no memory is involved.
+        unsafe {
+            libc::kill(*pid, libc::SIGKILL);
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while stale.iter().any(|pid| is_live(*pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+fn is_live(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 /// Decides how a build runs in `mode`. `path` is the `PATH` to find `bwrap` (and, as root,
 /// `setpriv`) in. Fails only in [`SandboxMode::Sandbox`] when no sandbox is possible.
 pub(crate) fn choose(mode: SandboxMode, path: Option<&OsStr>) -> Result<Isolation> {
@@ -319,10 +365,10 @@ impl Bwrap {
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
-            // No controlling terminal, so no TIOCSTI keystrokes into the user's shell. The
-            // new session leaves imagegen's process group, so stopping the group stops
-            // bwrap, and the PID namespace takes everything inside down with it.
-            "--new-session",
+            // No `--new-session`: the build already runs in a session of its own without a
+            // terminal (`process`), and staying in that process group keeps every process
+            // of the sandbox, its PID namespace's init included, under imagegen's group
+            // signals and its wait for an empty group.
             "--hostname",
             "imagegen-build",
         ];

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use super::fsops::{DirFd, EntryKind, RawEntry, c_path};
 use super::placement::{Placement, SLOT_META_DIR, is_kept_on_reset, placement};
 use super::records::{CopyIdentity, FileFacts, Record, RecordKind, read_records, write_records};
-use super::sandbox::build_owner;
+use super::sandbox::{build_owner, stop_stale_sandboxes};
 use crate::error::{Error, ErrorCode, Result};
 
 /// 2: directories and private copies belong to the build user when imagegen is root.
@@ -88,11 +88,13 @@ struct SlotState {
 
 /// Makes `slot_dir` a private working copy of the pristine Image Builder at `pristine`:
 /// fresh when the slot is missing, damaged or made from another tree, otherwise reset.
-/// The caller guarantees that no build runs in this slot meanwhile.
+/// The caller guarantees that no build runs in this slot meanwhile; what is left of a
+/// sandbox whose imagegen was killed is stopped first.
 pub fn prepare_slot(pristine: &Path, slot_dir: &Path) -> Result<SlotReport> {
     let started = Instant::now();
     let pristine = canonical_pristine(pristine)?;
     let slot_dir = absolute(slot_dir)?;
+    stop_stale_sandboxes(&slot_dir);
     if slot_dir.starts_with(&pristine) || pristine.starts_with(&slot_dir) {
         return Err(Error::new(
             ErrorCode::Precondition,

@@ -683,6 +683,41 @@ fn cleaning_the_slot_does_not_follow_a_planted_symlink() {
 }
 
 #[test]
+fn preparing_a_slot_stops_a_stale_sandbox_of_it() {
+    if !sandbox_works("preparing_a_slot_stops_a_stale_sandbox_of_it") {
+        return;
+    }
+    let standin = Standin::new();
+    let slot = standin.prepare();
+    // What imagegen killed during bwrap's set-up leaves behind: a sandbox of this slot that
+    // nobody supervises.
+    let tag = format!("imagegen-sandbox-stale-{}", std::process::id());
+    let mut stale = std::process::Command::new("bwrap");
+    stale
+        .args(["--die-with-parent", "--unshare-pid", "--new-session"])
+        .args(["--ro-bind", "/", "/", "--bind"])
+        .arg(&slot)
+        .args(["/mnt", "--", "bash", "-c"])
+        .arg(format!("exec -a {tag} sleep 1000"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut stale = stale.spawn().expect("spawn bwrap");
+    assert!(
+        wait_until(Duration::from_secs(30), || !tagged_processes(&tag)
+            .is_empty()),
+        "the stale sandbox never started"
+    );
+    prepare_slot(&standin.pristine, &slot).expect("reset");
+    let gone = wait_until(Duration::from_secs(20), || {
+        tagged_processes(&tag).is_empty()
+    });
+    let _ = stale.kill();
+    let _ = stale.wait();
+    assert!(gone, "the stale sandbox survived the reset");
+}
+
+#[test]
 fn a_timeout_stops_everything_in_the_sandbox() {
     if !sandbox_works("a_timeout_stops_everything_in_the_sandbox") {
         return;
@@ -738,6 +773,32 @@ fn the_slot_keeps_nothing_of_the_overlay_after_a_build() {
     );
     let mut found = Vec::new();
     risky_entries(&fleet.state_dir().join("work"), &mut found);
+    assert_eq!(found, Vec::<String>::new());
+}
+
+#[test]
+fn a_failed_build_leaves_no_overlay_behind() {
+    let fleet = fleet(Some("#!/bin/sh\nexit 3\n"), "");
+    let base = fleet.path().join("files/base");
+    fs::create_dir_all(&base).expect("mkdir");
+    fs::write(base.join("tool"), "#!/bin/sh\n").expect("tool");
+    fs::set_permissions(base.join("tool"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+    let profile = fs::read_to_string(fleet.path().join("profiles/gw.yaml")).expect("profile");
+    fleet.write(
+        "profiles/gw.yaml",
+        &format!("{profile}overlay_dir: files/base\n"),
+    );
+    let run = apply(&fleet, "auto");
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let work = fleet.state_dir().join("work");
+    for scratch in ["stage/slot-0", "out/slot-0"] {
+        assert!(
+            !work.join(scratch).exists(),
+            "{scratch} survived the failed build"
+        );
+    }
+    let mut found = Vec::new();
+    risky_entries(&work, &mut found);
     assert_eq!(found, Vec::<String>::new());
 }
 
