@@ -313,6 +313,10 @@ pub struct BuildManifest {
     pub started_at: String,
     pub finished_at: String,
     pub imagebuilder: ImagebuilderFacts,
+    /// Whether `make image` ran in the build sandbox (absent in manifests written before
+    /// the sandbox existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<super::SandboxReport>,
 }
 
 impl BuildManifest {
@@ -346,6 +350,7 @@ impl BuildManifest {
                 triple: inputs.builder.triple.clone(),
                 version_code: built_revision.or_else(|| inputs.builder.version_code.clone()),
             },
+            sandbox: Some(output.sandbox.clone()),
         }
     }
 

@@ -188,6 +188,7 @@ pub fn fetch_pinned(
             "run `imagegen lock --upgrade {triple}` and review the change"
         )));
     }
+    crate::fsutil::ensure_private_dir(&settings.tmp_dir.value)?;
     let path = super::fetch_builder(
         &client(settings)?,
         &metadata,

@@ -122,10 +122,14 @@ pub(crate) fn describe_char(c: char) -> String {
 /// before `make` runs. `None` when the value is safe.
 pub(crate) fn make_variable_problem(name: &str, value: &str) -> Option<String> {
     let words = |value: &str, rule: fn(&str) -> Option<String>| {
-        value.split(' ').find_map(|word| {
-            let word = word.strip_prefix('-').unwrap_or(word);
-            rule(word).map(|problem| format!("`{word}`: {problem}"))
-        })
+        // An empty list (`PACKAGES=`) is valid: the profile adds and removes nothing.
+        value
+            .split(' ')
+            .filter(|word| !word.is_empty())
+            .find_map(|word| {
+                let word = word.strip_prefix('-').unwrap_or(word);
+                rule(word).map(|problem| format!("`{word}`: {problem}"))
+            })
     };
     let specific = match name {
         "PACKAGES" => words(value, package_name_problem),
@@ -151,6 +155,13 @@ pub(crate) fn make_variable_problem(name: &str, value: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_lists_are_valid_make_values() {
+        assert_eq!(make_variable_problem("PACKAGES", ""), None);
+        assert_eq!(make_variable_problem("DISABLED_SERVICES", ""), None);
+        assert!(make_variable_problem("PACKAGES", "luci $(x)").is_some());
+    }
 
     #[test]
     fn package_names() {

@@ -35,8 +35,7 @@ pub(crate) enum OwnerPolicy {
 
 impl OwnerPolicy {
     fn from_environment() -> OwnerPolicy {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
+        if crate::fsutil::effective_uid() == 0 {
             OwnerPolicy::Apply(IdTables::load(Path::new("/")))
         } else {
             OwnerPolicy::Skip

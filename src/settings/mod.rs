@@ -382,9 +382,10 @@ impl Defaults<'_> {
         self.xdg_dir(env_vars::XDG_CACHE_HOME, ".cache")
     }
 
+    /// Per user: another user cannot plant links in it or read the builds (docs/security.md).
     fn tmp_dir(&self) -> PathBuf {
         let base = env_value(self.env, env_vars::TMPDIR).unwrap_or("/tmp");
-        Path::new(base).join(APP_DIR)
+        Path::new(base).join(format!("{APP_DIR}-{}", crate::fsutil::effective_uid()))
     }
 
     /// `$XDG_…/openwrt-imagegen`, else `$HOME/<fallback>/openwrt-imagegen`. The XDG spec says

@@ -103,6 +103,7 @@ macro_rules! settings_table {
 }
 
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+const SANDBOX_MODES: &[&str] = &["auto", "sandbox", "none"];
 /// More concurrent jobs than this is a typo, not a machine.
 const MAX_JOBS: u64 = 256;
 /// A build running longer than a day is stuck.
@@ -180,6 +181,12 @@ settings_table! {
         kind: Kind::Paths,
         default: |_| Ok(Vec::<PathBuf>::new().into()),
         help: "Directories outside the fleet where a profile's absolute `bin_dir` may put image copies (repeat the flag; `:`-separated in the environment)",
+    }
+    sandbox: String {
+        env: OWRT_IMG_SANDBOX, flag: "sandbox", short: None, value_name: "MODE",
+        kind: Kind::Choice(SANDBOX_MODES),
+        default: |_| Ok("auto".to_string().into()),
+        help: "Run `make image` sandboxed: `auto` (when bubblewrap works, else warn on every build), `sandbox` (always; fail without) or `none`",
     }
     build_timeout: u64 {
         env: OWRT_IMG_BUILD_TIMEOUT, flag: "build-timeout", short: None, value_name: "SECONDS",

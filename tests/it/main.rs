@@ -21,6 +21,7 @@ mod overlay;
 mod parse_scale;
 mod plan_state;
 mod readme;
+mod sandbox;
 mod serve_support;
 mod server;
 mod server_schema;
