@@ -6,7 +6,7 @@ use super::commands::{plural, to_filter};
 use super::context::Context;
 use super::display::reporter_for;
 use crate::apply::ApplyReport;
-use crate::error::{Result, exit};
+use crate::error::{Result, exit, printable};
 use crate::exec::{OutcomeKind, install_interrupt_handler};
 use crate::lock::{Change, LockReport};
 use crate::ops::{self, ApplyRequest, BuildRequest, ProfileImages, RunHooks};
@@ -29,7 +29,7 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
             return;
         }
         match args.verbose {
-            true => print!("{}", plan::render_text(plan, false)),
+            true => print!("{}", printable(&plan::render_text(plan, false))),
             false => println!("{}", plan::summary_line(plan)),
         }
     };
@@ -49,7 +49,7 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
         if context.json() {
             print_summary_event(&outcome.summary_event());
         } else {
-            print!("{}", plan::render_text(&outcome.plan, false));
+            print!("{}", printable(&plan::render_text(&outcome.plan, false)));
         }
         return Ok(exit::OK);
     };
