@@ -55,6 +55,7 @@ pub fn validate(workspace: &Workspace, request: &ValidateRequest) -> Result<Vali
     let options = PlanOptions {
         locked: request.locked,
         offline: settings.offline.value,
+        ..PlanOptions::default()
     };
     let prepared = plan::prepare(fleet, settings, &options)?;
     let skipped = skipped_checks(fleet, &prepared, settings.offline.value);

@@ -4,16 +4,21 @@
 
 use std::collections::BTreeMap;
 
+use std::collections::BTreeSet;
+
+use super::capability;
 use super::diff::{
     Desired, DesiredBuild, DesiredBuilder, DesiredFlash, Recorded, RecordedBuild, RecordedBuilder,
     RecordedDevice, diff,
 };
+use super::graph::PlanGraph;
 use super::model::{Fingerprint, Plan};
+use super::select::{Selection, select};
 use super::upstream::{UpstreamCheck, check_upstream};
 use crate::error::{Error, ErrorCode, Problems, Result};
 use crate::key::{
-    ACTION_SCHEMA_VERSION, BuildInputs, BuilderPin, ImageOptions, OverlayFact, OverlayInputs,
-    normalize_names,
+    ACTION_SCHEMA_VERSION, BuildInputs, BuilderPin, ImageOptions, InitramfsImage, OverlayFact,
+    OverlayInputs, normalize_names,
 };
 use crate::lock::LockFile;
 use crate::manifest::{Fleet, LoadedProfile};
@@ -31,6 +36,8 @@ pub struct PlanOptions {
     pub locked: bool,
     /// Never touch the network; list what would be needed.
     pub offline: bool,
+    /// The part of the fleet to plan; empty: all of it.
+    pub selection: Selection,
 }
 
 /// Computes the plan of a fleet against the state store named by `settings`.
@@ -55,7 +62,14 @@ pub fn prepare(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
     if options.locked {
         check_locked(fleet, lock.as_ref())?;
     }
-    let upstream = check_upstream(fleet, lock.as_ref(), settings)?;
+    let mut upstream = check_upstream(fleet, lock.as_ref(), settings)?;
+    // What no Image Builder can do is refused even when upstream could not be consulted.
+    let refused: Vec<_> = fleet
+        .profiles
+        .iter()
+        .flat_map(capability::profile_problems)
+        .collect();
+    upstream.problems.splice(0..0, refused);
     upstream.problems_to_result()?;
     if options.locked && !upstream.moved.is_empty() {
         let moved: Vec<String> = upstream
@@ -81,16 +95,24 @@ pub fn compute_with(
 ) -> Result<Plan> {
     let Prepared { lock, upstream } = prepare(fleet, settings, options)?;
     let digests = overlay_digests(fleet, store)?;
-    let desired = desired_state(fleet, lock.as_ref(), &digests);
+    let desired = desired_state(fleet, lock.as_ref(), &digests, &upstream)?;
     let reader = store.read()?;
     let cas = crate::cas::Cas::open(&settings.artifacts_dir.value)?;
-    let recorded = recorded_state(&fleet.name, &reader, &cas)?;
+    let wanted: BTreeSet<String> = desired
+        .builds
+        .iter()
+        .filter_map(|build| build.inputs.key().map(|key| key.0))
+        .collect();
+    let recorded = recorded_state(&fleet.name, &reader, &cas, &wanted)?;
     let fingerprint = Fingerprint {
         fleet: fleet_fingerprint(fleet),
         lock: lock_fingerprint(fleet)?,
         state: state_fingerprint(&recorded),
     };
     let mut plan = diff(&desired, &recorded, fingerprint);
+    // The graph is checked once here (no cycle, no duplicate address) for every consumer.
+    PlanGraph::new(&plan)?;
+    select(&mut plan, fleet, &options.selection)?;
     plan.notices = upstream_notices(&upstream, lock.is_some());
     if options.offline {
         plan.offline_needs = plan
@@ -240,7 +262,12 @@ fn overlay_digests(fleet: &Fleet, store: &Store) -> Result<Vec<OverlayDigest>> {
     Ok(digests)
 }
 
-fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDigest]) -> Desired {
+fn desired_state(
+    fleet: &Fleet,
+    lock: Option<&LockFile>,
+    digests: &[OverlayDigest],
+    upstream: &UpstreamCheck,
+) -> Result<Desired> {
     let mut builders: BTreeMap<Triple, DesiredBuilder> = BTreeMap::new();
     let mut builds = Vec::new();
     for (loaded, digest) in fleet.profiles.iter().zip(digests) {
@@ -256,10 +283,15 @@ fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDiges
             pin: pin.clone(),
             archive: entry.map(|entry| entry.archive.clone()),
         });
+        let initramfs = match profile.build_defaults.initramfs {
+            true => Some(initramfs_pin(loaded, upstream)?),
+            false => None,
+        };
         builds.push(DesiredBuild {
             profile_id: profile.profile_id.clone(),
             device_id: profile.device_id.clone(),
-            inputs: build_inputs(loaded, pin, digest),
+            inputs: build_inputs(loaded, pin, digest, initramfs),
+            rebuild_if_cached: profile.build_defaults.rebuild_if_cached,
         });
     }
     let flashes = fleet
@@ -275,13 +307,40 @@ fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDiges
             })
         })
         .collect();
-    Desired {
+    Ok(Desired {
         fleet: fleet.name.clone(),
         builders: builders.into_values().collect(),
         builds,
         flashes,
         allow_flash: false,
-    }
+    })
+}
+
+/// The initramfs image a profile asks for, as the pinned `profiles.json` lists it. Its
+/// sha256 is a key input, so the profiles.json must be at hand (cached by `imagegen lock`).
+fn initramfs_pin(loaded: &LoadedProfile, upstream: &UpstreamCheck) -> Result<InitramfsImage> {
+    let profile = &loaded.profile;
+    let triple = profile.triple();
+    let Some(info) = upstream.device(&triple, &profile.imagebuilder_profile) else {
+        return Err(Error::new(
+            ErrorCode::Precondition,
+            format!(
+                "`build_defaults.initramfs` of `{}` needs the profiles.json of {triple}, which is neither cached nor reachable",
+                profile.profile_id
+            ),
+        )
+        .with_help("run `imagegen lock` with the mirror reachable; it caches the pinned profiles.json for later offline runs"));
+    };
+    capability::initramfs_image(info).ok_or_else(|| {
+        Error::new(
+            ErrorCode::Validation,
+            format!(
+                "`{}` has no initramfs image in the profiles.json of {triple}",
+                profile.imagebuilder_profile
+            ),
+        )
+        .with_help("remove `build_defaults.initramfs`")
+    })
 }
 
 /// One profile's key inputs. Everything that changes the image, nothing that doesn't.
@@ -289,6 +348,7 @@ pub fn build_inputs(
     loaded: &LoadedProfile,
     builder: BuilderPin,
     digest: &OverlayDigest,
+    initramfs: Option<InitramfsImage>,
 ) -> BuildInputs {
     let profile = &loaded.profile;
     let entries = digest
@@ -324,6 +384,7 @@ pub fn build_inputs(
                 .filesystem
                 .map(|filesystem| filesystem.as_str().to_string()),
             provenance: profile.provenance,
+            initramfs,
         },
     }
 }
@@ -336,7 +397,14 @@ fn entry_kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-fn recorded_state(fleet: &str, reader: &Reader, cas: &crate::cas::Cas) -> Result<Recorded> {
+/// What the store recorded for the fleet, and which of the `wanted` keys (that no pointer of
+/// the fleet names yet) a recorded build could serve.
+fn recorded_state(
+    fleet: &str,
+    reader: &Reader,
+    cas: &crate::cas::Cas,
+    wanted: &BTreeSet<String>,
+) -> Result<Recorded> {
     let mut recorded = Recorded::default();
     for builder in reader.builders()? {
         let ready = builder.status == crate::state::BuilderStatus::Ready;
@@ -377,6 +445,30 @@ fn recorded_state(fleet: &str, reader: &Reader, cas: &crate::cas::Cas) -> Result
             },
         );
     }
+    let pointed: BTreeSet<&str> = recorded
+        .builds
+        .values()
+        .filter(|build| build.usable)
+        .map(|build| build.key.as_str())
+        .collect();
+    let mut reusable = BTreeSet::new();
+    for key in wanted {
+        if pointed.contains(key.as_str()) {
+            reusable.insert(key.clone());
+            continue;
+        }
+        let usable = reader.build(key)?.is_some_and(|record| {
+            record.status == BuildStatus::Succeeded
+                && record
+                    .artifacts
+                    .iter()
+                    .all(|artifact| blob_intact(cas, &artifact.sha256, artifact.size))
+        });
+        if usable {
+            reusable.insert(key.clone());
+        }
+    }
+    recorded.reusable = reusable;
     for (device_id, pointer) in reader.device_pointers(fleet)? {
         recorded.devices.insert(
             device_id,

@@ -13,6 +13,7 @@ mod manifest;
 mod overlay;
 mod plan_state;
 mod readme;
+mod reconcile;
 mod standin;
 mod state;
 mod support;

@@ -76,6 +76,8 @@ fn build(key: &str, started_at: i64) -> BuildRecord {
         manifest_path: None,
         artifacts: vec![artifact_ref(&"cd".repeat(32))],
         error: None,
+        applied_by: Vec::new(),
+        kept_build_dir: None,
     }
 }
 
