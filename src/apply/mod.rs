@@ -203,11 +203,12 @@ fn to_steps(
     // The build steps of this run that share a key, in graph order: the first one builds.
     let mut by_key: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
     for action in graph.in_order() {
-        if runs(action) && action.resource == Resource::Build && action.action != ActionKind::Remove
+        if let Some(key) = &action.key
+            && runs(action)
+            && action.resource == Resource::Build
+            && action.action != ActionKind::Remove
         {
-            if let Some(key) = &action.key {
-                by_key.entry(key.as_str()).or_default().push(action);
-            }
+            by_key.entry(key.as_str()).or_default().push(action);
         }
     }
     let mut specs = Vec::new();

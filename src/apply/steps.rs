@@ -250,6 +250,13 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
     make_image(shared, job, loaded, context)
 }
 
+/// The private directories of one build in its worker slot.
+struct Workdirs {
+    stage: PathBuf,
+    slot: PathBuf,
+    output: PathBuf,
+}
+
 /// Runs `make image` for a build that could not be reused.
 fn make_image(
     shared: &Shared,
@@ -258,6 +265,75 @@ fn make_image(
     context: &StepContext,
 ) -> Result<BuildDone> {
     let started_at = unix_now();
+    let dirs = prepare_workdirs(shared, job, loaded, context)?;
+    let logs = shared.settings.artifacts_dir.value.join("logs");
+    let log_path = new_log(&logs, &job.key, started_at)?;
+    let provenance = job.inputs.provenance(&BuildKey(job.key.clone()));
+    context.progress("make image", None);
+    let built = run_build(&BuildRequest {
+        inputs: &job.inputs,
+        build_key: &job.key,
+        slot_dir: &dirs.slot,
+        files_dir: Some(&dirs.stage),
+        provenance: job.inputs.options.provenance.then_some(&provenance),
+        output_dir: &dirs.output,
+        log_path: &log_path,
+        timeout: std::time::Duration::from_secs(shared.settings.build_timeout.value),
+        cancel: context.cancel_flag(),
+    })
+    .and_then(|output| verify_slot(&dirs.slot).map(|()| output));
+    // The slot is this step's until it returns; the next build in it resets it, so the
+    // tree is kept now, after a failure too (that is when it helps most).
+    let kept = match (&built, job.keep_build_dir) {
+        (Err(error), _) if error.code == ErrorCode::Interrupted => None,
+        (_, true) => {
+            context.progress("keeping the build tree", None);
+            let root = shared.settings.tmp_dir.value.join("kept");
+            Some(super::kept::keep_tree(&dirs.slot, &root, &job.key)?)
+        }
+        (_, false) => None,
+    };
+    let output = built.map_err(|error| match &kept {
+        Some(path) => with_kept_dir(error, path),
+        None => error,
+    })?;
+    let artifacts = store_outputs(shared, job, loaded, &output, &dirs.output, context)?;
+    let manifest = BuildManifest::new(&job.profile_id, &job.key, &job.inputs, &output);
+    let manifest_path = shared
+        .settings
+        .artifacts_dir
+        .value
+        .join("manifests")
+        .join(format!("{}.json", job.key));
+    if let Some(parent) = manifest_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|error| Error::io("creating", parent, error))?;
+    }
+    manifest.write_to(&manifest_path)?;
+    copy_to_bin_dir(shared, loaded, &artifacts)?;
+    let _ = std::fs::remove_dir_all(&dirs.output);
+    let _ = std::fs::remove_dir_all(&dirs.stage);
+    Ok(BuildDone {
+        key: job.key.clone(),
+        profile_id: job.profile_id.clone(),
+        inputs: job.inputs.clone(),
+        cache_hit: false,
+        artifacts,
+        log_path: Some(log_path),
+        manifest_path: Some(manifest_path),
+        kept_build_dir: kept,
+        started_at,
+        finished_at: unix_now(),
+    })
+}
+
+/// Stages the overlay (checking it is still what the plan hashed), prepares the worker
+/// slot from the pristine Image Builder and empties the output directory.
+fn prepare_workdirs(
+    shared: &Shared,
+    job: &BuildJob,
+    loaded: &crate::manifest::LoadedProfile,
+    context: &StepContext,
+) -> Result<Workdirs> {
     let triple = loaded.profile.triple();
     let pristine =
         crate::imagebuilder::cache::ready_path(shared.store, shared.pinned(&triple), &triple)?
@@ -270,12 +346,9 @@ fn make_image(
             })?;
     let work = &shared.settings.tmp_dir.value;
     let slot = context.slot();
-    let stage_dir = fresh_dir(&work.join("stage").join(format!("slot-{slot}")))?;
+    let stage = fresh_dir(&work.join("stage").join(format!("slot-{slot}")))?;
     context.progress("staging overlay", None);
-    let digest = crate::overlay::stage(
-        &crate::plan::overlay_input(shared.fleet, loaded),
-        &stage_dir,
-    )?;
+    let digest = crate::overlay::stage(&crate::plan::overlay_input(shared.fleet, loaded), &stage)?;
     if digest.tree_hash != job.inputs.overlay.tree_hash {
         return Err(Error::new(
             ErrorCode::StalePlan,
@@ -289,41 +362,24 @@ fn make_image(
     context.progress("preparing worker slot", None);
     let slot_dir = work.join("slots").join(format!("slot-{slot}"));
     prepare_slot(&pristine, &slot_dir)?;
-    let output_dir = fresh_dir(&work.join("out").join(format!("slot-{slot}")))?;
-    let logs = shared.settings.artifacts_dir.value.join("logs");
-    let log_path = new_log(&logs, &job.key, started_at)?;
-    let provenance = job.inputs.provenance(&BuildKey(job.key.clone()));
-    context.progress("make image", None);
-    let built = run_build(&BuildRequest {
-        inputs: &job.inputs,
-        build_key: &job.key,
-        slot_dir: &slot_dir,
-        files_dir: Some(&stage_dir),
-        provenance: job.inputs.options.provenance.then_some(&provenance),
-        output_dir: &output_dir,
-        log_path: &log_path,
-        timeout: std::time::Duration::from_secs(shared.settings.build_timeout.value),
-        cancel: context.cancel_flag(),
+    let output = fresh_dir(&work.join("out").join(format!("slot-{slot}")))?;
+    Ok(Workdirs {
+        stage,
+        slot: slot_dir,
+        output,
     })
-    .and_then(|output| verify_slot(&slot_dir).map(|()| output));
-    // The slot is this step's until it returns; the next build in it resets it, so the
-    // tree is kept now, after a failure too (that is when it helps most).
-    let kept = match (&built, job.keep_build_dir) {
-        (Err(error), _) if error.code == ErrorCode::Interrupted => None,
-        (_, true) => {
-            context.progress("keeping the build tree", None);
-            Some(super::kept::keep_tree(
-                &slot_dir,
-                &work.join("kept"),
-                &job.key,
-            )?)
-        }
-        (_, false) => None,
-    };
-    let output = built.map_err(|error| match &kept {
-        Some(path) => with_kept_dir(error, path),
-        None => error,
-    })?;
+}
+
+/// Stores the build's outputs in the CAS, plus the release's initramfs image when the
+/// inputs name one.
+fn store_outputs(
+    shared: &Shared,
+    job: &BuildJob,
+    loaded: &crate::manifest::LoadedProfile,
+    output: &crate::build::BuildOutput,
+    output_dir: &Path,
+    context: &StepContext,
+) -> Result<Vec<ArtifactRef>> {
     context.progress("storing artifacts", None);
     let mut artifacts = Vec::with_capacity(output.artifacts.len() + 1);
     for artifact in &output.artifacts {
@@ -341,37 +397,12 @@ fn make_image(
         artifacts.push(super::initramfs::fetch(
             shared.settings,
             &shared.cas,
-            &triple,
+            &loaded.profile.triple(),
             image,
-            &output_dir,
+            output_dir,
         )?);
     }
-    let manifest = BuildManifest::new(&job.profile_id, &job.key, &job.inputs, &output);
-    let manifest_path = shared
-        .settings
-        .artifacts_dir
-        .value
-        .join("manifests")
-        .join(format!("{}.json", job.key));
-    if let Some(parent) = manifest_path.parent() {
-        std::fs::create_dir_all(parent).map_err(|error| Error::io("creating", parent, error))?;
-    }
-    manifest.write_to(&manifest_path)?;
-    copy_to_bin_dir(shared, loaded, &artifacts)?;
-    let _ = std::fs::remove_dir_all(&output_dir);
-    let _ = std::fs::remove_dir_all(&stage_dir);
-    Ok(BuildDone {
-        key: job.key.clone(),
-        profile_id: job.profile_id.clone(),
-        inputs: job.inputs.clone(),
-        cache_hit: false,
-        artifacts,
-        log_path: Some(log_path),
-        manifest_path: Some(manifest_path),
-        kept_build_dir: kept,
-        started_at,
-        finished_at: unix_now(),
-    })
+    Ok(artifacts)
 }
 
 /// A failed build's error, also naming the build tree kept for it.

@@ -10,6 +10,7 @@
 mod apply;
 mod builders;
 mod check;
+mod explain;
 mod plan;
 mod profiles;
 mod records;
@@ -31,10 +32,8 @@ pub use builders::{
     BuilderInfo, PruneReport, builder_info, ensure_builders, list_builders, lock, prune_builders,
 };
 pub use check::{SkippedCheck, ValidateReport, ValidateRequest, validate};
-pub use plan::{
-    ActionDetail, GraphReport, PlanRequest, check_saved_plan, graph, plan, read_saved_plan,
-    save_plan, show,
-};
+pub use explain::{ActionDetail, GraphReport, graph, show};
+pub use plan::{PlanRequest, check_saved_plan, plan, read_saved_plan, save_plan};
 pub use profiles::{
     ExportReport, PROFILES_DIR, ProfileDetail, ProfileSummary, ProfileWritten, WriteMode,
     delete_profile, export_profiles, import_profiles, list_profiles, show_profile,

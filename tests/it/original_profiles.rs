@@ -1,8 +1,9 @@
 //! Profiles written for the original Python tool load unchanged (docs/profiles.md): every
 //! field its schema documents, with its habits — comments, folded and literal text blocks,
 //! quoted releases and modes, `snapshot` in lower case, `tags` with an unquoted `23.05`,
-//! empty lists, `owner: root:root`, an absolute `bin_dir`, the `meta` block of its exports —
-//! validate, plan, apply and reach a second apply with nothing to do.
+//! empty lists, `owner: root:root`, an absolute `bin_dir`, the `meta` block of its exports,
+//! an unquoted octal-looking `mode: 0600` — validate, plan, apply and reach a second apply
+//! with nothing to do.
 
 use crate::reconcile::{plan_of, summary};
 use crate::support::{TestFleet, upstream_data};
@@ -40,6 +41,9 @@ files:
     destination: /etc/banner
     mode: "0644"
     owner: root:root
+  - source: profiles/files/home-ap-livingroom/etc/dropbear/authorized_keys
+    destination: /etc/dropbear/authorized_keys
+    mode: 0600
 
 policies:
   filesystem: squashfs
@@ -212,6 +216,10 @@ fn original_fleet() -> TestFleet {
         );
     }
     fleet.write(
+        "profiles/files/home-ap-livingroom/etc/dropbear/authorized_keys",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST test@example\n",
+    );
+    fleet.write(
         "profiles/overlays/lab-router1/etc/config/system",
         "config system\n\toption hostname 'lab-router1'\n",
     );
@@ -246,6 +254,18 @@ fn the_original_tools_profiles_load_unchanged_and_apply() {
     );
     assert_eq!(bedroom["meta"]["created_by"], "ai:github-copilot");
     let planned = plan_of(&fleet, &[]);
+    let keys = planned
+        .action("build.home.home.ap-livingroom.23.05")
+        .and_then(|action| action.inputs.as_ref())
+        .and_then(|inputs| {
+            inputs
+                .overlay
+                .entries
+                .get("/etc/dropbear/authorized_keys")
+                .cloned()
+        })
+        .expect("overlay entry");
+    assert_eq!(keys.mode, 0o600, "an unquoted `0600` means the octal mode");
     assert!(
         planned.action("builder.SNAPSHOT/ramips/mt7621").is_some(),
         "{:?}",

@@ -130,6 +130,9 @@ pub fn write_target(
     Ok(archive_name)
 }
 
+/// A file published in a target directory: its name and bytes.
+pub type PublishedFile = (String, Vec<u8>);
+
 /// Upstream publishes a prebuilt initramfs kernel per device next to the Image Builder and
 /// lists it in `profiles.json` (filesystem `initramfs`, with its sha256). The stand-in
 /// publishes a small file of its own for each and lists that file's real sha256, so fetching
@@ -138,7 +141,7 @@ pub fn write_target(
 pub fn with_initramfs_images(
     profiles_json: &str,
     spec: &standin_ib::StandinSpec,
-) -> Result<(String, Vec<(String, Vec<u8>)>)> {
+) -> Result<(String, Vec<PublishedFile>)> {
     let invalid = |error: serde_json::Error| {
         Error::new(
             imagegen::error::ErrorCode::Validation,
