@@ -146,7 +146,7 @@ fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {
     if !upstream.unchecked.is_empty() {
         let unchecked: Vec<String> = upstream.unchecked.iter().map(ToString::to_string).collect();
         notices.push(format!(
-            "Image Builder profiles not checked against upstream profiles.json (not cached offline): {}",
+            "Image Builder profiles, filesystems and image kinds not checked against upstream profiles.json (not cached offline): {}",
             unchecked.join(", ")
         ));
     }
