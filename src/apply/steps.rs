@@ -289,7 +289,15 @@ fn make_image(
         (_, true) => {
             context.progress("keeping the build tree", None);
             let root = shared.settings.tmp_dir.value.join("kept");
-            Some(super::kept::keep_tree(&dirs.slot, &root, &job.key)?)
+            match super::kept::keep_tree(&dirs.slot, &root, &job.key) {
+                Ok(path) => Some(path),
+                // A failed build's own error says more than failing to keep its tree.
+                Err(error) if built.is_err() => {
+                    tracing::warn!(error = %error.message, "could not keep the build tree");
+                    None
+                }
+                Err(error) => return Err(error),
+            }
         }
         (_, false) => None,
     };

@@ -15,9 +15,9 @@ use crate::triple::Triple;
 /// The filesystem upstream gives the prebuilt initramfs kernel images in `profiles.json`.
 const INITRAMFS: &str = "initramfs";
 
-/// Profile fields the Image Builder cannot honour. Each refusal names the field, says why
-/// and what to do instead (docs/profiles.md, "What each policy does").
-pub(crate) fn profile_problems(loaded: &LoadedProfile) -> Vec<Problem> {
+/// Profile fields no Image Builder can honour. Each refusal names the field, says why and
+/// what to do instead (docs/profiles.md, `policies`). Needs nothing but the profile.
+pub fn refused_fields(loaded: &LoadedProfile) -> Vec<Problem> {
     let policies = &loaded.profile.policies;
     let mut problems = Vec::new();
     if policies.include_kernel_symbols == Some(true) {

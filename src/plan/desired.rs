@@ -67,7 +67,7 @@ pub fn prepare(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
     let refused: Vec<_> = fleet
         .profiles
         .iter()
-        .flat_map(capability::profile_problems)
+        .flat_map(capability::refused_fields)
         .collect();
     upstream.problems.splice(0..0, refused);
     upstream.problems_to_result()?;

@@ -14,6 +14,7 @@ mod render;
 mod select;
 mod upstream;
 
+pub use capability::refused_fields;
 pub use desired::{
     PlanOptions, Prepared, build_inputs, compute, compute_with, overlay_input, prepare,
     validate_overlays,

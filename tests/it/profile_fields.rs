@@ -56,6 +56,12 @@ fn fields_no_image_builder_can_honour_are_refused_with_what_to_do_instead() {
     assert!(found[1].2.contains("set it to `true`"), "{found:?}");
     assert!(found[2].2.contains("rootfs_partsize"), "{found:?}");
     assert_eq!(fleet.run(&["plan"]).code, 3, "plan refuses them too");
+    let file = fleet.run(&["profiles", "validate", "profiles/gw.yaml", "--json"]);
+    assert_eq!(
+        problems(&file).len(),
+        3,
+        "and so does validating the file alone"
+    );
     // The values that describe what the Image Builder does are accepted.
     fleet.write(
         "profiles/gw.yaml",

@@ -376,7 +376,10 @@ fn a_schema_1_database_from_the_first_release_is_upgraded_in_place() {
         assert_eq!(pointers.len(), 5);
         // Schema 3: every build knows who applied it, from the pointers that name it.
         for (profile, pointer) in &pointers {
-            let build = reader.build(&pointer.build_key).unwrap().expect("pointed build");
+            let build = reader
+                .build(&pointer.build_key)
+                .unwrap()
+                .expect("pointed build");
             assert!(
                 build
                     .applied_by
