@@ -23,7 +23,8 @@
 //! 8. [`ops`] is every operation a frontend offers, over the stages above, taking typed
 //!    options and returning `Serialize` reports. [`cli`] is the command-line frontend: it
 //!    parses arguments, calls one operation and renders the result as text or JSON.
-//!    Nothing below it knows about clap.
+//!    Nothing below it knows about clap. [`mcp`] is the MCP server for AI agents
+//!    (`imagegen mcp`): the same operations as tools, over stdio.
 //!
 //! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.
 
@@ -38,6 +39,7 @@ pub mod imagebuilder;
 pub mod key;
 pub mod lock;
 pub mod manifest;
+pub mod mcp;
 pub mod ops;
 pub mod overlay;
 pub mod plan;

@@ -151,11 +151,26 @@ pub enum Command {
     /// List, show, validate, import and export device profiles
     #[command(subcommand)]
     Profiles(ProfilesCommand),
+    /// Serve the fleet's operations to AI agents over MCP (Model Context Protocol) on stdio
+    ///
+    /// Tools: list_profiles, get_profile, validate, plan, build_image, build_images_batch,
+    /// apply, list_builds, get_build_log, list_artifacts, list_builders, ensure_builder. The
+    /// fleet's files are read-only resources. Only protocol messages go to stdout; logs go
+    /// to stderr.
+    Mcp(McpArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Let flashing tools write to block devices when a call also says `force: true`
+    /// (without it they only show what they would write where)
+    #[arg(long)]
+    pub allow_flash: bool,
 }
 
 #[derive(Debug, Args, Default)]

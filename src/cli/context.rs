@@ -38,14 +38,19 @@ impl Context {
         self.load(FleetNeed::Optional)
     }
 
-    fn load(&self, need: FleetNeed) -> Result<Workspace> {
-        let options = WorkspaceOptions {
+    /// Where to find the fleet and the inputs of settings resolution, for frontends that
+    /// load the workspace themselves (the MCP server, once per call).
+    pub fn workspace_options(&self) -> WorkspaceOptions {
+        WorkspaceOptions {
             manifest: self.global.manifest.clone(),
             search_from: None,
             flags: self.flags(),
             env: self.env.clone(),
-        };
-        let workspace = Workspace::load(&options, need)?;
+        }
+    }
+
+    fn load(&self, need: FleetNeed) -> Result<Workspace> {
+        let workspace = Workspace::load(&self.workspace_options(), need)?;
         init_logging(&workspace.settings.log_level.value, self.color());
         Ok(workspace)
     }
@@ -56,7 +61,7 @@ impl Context {
 }
 
 /// Logs and progress go to stderr; data to stdout.
-fn init_logging(level: &str, color: bool) {
+pub(crate) fn init_logging(level: &str, color: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("imagegen={level}"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("imagegen=info"));
     let _ = tracing_subscriber::fmt()

@@ -9,6 +9,7 @@ mod context;
 mod display;
 mod explain;
 mod fetching;
+mod mcp;
 mod records;
 mod report;
 
@@ -68,6 +69,7 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Lock(args) => fetching::lock(context, &args),
         Command::Builders(command) => fetching::builders(context, command),
         Command::Profiles(command) => commands::profiles(context, command),
+        Command::Mcp(args) => mcp::serve(context, &args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "imagegen", &mut std::io::stdout());

@@ -14,6 +14,7 @@ use crate::apply::{self as applying, ApplyOptions, ApplyReport};
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{OutcomeKind, Reporter};
 use crate::lock::{self, Change, LockFile, LockReport, Upgrade};
+use crate::manifest::ProfileFilter;
 use crate::plan::{ActionKind, Plan, Resource, Selection};
 use crate::state::{ArtifactRef, Store};
 
@@ -70,6 +71,11 @@ impl ApplyOutcome {
     /// True when nothing failed (a plan without changes counts as success).
     pub fn is_success(&self) -> bool {
         self.report.as_ref().is_none_or(ApplyReport::is_success)
+    }
+
+    /// Why the run did not succeed, as one error (see [`run_failure`]); `None` on success.
+    pub fn failure(&self) -> Option<Error> {
+        self.report.as_ref().and_then(run_failure)
     }
 }
 
@@ -174,6 +180,44 @@ pub struct BuildRequest {
     pub keep_going: bool,
 }
 
+/// The selection of the profiles `ids` (all of them when empty) that `filter` passes, for
+/// frontends that select with a [`ProfileFilter`] (`profiles list` style: tag, release,
+/// target, subtarget, device). Unknown ids stay in, so the build names them.
+pub fn select_profiles(
+    workspace: &Workspace,
+    ids: &[String],
+    filter: &ProfileFilter,
+) -> Result<Selection> {
+    if *filter == ProfileFilter::default() {
+        return Ok(Selection {
+            profiles: ids.to_vec(),
+            ..Selection::default()
+        });
+    }
+    let fleet = workspace.fleet()?;
+    let profiles: Vec<String> = fleet
+        .profiles
+        .iter()
+        .map(|loaded| &loaded.profile)
+        .filter(|profile| {
+            filter.matches(profile) && (ids.is_empty() || ids.contains(&profile.profile_id))
+        })
+        .map(|profile| profile.profile_id.clone())
+        .chain(ids.iter().filter(|id| fleet.profile(id).is_none()).cloned())
+        .collect();
+    if profiles.is_empty() {
+        return Err(Error::new(
+            ErrorCode::ProfileNotFound,
+            "no profile matches the selection",
+        )
+        .with_help("list the profiles and their tags with `imagegen profiles list`"));
+    }
+    Ok(Selection {
+        profiles,
+        ..Selection::default()
+    })
+}
+
 /// How one profile's build ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -214,6 +258,45 @@ impl BuildOutcome {
     pub fn is_success(&self) -> bool {
         self.report.as_ref().is_none_or(ApplyReport::is_success)
     }
+
+    /// Why the run did not succeed, as one error (see [`run_failure`]); `None` on success.
+    pub fn failure(&self) -> Option<Error> {
+        self.report.as_ref().and_then(run_failure)
+    }
+}
+
+/// The one error that best explains why a run did not succeed, for frontends that report a
+/// single failure (an MCP tool error, an HTTP job's status): the first failed step's error
+/// (with its log), else the run's own failure, an interruption, or why steps were skipped.
+pub fn run_failure(report: &ApplyReport) -> Option<Error> {
+    if report.is_success() {
+        return None;
+    }
+    let failed = report.steps.iter().find_map(|step| {
+        let error = step.error.clone()?;
+        Some(match (&error.log_path, &step.log_path) {
+            (None, Some(log_path)) => error.with_log(log_path.clone()),
+            _ => error,
+        })
+    });
+    if failed.is_some() {
+        return failed;
+    }
+    if let Some(error) = &report.run.error {
+        return Some(error.clone());
+    }
+    if report.run.interrupted {
+        return Some(
+            Error::new(ErrorCode::Interrupted, "the run was interrupted")
+                .with_help("finished steps are recorded; run it again to continue"),
+        );
+    }
+    let reason = report
+        .steps
+        .iter()
+        .find_map(|step| step.reason.clone())
+        .unwrap_or_else(|| "not every step ran".to_string());
+    Some(Error::new(ErrorCode::BuildFailed, reason))
 }
 
 /// Builds (or reuses) the images of the selected profiles now: their part of the plan, plus

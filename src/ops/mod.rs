@@ -11,6 +11,7 @@ mod apply;
 mod builders;
 mod check;
 mod explain;
+mod files;
 mod plan;
 mod profiles;
 mod records;
@@ -26,13 +27,14 @@ use crate::state::Store;
 
 pub use apply::{
     ApplyOutcome, ApplyRequest, ArtifactLocation, BuildOutcome, BuildRequest, BuildResult,
-    ProfileBuild, ProfileImages, RunHooks, apply, build,
+    ProfileBuild, ProfileImages, RunHooks, apply, build, run_failure, select_profiles,
 };
 pub use builders::{
     BuilderInfo, PruneReport, builder_info, ensure_builders, list_builders, lock, prune_builders,
 };
 pub use check::{SkippedCheck, ValidateReport, ValidateRequest, validate};
 pub use explain::{ActionDetail, GraphReport, graph, show};
+pub use files::{FleetFile, FleetFileId, FleetFileText, fleet_files, read_fleet_file};
 pub use plan::{PlanRequest, check_saved_plan, plan, read_saved_plan, save_plan};
 pub use profiles::{
     ExportReport, PROFILES_DIR, ProfileDetail, ProfileSummary, ProfileWritten, WriteMode,
@@ -40,9 +42,9 @@ pub use profiles::{
     validate_profile_files, write_profile,
 };
 pub use records::{
-    ArtifactDetail, ArtifactFilter, BuildLog, ExportedArtifact, GcReport, GcRequest, VerifyReport,
-    artifact_show, artifacts_export, artifacts_list, artifacts_verify, build_log, build_show,
-    builds_list, gc,
+    ArtifactDetail, ArtifactFilter, BuildFilter, BuildLog, ExportedArtifact, GcReport, GcRequest,
+    VerifyReport, artifact_show, artifacts_export, artifacts_list, artifacts_verify, build_log,
+    build_show, builds_filtered, builds_list, gc,
 };
 
 /// The manifest's file name, searched for upwards from the working directory.

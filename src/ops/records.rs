@@ -24,6 +24,31 @@ pub fn build_show(workspace: &Workspace, key: &str) -> Result<BuildRecord> {
     find_build(&records, key).cloned()
 }
 
+/// Which recorded builds [`builds_filtered`] returns.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BuildFilter {
+    /// Only the builds of this profile id.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// At most this many, the newest.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Recorded builds, newest first: those of one profile, and at most `limit` of them.
+pub fn builds_filtered(workspace: &Workspace, filter: &BuildFilter) -> Result<Vec<BuildRecord>> {
+    Ok(builds_list(workspace)?
+        .into_iter()
+        .filter(|record| {
+            filter
+                .profile
+                .as_ref()
+                .is_none_or(|profile| &record.profile_id == profile)
+        })
+        .take(filter.limit.unwrap_or(usize::MAX))
+        .collect())
+}
+
 /// A build's log (or its last `tail_bytes`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildLog {

@@ -10,6 +10,7 @@ mod first_hour;
 mod http_server;
 mod lock_cli;
 mod manifest;
+mod mcp;
 mod original_profiles;
 mod overlay;
 mod plan_state;
