@@ -110,6 +110,9 @@ pub fn check_saved_plan(saved: &Plan, current: &Plan) -> Result<()> {
         return Ok(());
     }
     let mut moved = Vec::new();
+    if saved.format_version != current.format_version {
+        moved.push("it was made by another imagegen version");
+    }
     if saved.fingerprint.fleet != current.fingerprint.fleet {
         moved.push("the fleet files (imagegen.toml or profiles) changed");
     }

@@ -2,7 +2,7 @@
 //! `-target`) and selects profiles by id, tag, release or Image Builder; [`select`] narrows a
 //! plan to the selected actions and everything they depend on. Pure: no I/O.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -113,11 +113,7 @@ pub fn select(plan: &mut Plan, fleet: &Fleet, selection: &Selection) -> Result<(
                 .map(|action| action.address.clone()),
         );
     }
-    let keep: BTreeSet<String> = PlanGraph::new(plan)?
-        .with_dependencies(roots.iter().map(String::as_str))
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    let keep = closure(plan, &roots)?;
     if keep.is_empty() {
         return Err(Error::new(
             ErrorCode::ProfileNotFound,
@@ -125,10 +121,82 @@ pub fn select(plan: &mut Plan, fleet: &Fleet, selection: &Selection) -> Result<(
         )
         .with_help("`imagegen profiles list` shows the profiles and their tags; `imagegen plan` shows every address"));
     }
+    let shared = primaries(plan);
     plan.actions.retain(|action| keep.contains(&action.address));
+    reshare(plan, &shared);
     plan.summary = Plan::summarize(&plan.actions);
     plan.selection = Some(selection.clone());
     Ok(())
+}
+
+/// `roots` and what they depend on. Reusing a build with the same key is not a dependency
+/// here: it only saves work, so a selected build never drags in another profile's.
+fn closure(plan: &Plan, roots: &[String]) -> Result<BTreeSet<String>> {
+    let graph = PlanGraph::new(plan)?;
+    let mut keep = BTreeSet::new();
+    let mut stack: Vec<&str> = roots.iter().map(String::as_str).collect();
+    while let Some(address) = stack.pop() {
+        let Some(action) = plan.action(address) else {
+            continue;
+        };
+        if !keep.insert(address.to_string()) {
+            continue;
+        }
+        let reused = action.same_inputs_as.as_deref();
+        stack.extend(
+            graph
+                .dependencies(address)
+                .into_iter()
+                .filter(|dependency| Some(*dependency) != reused),
+        );
+    }
+    Ok(keep)
+}
+
+/// Per build key of a build that changes: whether its first (building) action reuses a
+/// recorded build.
+fn primaries(plan: &Plan) -> BTreeMap<String, bool> {
+    plan.actions
+        .iter()
+        .filter(|action| action.resource == Resource::Build && action.same_inputs_as.is_none())
+        .filter(|action| action.action.is_change())
+        .filter_map(|action| {
+            let key = action.key.clone()?;
+            Some((key, action.cache_hit))
+        })
+        .collect()
+}
+
+/// After narrowing: a build whose key's first build was left out becomes the first itself
+/// (building, or reusing a recorded build as that one would have), and the others with its
+/// key reuse it instead. One build per key still holds within the selection.
+fn reshare(plan: &mut Plan, shared: &BTreeMap<String, bool>) {
+    let kept: BTreeSet<String> = plan.actions.iter().map(|a| a.address.clone()).collect();
+    let mut new_primary: BTreeMap<String, String> = BTreeMap::new();
+    for action in &mut plan.actions {
+        let Some(old) = action
+            .same_inputs_as
+            .clone()
+            .filter(|old| !kept.contains(old))
+        else {
+            continue;
+        };
+        let Some(key) = action.key.clone() else {
+            continue;
+        };
+        action.depends_on.retain(|dependency| *dependency != old);
+        match new_primary.get(&key) {
+            Some(primary) => {
+                action.depends_on.push(primary.clone());
+                action.same_inputs_as = Some(primary.clone());
+            }
+            None => {
+                action.same_inputs_as = None;
+                action.cache_hit = shared.get(&key).copied().unwrap_or(false);
+                new_primary.insert(key, action.address.clone());
+            }
+        }
+    }
 }
 
 /// Every address must be an action of the plan, every profile id a profile of the fleet, and

@@ -122,6 +122,20 @@ fn profiles_with_one_key_build_once_and_both_get_the_image() {
     assert_eq!(b.same_inputs_as.as_deref(), Some("build.lab.a"));
     assert!(b.cache_hit && b.depends_on.contains(&"build.lab.a".to_string()));
     assert_eq!((plan.summary.build, plan.summary.reuse), (2, 1));
+    // Reuse is not a dependency: selecting b alone builds b, not a.
+    let only_b = plan_of(&fleet, &["--profile", "b"]);
+    assert_eq!(
+        addresses(&only_b),
+        ["builder.23.05.4/x86/64", "build.lab.b"]
+            .map(String::from)
+            .into()
+    );
+    let b_alone = only_b.action("build.lab.b").expect("b");
+    assert_eq!(
+        (b_alone.same_inputs_as.as_deref(), b_alone.cache_hit),
+        (None, false)
+    );
+    assert!(!b_alone.depends_on.contains(&"build.lab.a".to_string()));
     let text = fleet.run(&["plan"]).success().stdout.clone();
     assert!(text.contains("same inputs as build.lab.a"), "{text}");
     assert!(text.contains("2 to build (1 reused)"), "{text}");
