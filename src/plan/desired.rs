@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use super::capability;
-use super::diff::{
-    Desired, DesiredBuild, DesiredBuilder, DesiredFlash, Recorded, RecordedBuild, RecordedBuilder,
-    RecordedDevice, diff,
-};
+use super::diff::{Desired, DesiredBuild, DesiredBuilder, DesiredFlash, diff};
 use super::graph::PlanGraph;
 use super::model::{Fingerprint, Plan};
+use super::recorded::{recorded_state, state_fingerprint};
 use super::select::{Selection, select};
 use super::upstream::{UpstreamCheck, check_upstream};
 use crate::error::{Error, ErrorCode, Problems, Result};
@@ -26,7 +24,7 @@ use crate::overlay::{
     self, EntryKind, FileInput, MemoryHashCache, OverlayDigest, OverlayInput, OverlaySource,
 };
 use crate::settings::Settings;
-use crate::state::{BuildStatus, Reader, Store};
+use crate::state::Store;
 use crate::triple::Triple;
 
 /// Options of one `plan` run.
@@ -397,96 +395,6 @@ fn entry_kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-/// What the store recorded for the fleet, and which of the `wanted` keys (that no pointer of
-/// the fleet names yet) a recorded build could serve.
-fn recorded_state(
-    fleet: &str,
-    reader: &Reader,
-    cas: &crate::cas::Cas,
-    wanted: &BTreeSet<String>,
-) -> Result<Recorded> {
-    let mut recorded = Recorded::default();
-    for builder in reader.builders()? {
-        let ready = builder.status == crate::state::BuilderStatus::Ready;
-        recorded.builders.insert(
-            builder.triple,
-            RecordedBuilder {
-                archive_sha256: builder.archive_sha256,
-                ready,
-            },
-        );
-    }
-    for (profile_id, pointer) in reader.profile_pointers(fleet)? {
-        let record = reader.build(&pointer.build_key)?;
-        let inputs = record.as_ref().map(|record| record.inputs.clone());
-        let usable = record.as_ref().is_some_and(|record| {
-            record.status == BuildStatus::Succeeded
-                && record
-                    .artifacts
-                    .iter()
-                    .all(|artifact| blob_intact(cas, &artifact.sha256, artifact.size))
-        });
-        let artifacts = record
-            .map(|record| {
-                record
-                    .artifacts
-                    .into_iter()
-                    .map(|artifact| (artifact.kind, artifact.sha256))
-                    .collect()
-            })
-            .unwrap_or_default();
-        recorded.builds.insert(
-            profile_id,
-            RecordedBuild {
-                key: pointer.build_key,
-                inputs,
-                usable,
-                artifacts,
-            },
-        );
-    }
-    let pointed: BTreeSet<&str> = recorded
-        .builds
-        .values()
-        .filter(|build| build.usable)
-        .map(|build| build.key.as_str())
-        .collect();
-    let mut reusable = BTreeSet::new();
-    for key in wanted {
-        if pointed.contains(key.as_str()) {
-            reusable.insert(key.clone());
-            continue;
-        }
-        let usable = reader.build(key)?.is_some_and(|record| {
-            record.status == BuildStatus::Succeeded
-                && record
-                    .artifacts
-                    .iter()
-                    .all(|artifact| blob_intact(cas, &artifact.sha256, artifact.size))
-        });
-        if usable {
-            reusable.insert(key.clone());
-        }
-    }
-    recorded.reusable = reusable;
-    for (device_id, pointer) in reader.device_pointers(fleet)? {
-        recorded.devices.insert(
-            device_id,
-            RecordedDevice {
-                artifact_sha256: pointer.artifact_sha256,
-            },
-        );
-    }
-    Ok(recorded)
-}
-
-/// Cheap integrity for planning: the blob exists with its recorded size. Full hashes are
-/// checked when a build is reused and by `imagegen artifacts verify`.
-fn blob_intact(cas: &crate::cas::Cas, sha256: &str, size: u64) -> bool {
-    std::fs::metadata(cas.blob_path(sha256))
-        .is_ok_and(|metadata| metadata.is_file() && metadata.len() == size)
-}
-
 fn fleet_fingerprint(fleet: &Fleet) -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update(fleet.manifest.text().as_bytes());
@@ -505,24 +413,4 @@ fn lock_fingerprint(fleet: &Fleet) -> Result<Option<String>> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(Error::io("reading", &path, error)),
     }
-}
-
-fn state_fingerprint(recorded: &Recorded) -> String {
-    let mut hasher = blake3::Hasher::new();
-    for (key, builder) in &recorded.builders {
-        hasher.update(
-            format!(
-                "builder {key} {} {}\n",
-                builder.archive_sha256, builder.ready
-            )
-            .as_bytes(),
-        );
-    }
-    for (profile, build) in &recorded.builds {
-        hasher.update(format!("build {profile} {} {}\n", build.key, build.usable).as_bytes());
-    }
-    for (device, flashed) in &recorded.devices {
-        hasher.update(format!("device {device} {}\n", flashed.artifact_sha256).as_bytes());
-    }
-    hasher.finalize().to_hex().to_string()
 }

@@ -10,6 +10,7 @@ mod desired;
 mod diff;
 mod graph;
 mod model;
+mod recorded;
 mod render;
 mod select;
 mod upstream;
