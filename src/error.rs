@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Stable error codes (the seed taxonomy). Their snake_case names are part of the JSON
 /// interface and never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     Validation,
@@ -30,11 +31,37 @@ pub enum ErrorCode {
     FlashError,
     FlashHashMismatch,
     DeviceError,
+    /// The device path does not exist (or has no medium).
+    DeviceNotFound,
+    /// The path is not a block device.
+    DeviceNotBlock,
+    /// A partition was given where a whole disk is needed.
+    DeviceIsPartition,
+    /// The disk or one of its partitions is mounted.
+    DeviceMounted,
+    /// Something holds the disk: device-mapper, md, LVM, or another exclusive opener.
+    DeviceBusy,
+    /// The disk backs `/`, `/boot`, `/boot/efi` or active swap.
+    DeviceSystemDisk,
+    DeviceReadOnly,
+    /// The image does not fit on the device.
+    ImageTooLarge,
+    /// A flash was neither confirmed on a terminal nor forced.
+    FlashNotConfirmed,
     PermissionError,
     StateLocked,
     StalePlan,
     Interrupted,
     InternalError,
+    /// A malformed request to the HTTP API (body not JSON, unknown query parameter); the
+    /// CLI's usage errors come from clap and exit 64 without an `Error`.
+    Usage,
+    /// The HTTP API needs a bearer token and the request had none, or a wrong one.
+    Unauthorized,
+    /// No background job with that id (HTTP API).
+    JobNotFound,
+    /// No Image Builder with that address is recorded or locked.
+    BuilderNotFound,
 }
 
 /// Process exit codes. Documented in README.md ("Exit codes"); keep both in sync.
@@ -74,11 +101,24 @@ impl ErrorCode {
             ErrorCode::FlashError => "flash_error",
             ErrorCode::FlashHashMismatch => "flash_hash_mismatch",
             ErrorCode::DeviceError => "device_error",
+            ErrorCode::DeviceNotFound => "device_not_found",
+            ErrorCode::DeviceNotBlock => "device_not_block",
+            ErrorCode::DeviceIsPartition => "device_is_partition",
+            ErrorCode::DeviceMounted => "device_mounted",
+            ErrorCode::DeviceBusy => "device_busy",
+            ErrorCode::DeviceSystemDisk => "device_system_disk",
+            ErrorCode::DeviceReadOnly => "device_read_only",
+            ErrorCode::ImageTooLarge => "image_too_large",
+            ErrorCode::FlashNotConfirmed => "flash_not_confirmed",
             ErrorCode::PermissionError => "permission_error",
             ErrorCode::StateLocked => "state_locked",
             ErrorCode::StalePlan => "stale_plan",
             ErrorCode::Interrupted => "interrupted",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::Usage => "usage",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::JobNotFound => "job_not_found",
+            ErrorCode::BuilderNotFound => "builder_not_found",
         }
     }
 
@@ -97,11 +137,24 @@ impl ErrorCode {
             | ErrorCode::FlashError
             | ErrorCode::FlashHashMismatch
             | ErrorCode::DeviceError
+            | ErrorCode::DeviceNotFound
+            | ErrorCode::DeviceNotBlock
+            | ErrorCode::DeviceIsPartition
+            | ErrorCode::DeviceMounted
+            | ErrorCode::DeviceBusy
+            | ErrorCode::DeviceSystemDisk
+            | ErrorCode::DeviceReadOnly
+            | ErrorCode::ImageTooLarge
+            | ErrorCode::FlashNotConfirmed
             | ErrorCode::PermissionError => exit::FAILED,
             ErrorCode::StalePlan => exit::STALE,
             ErrorCode::StateLocked => exit::LOCKED,
             ErrorCode::Interrupted => exit::INTERRUPTED,
             ErrorCode::InternalError => exit::INTERNAL,
+            ErrorCode::Usage => exit::USAGE,
+            ErrorCode::Unauthorized | ErrorCode::JobNotFound | ErrorCode::BuilderNotFound => {
+                exit::INVALID
+            }
         }
     }
 }
@@ -123,7 +176,7 @@ pub trait SourceText: fmt::Debug + Send + Sync {
 }
 
 /// Where a problem is: a file, a 1-based line and column, and the byte span for rendering.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Location {
     /// The file as the user should read it (relative to the fleet root when inside it).
     pub file: String,
@@ -172,7 +225,7 @@ impl fmt::Display for Location {
 }
 
 /// One finding about the user's input.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
     pub code: ErrorCode,
     pub message: String,
@@ -227,7 +280,7 @@ impl fmt::Display for Problem {
 }
 
 /// The error every library operation returns.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
@@ -236,8 +289,10 @@ pub struct Error {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }
 

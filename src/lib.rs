@@ -21,11 +21,15 @@
 //! 7. [`apply`] turns a plan into steps for [`exec`] (a pure dependency queue, a coordinator
 //!    that is the only database writer, worker pools); [`build`] runs `make image` in a
 //!    private worker slot and classifies the outputs; [`cas`] stores artifacts by sha256.
-//! 8. [`ops`] is every operation a frontend offers, over the stages above, taking typed
+//! 8. [`flash`] writes an image to a whole disk after refusing anything unsafe (mounted,
+//!    stacked, system or read-only disks; partitions), then reads it back around the page
+//!    cache and compares SHA-256 digests.
+//! 9. [`ops`] is every operation a frontend offers, over the stages above, taking typed
 //!    options and returning `Serialize` reports. [`cli`] is the command-line frontend: it
 //!    parses arguments, calls one operation and renders the result as text or JSON.
 //!    Nothing below it knows about clap. [`mcp`] is the MCP server for AI agents
-//!    (`imagegen mcp`): the same operations as tools, over stdio.
+//!    (`imagegen mcp`) and [`server`] (`imagegen serve`) the HTTP API and dashboard, over
+//!    the same operations.
 //!
 //! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.
 
@@ -35,6 +39,7 @@ pub mod cas;
 pub mod cli;
 pub mod error;
 pub mod exec;
+pub mod flash;
 pub mod fsutil;
 pub mod imagebuilder;
 pub mod key;
@@ -44,6 +49,7 @@ pub mod mcp;
 pub mod ops;
 pub mod overlay;
 pub mod plan;
+pub mod server;
 pub mod settings;
 pub mod source;
 pub mod state;

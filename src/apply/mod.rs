@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{
@@ -76,7 +77,7 @@ pub(crate) enum Done {
 }
 
 /// Per-step line of the final summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StepSummary {
     pub address: String,
     pub outcome: OutcomeKind,
@@ -85,9 +86,11 @@ pub struct StepSummary {
     pub cache_hit: bool,
     pub artifacts: Vec<ArtifactRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
     /// The build tree kept by `build_defaults.keep_build_dir`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub kept_build_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Error>,
@@ -97,7 +100,7 @@ pub struct StepSummary {
 }
 
 /// The result of `imagegen apply`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ApplyReport {
     pub fleet: String,
     pub steps: Vec<StepSummary>,

@@ -148,6 +148,12 @@ pub enum Command {
     Builders(BuildersCommand),
     /// Show every effective setting and where its value came from
     Config,
+    /// Write an image to a whole disk (SD card, USB stick) and verify it
+    #[command(subcommand)]
+    Flash(FlashCommand),
+    /// Disks this machine could flash: model, serial, size, partitions, and why a flash
+    /// would refuse one
+    Devices,
     /// List, show, validate, import and export device profiles
     #[command(subcommand)]
     Profiles(ProfilesCommand),
@@ -158,6 +164,11 @@ pub enum Command {
     /// fleet's files are read-only resources. Only protocol messages go to stdout; logs go
     /// to stderr.
     Mcp(McpArgs),
+    /// Serve the HTTP API and the fleet dashboard (docs/api.md)
+    ///
+    /// Listens on loopback by default. Off loopback a bearer token is required: from
+    /// --token-file or OWRT_IMG_API_TOKEN.
+    Serve(ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -217,6 +228,22 @@ pub struct GraphArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on (port 0 picks a free port; the first line printed names it)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Read the API bearer token from FILE [default: OWRT_IMG_API_TOKEN]
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The largest request body accepted
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long a request waits for another imagegen process to release the state store
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub store_wait_ms: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub selection: SelectionArgs,
@@ -249,6 +276,44 @@ pub struct ApplyArgs {
     /// Print the whole plan before running it (default: its summary line)
     #[arg(long, short = 'v')]
     pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlashCommand {
+    /// Write a local image file (raw, .gz, .xz or .zst) to a whole disk and read it back
+    ///
+    /// Refuses partitions, mounted, stacked (device-mapper, md, LVM), system and read-only
+    /// disks, and images larger than the disk. Asks for the device name typed back unless
+    /// --force; without a terminal, --force is required.
+    Image(FlashImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FlashImageArgs {
+    /// The image file
+    pub image: PathBuf,
+    /// The whole disk: `/dev/sdX`, `/dev/mmcblkN` or a `/dev/disk/by-id/...` link
+    pub device: PathBuf,
+    /// Check everything and show what would be written, without writing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub force: bool,
+    /// Zero the first and last MiB of the disk first (MBR, primary and backup GPT)
+    #[arg(long)]
+    pub wipe: bool,
+    /// Read-back verification: `full`, `prefix:<MiB>` or `none`
+    #[arg(long, value_name = "MODE", default_value = "full", value_parser = parse_verify)]
+    pub verify: crate::flash::VerifyMode,
+}
+
+fn parse_verify(text: &str) -> Result<crate::flash::VerifyMode, String> {
+    text.parse()
+        .map_err(|error: crate::error::Error| match error.help {
+            Some(help) => format!("{}; {help}", error.message),
+            None => error.message,
+        })
 }
 
 #[derive(Debug, Args)]

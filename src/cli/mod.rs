@@ -9,9 +9,11 @@ mod context;
 mod display;
 mod explain;
 mod fetching;
+mod flash;
 mod mcp;
 mod records;
 mod report;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -70,6 +72,9 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Builders(command) => fetching::builders(context, command),
         Command::Profiles(command) => commands::profiles(context, command),
         Command::Mcp(args) => mcp::serve(context, &args),
+        Command::Flash(command) => flash::flash(context, command),
+        Command::Devices => flash::devices(context),
+        Command::Serve(args) => serve::serve(context, &args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "imagegen", &mut std::io::stdout());

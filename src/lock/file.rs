@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::{Error, Problem, Problems, Result};
 use crate::source::{self, Format, MapReader, SourceFile, Spanned};
@@ -37,7 +38,7 @@ pub struct LockFile {
 }
 
 /// What was true upstream for one Image Builder when it was locked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LockEntry {
     #[serde(flatten)]
     pub triple: Triple,

@@ -38,9 +38,21 @@ pub struct Fleet {
     /// In manifest order.
     pub devices: Vec<Device>,
     pub(crate) tree: Spanned<Node>,
+    /// The manifest's profile patterns, to find the profile files again.
+    profile_patterns: Vec<String>,
 }
 
 impl Fleet {
+    /// Every file loading this fleet reads, as the files are now: the manifest and each
+    /// profile file its patterns match (added or removed files included).
+    pub fn source_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.settings.path.clone()];
+        for pattern in &self.profile_patterns {
+            files.extend(expand_pattern(&self.root, pattern).unwrap_or_default());
+        }
+        files
+    }
+
     pub fn profile(&self, profile_id: &str) -> Option<&LoadedProfile> {
         self.profiles
             .binary_search_by(|loaded| loaded.profile.profile_id.as_str().cmp(profile_id))
@@ -168,6 +180,11 @@ pub fn load_fleet(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
     };
     let (profiles, broken_ids) = load_profiles(&root, &manifest, &raw.patterns, &mut problems);
     check_devices(&raw.devices, &profiles, &broken_ids, &mut problems);
+    let profile_patterns = raw
+        .patterns
+        .iter()
+        .map(|pattern| pattern.value.clone())
+        .collect();
     let fleet = Fleet {
         root,
         settings: FileSettings {
@@ -179,6 +196,7 @@ pub fn load_fleet(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
         profiles,
         devices: raw.devices,
         tree,
+        profile_patterns,
     };
     let problems = problems.into_sorted();
     let mut collected = Problems::new();

@@ -150,7 +150,7 @@ fn read_profile(mut reader: MapReader<'_, '_>) -> Option<Profile> {
     let description = text(&mut reader, "description");
     let tags = read_tags(&mut reader);
     let overlay_dir = read_relative_path(&mut reader, "overlay_dir");
-    let bin_dir = text(&mut reader, "bin_dir");
+    let bin_dir = read_relative_path(&mut reader, "bin_dir");
     let provenance = reader.opt_bool("provenance").is_none_or(|flag| flag.value);
     let created_by = text(&mut reader, "created_by");
     let notes = text(&mut reader, "notes");

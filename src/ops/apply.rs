@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Workspace;
 use super::plan::{PlanRequest, check_saved_plan, plan_with};
@@ -39,9 +40,12 @@ impl<'a> RunHooks<'a> {
 }
 
 /// Options of `apply`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct ApplyRequest {
-    /// A plan saved with `plan --out`: applied exactly, or refused when it is stale.
+    /// A plan saved with `plan --out` (or returned by `POST /plan`): applied exactly, or
+    /// refused with `stale_plan` when planning now gives different actions.
+    #[serde(rename = "plan")]
     pub saved_plan: Option<Plan>,
     /// Fail instead of adding missing `imagegen.lock` entries.
     pub locked: bool,
@@ -53,7 +57,7 @@ pub struct ApplyRequest {
 }
 
 /// What `apply` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ApplyOutcome {
     /// The plan that was carried out (or found to have no changes).
     pub plan: Plan,
@@ -77,22 +81,47 @@ impl ApplyOutcome {
     pub fn failure(&self) -> Option<Error> {
         self.report.as_ref().and_then(run_failure)
     }
+    /// The last line of `apply --json` (and of `GET /jobs/{id}/events`): `{"event":
+    /// "summary", ...}` with the report and images, or the plan when nothing had to run.
+    pub fn summary_event(&self) -> serde_json::Value {
+        match &self.report {
+            Some(report) => summary_event(serde_json::json!({
+                "report": report,
+                "images": &self.images,
+            })),
+            None => summary_event(serde_json::json!({
+                "plan": &self.plan,
+                "images": &self.images,
+            })),
+        }
+    }
+}
+
+/// `{"event": "summary"}` followed by the fields of `value`.
+fn summary_event(value: serde_json::Value) -> serde_json::Value {
+    let mut line = serde_json::json!({ "event": "summary" });
+    if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), value) {
+        line.extend(fields);
+    }
+    line
 }
 
 /// One image (or other artifact) of a profile and where to take it from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactLocation {
     #[serde(flatten)]
     pub artifact: ArtifactRef,
     /// The blob in the content-addressed store (always there after a successful build).
+    #[schema(value_type = String)]
     pub store_path: PathBuf,
     /// The copy in the profile's `bin_dir`, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub bin_dir_path: Option<PathBuf>,
 }
 
 /// A profile's current images.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProfileImages {
     pub profile_id: String,
     pub build_key: String,
@@ -120,11 +149,13 @@ pub fn apply(
         Some(saved) => saved.selection.clone().unwrap_or_default(),
         None => request.selection.clone(),
     };
+    // The store first: while this apply completes the lock, another one must already see
+    // the state as taken (and not race it on `imagegen.lock`).
+    let store = workspace.store("imagegen apply")?;
     let locked = match (&request.saved_plan, request.locked) {
         (None, false) => lock_missing(workspace)?,
         _ => None,
     };
-    let store = workspace.store("imagegen apply")?;
     let plan_request = PlanRequest {
         locked: request.locked || request.saved_plan.is_some(),
         selection,
@@ -166,7 +197,7 @@ fn planned_profiles(plan: &Plan) -> Vec<String> {
 }
 
 /// Options of `build`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct BuildRequest {
     /// What to build: profile ids (`profiles`), tags, release, Image Builder, or build
     /// addresses (`targets`); the same selection `plan` and `apply` take.
@@ -219,7 +250,7 @@ pub fn select_profiles(
 }
 
 /// How one profile's build ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildResult {
     /// Built now.
@@ -232,7 +263,7 @@ pub enum BuildResult {
 }
 
 /// One profile's result of `build`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProfileBuild {
     pub profile_id: String,
     pub build_key: Option<String>,
@@ -240,13 +271,14 @@ pub struct ProfileBuild {
     pub cache_hit: bool,
     pub artifacts: Vec<ArtifactLocation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Error>,
 }
 
 /// What `build` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BuildOutcome {
     pub profiles: Vec<ProfileBuild>,
     /// The run, when anything had to run.
@@ -262,6 +294,14 @@ impl BuildOutcome {
     /// Why the run did not succeed, as one error (see [`run_failure`]); `None` on success.
     pub fn failure(&self) -> Option<Error> {
         self.report.as_ref().and_then(run_failure)
+    }
+
+    /// The last line of `build --json` (and of a build job's events).
+    pub fn summary_event(&self) -> serde_json::Value {
+        summary_event(serde_json::json!({
+            "profiles": &self.profiles,
+            "report": &self.report,
+        }))
     }
 }
 
@@ -316,8 +356,9 @@ pub fn build(
         )
         .with_help("e.g. `imagegen build ap-livingroom` or `imagegen build --tag lab`; `imagegen apply` builds the whole fleet"));
     }
-    lock_missing(workspace)?;
+    // The store first, so that no other run races this one on `imagegen.lock`.
     let store = workspace.store("imagegen build")?;
+    lock_missing(workspace)?;
     let plan_request = PlanRequest {
         locked: false,
         selection: request.selection.clone(),

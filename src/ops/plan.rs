@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Workspace;
 use crate::error::{Error, ErrorCode, Result};
@@ -13,7 +14,7 @@ use crate::plan::{self, ActionKind, Plan, PlanOptions, Selection};
 use crate::state::Store;
 
 /// Options of `plan`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct PlanRequest {
     /// A missing or outdated lock entry is an error (CI).
     #[serde(default)]

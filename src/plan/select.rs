@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::graph::PlanGraph;
 use super::model::{ActionKind, Plan, Resource};
@@ -17,7 +18,7 @@ use crate::triple::Triple;
 /// Addresses (`targets`) and profile filters add up: an action is selected when an address
 /// names it or its profile passes every filter that is set (several values of one filter
 /// mean any of them). Selected actions bring along everything they depend on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Selection {
     /// Action addresses: `build.home.ap`, `builder.23.05.4/ath79/generic`, `flash.sd-1`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -59,6 +59,9 @@ macro_rules! settings_table {
             pub const TMPDIR: &str = "TMPDIR";
             /// Any value turns colour off (https://no-color.org).
             pub const NO_COLOR: &str = "NO_COLOR";
+            /// The bearer token of `imagegen serve` (a secret: not a setting, never shown by
+            /// `imagegen config` or `GET /config`).
+            pub const OWRT_IMG_API_TOKEN: &str = "OWRT_IMG_API_TOKEN";
         }
 
         /// The rows, in the order `imagegen config` lists them.
