@@ -81,6 +81,7 @@ pub(crate) fn build(context: &Context, args: &BuildArgs) -> Result<i32> {
         selection: to_selection(&args.selection, &args.profile_ids),
         force: args.force,
         keep_going: args.keep_going,
+        ..BuildRequest::default()
     };
     let reporter = reporter_for(context.json());
     let hooks = RunHooks {

@@ -171,14 +171,17 @@ impl ImagegenServer {
         Parameters(params): Parameters<BuildBatchParams>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let filter: ProfileFilter = params.filter.into();
+        let request = BuildRequest {
+            selection: Selection {
+                profiles: params.profiles,
+                ..Selection::default()
+            },
+            filter: params.filter.into(),
+            force: params.force,
+            keep_going: !params.fail_fast,
+        };
         let outcome = self
             .run_tracked(&context, move |workspace, hooks, _| {
-                let request = BuildRequest {
-                    selection: ops::select_profiles(workspace, &params.profiles, &filter)?,
-                    force: params.force,
-                    keep_going: !params.fail_fast,
-                };
                 ops::build(workspace, &request, hooks)
             })
             .await;

@@ -203,6 +203,10 @@ pub struct BuildRequest {
     /// addresses (`targets`); the same selection `plan` and `apply` take.
     #[serde(flatten)]
     pub selection: Selection,
+    /// A `profiles list` style filter (tag, release, target, subtarget, device) that further
+    /// narrows the selected profiles, for API clients that select that way.
+    #[serde(default)]
+    pub filter: ProfileFilter,
     /// Rebuild even when a recorded build with the same key exists.
     #[serde(default)]
     pub force: bool,
@@ -349,19 +353,24 @@ pub fn build(
     hooks: &RunHooks,
 ) -> Result<BuildOutcome> {
     let fleet = workspace.fleet()?;
-    if request.selection.is_everything() {
+    if request.selection.is_everything() && request.filter == ProfileFilter::default() {
         return Err(Error::new(
             ErrorCode::Validation,
             "name the profiles to build, or select them with a filter",
         )
         .with_help("e.g. `imagegen build ap-livingroom` or `imagegen build --tag lab`; `imagegen apply` builds the whole fleet"));
     }
+    let selection = Selection {
+        profiles: select_profiles(workspace, &request.selection.profiles, &request.filter)?
+            .profiles,
+        ..request.selection.clone()
+    };
     // The store first, so that no other run races this one on `imagegen.lock`.
     let store = workspace.store("imagegen build")?;
     lock_missing(workspace)?;
     let plan_request = PlanRequest {
         locked: false,
-        selection: request.selection.clone(),
+        selection,
     };
     let mut plan = plan_with(workspace, &plan_request, &store)?;
     plan.actions
@@ -370,7 +379,7 @@ pub fn build(
     let selected = planned_profiles(&plan);
     if selected.is_empty() {
         return Err(Error::new(
-            ErrorCode::ProfileNotFound,
+            ErrorCode::Validation,
             format!("`{}` selects no build", request.selection.describe()),
         )
         .with_help("select profiles or `build.` addresses; `imagegen plan` shows every address"));

@@ -117,7 +117,7 @@ pub fn select(plan: &mut Plan, fleet: &Fleet, selection: &Selection) -> Result<(
     let keep = closure(plan, &roots)?;
     if keep.is_empty() {
         return Err(Error::new(
-            ErrorCode::ProfileNotFound,
+            ErrorCode::Validation,
             format!("no action matches `{}`", selection.describe()),
         )
         .with_help("`imagegen profiles list` shows the profiles and their tags; `imagegen plan` shows every address"));

@@ -303,7 +303,7 @@ fn part_of_a_fleet_is_planned_applied_and_built_by_selection() {
     );
     let nothing = fleet.run(&["plan", "--tag", "nope", "--json"]);
     assert_eq!(nothing.code, 3);
-    assert_eq!(nothing.json()["error"]["code"], "profile_not_found");
+    assert_eq!(nothing.json()["error"]["code"], "validation");
     let bad = fleet.run(&["plan", "--builder", "ath79/generic"]);
     assert_eq!(bad.code, 3, "{}", bad.stderr);
 
