@@ -13,7 +13,8 @@
 //!    build key, and the human explanation of what changed, from the same walk.
 //! 5. [`plan`] checks the fleet against upstream metadata and compares the desired state
 //!    with what [`state`] (the redb store) recorded: a `Plan` of actions with addresses,
-//!    reasons and dependencies.
+//!    reasons and dependencies, whose dependency graph (`PlanGraph`, petgraph) orders the
+//!    run; a `Selection` narrows it to part of the fleet.
 //! 6. [`imagebuilder`] fetches, verifies (usign) and safely unpacks official Image Builders,
 //!    and keeps them and their metadata in its cache. (Stand-in Image Builders and mirrors
 //!    for tests and the offline demo live in the `imagegen-standin` crate, not here.)

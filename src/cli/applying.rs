@@ -2,7 +2,7 @@
 //! terminal's event display, then print where the images are.
 
 use super::args::{ApplyArgs, BuildArgs};
-use super::commands::{plural, to_filter};
+use super::commands::{plural, to_selection};
 use super::context::Context;
 use super::display::reporter_for;
 use crate::apply::ApplyReport;
@@ -22,6 +22,7 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
             .transpose()?,
         locked: args.locked,
         keep_going: args.keep_going,
+        selection: to_selection(&args.selection, &[]),
     };
     let reporter = reporter_for(context.json());
     let show_plan = |plan: &Plan| {
@@ -77,10 +78,10 @@ fn print_locked(report: &LockReport) {
 pub(crate) fn build(context: &Context, args: &BuildArgs) -> Result<i32> {
     let workspace = context.workspace()?;
     let request = BuildRequest {
-        profiles: args.profiles.clone(),
-        filter: to_filter(&args.filter),
+        selection: to_selection(&args.selection, &args.profile_ids),
         force: args.force,
         keep_going: args.keep_going,
+        ..BuildRequest::default()
     };
     let reporter = reporter_for(context.json());
     let hooks = RunHooks {
@@ -147,6 +148,9 @@ fn print_report(report: &ApplyReport, images: &[ProfileImages]) {
         }
         if let Some(reason) = &step.reason {
             println!("      {reason}");
+        }
+        if let Some(kept) = &step.kept_build_dir {
+            println!("      build tree kept in {}", kept.display());
         }
         if let Some(log) = &step.log_path
             && step.outcome != OutcomeKind::Succeeded

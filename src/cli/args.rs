@@ -12,11 +12,16 @@ Typical session:
   imagegen plan                     show what would be fetched, built and flashed, and why
   imagegen plan --detailed-exitcode exit 2 when changes are pending (for CI gates)
   imagegen apply                    fetch, build and record what the plan shows
+  imagegen plan --target build.home.ap   one action and what it depends on (also apply, build)
+  imagegen show build.home.ap       everything about one action: inputs, key, reasons, last result
+  imagegen graph | dot -Tsvg > g.svg  the plan's dependency graph
 
 Settings come from flags > OWRT_IMG_* environment > imagegen.toml [settings] > defaults;
 `imagegen config` shows each effective value and where it came from.
 Exit codes: 0 ok, 1 a step failed, 2 changes pending (--detailed-exitcode), 3 invalid input,
-4 stale plan or lock, 5 state locked, 64 usage error, 70 internal error, 130 interrupted.";
+4 stale plan or lock, 5 state locked, 64 usage error, 70 internal error, 130 interrupted.
+A run's code: 130 if interrupted, else the run's own error (recording failed: 70), else 1 if
+any step failed, was skipped or cancelled, else 0.";
 
 /// Declarative fleet manager for custom OpenWrt firmware.
 ///
@@ -118,6 +123,13 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Build (or reuse) the images of the given profiles now
     Build(BuildArgs),
+    /// Explain one action of the plan in full: inputs, key, reasons, dependencies, last result
+    Show(ShowArgs),
+    /// Print the plan's dependency graph as Graphviz DOT (or nodes and edges with --json)
+    ///
+    /// Like `terraform graph`: `imagegen graph | dot -Tsvg > graph.svg` draws it. Edges point
+    /// from an action to what it depends on; unchanged actions are dashed.
+    Graph(GraphArgs),
     /// Recorded builds: list, show one, print its log
     #[command(subcommand)]
     Builds(BuildsCommand),
@@ -182,6 +194,39 @@ pub struct ValidateArgs {
     pub strict: bool,
 }
 
+/// Which part of the fleet a command covers; every option may be repeated or combined.
+#[derive(Debug, Args, Default, Clone)]
+pub struct SelectionArgs {
+    /// Only this action and what it depends on (repeatable), like Terraform's -target:
+    /// `build.FLEET.PROFILE`, `builder.RELEASE/TARGET/SUBTARGET`, `flash.DEVICE`
+    #[arg(long = "target", value_name = "ADDRESS")]
+    pub targets: Vec<String>,
+    /// Only this profile (repeatable)
+    #[arg(long = "profile", value_name = "ID")]
+    pub profiles: Vec<String>,
+    /// Only profiles with this tag (repeatable: any of them)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only profiles of this OpenWrt release
+    #[arg(long, value_name = "RELEASE")]
+    pub release: Option<String>,
+    /// Only profiles built with this Image Builder
+    #[arg(long, value_name = "RELEASE/TARGET/SUBTARGET")]
+    pub builder: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The action's address, as `imagegen plan` prints it
+    pub address: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The address to listen on (port 0 picks a free port; the first line printed names it)
@@ -200,6 +245,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Exit 0 when there are no changes, 2 when there are (errors stay non-zero)
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -216,8 +263,10 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// A plan saved with `imagegen plan --out FILE`
+    /// A plan saved with `imagegen plan --out FILE` (applied with the selection it was made with)
     pub plan_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Run everything that does not depend on a failed step
     #[arg(long)]
     pub keep_going: bool,
@@ -269,10 +318,11 @@ fn parse_verify(text: &str) -> Result<crate::flash::VerifyMode, String> {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Profile ids (or select with the filters below)
-    pub profiles: Vec<String>,
+    /// Profile ids (or select with the options below)
+    #[arg(value_name = "PROFILE")]
+    pub profile_ids: Vec<String>,
     #[command(flatten)]
-    pub filter: ProfileFilterArgs,
+    pub selection: SelectionArgs,
     /// Rebuild even when a recorded build with the same key exists
     #[arg(long)]
     pub force: bool,

@@ -2,12 +2,14 @@
 
 use serde::Serialize;
 
-use super::args::{FormatArg, PlanArgs, ProfileFilterArgs, ProfilesCommand, ValidateArgs};
+use super::args::{
+    FormatArg, PlanArgs, ProfileFilterArgs, ProfilesCommand, SelectionArgs, ValidateArgs,
+};
 use super::context::Context;
 use crate::error::{Error, Result, exit, printable};
 use crate::manifest::{self, ProfileFilter};
 use crate::ops::{self, PlanRequest, ValidateRequest};
-use crate::plan;
+use crate::plan::{self, Selection};
 use crate::source::Format;
 
 /// Prints a `Serialize` value as pretty JSON on stdout.
@@ -69,6 +71,7 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
     let workspace = context.workspace()?;
     let request = PlanRequest {
         locked: args.locked,
+        selection: to_selection(&args.selection, &[]),
     };
     let plan = ops::plan(&workspace, &request)?;
     if let Some(out) = &args.out {
@@ -91,6 +94,19 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
     } else {
         exit::OK
     })
+}
+
+/// The selection options, plus profile ids given as positional arguments (`build`).
+pub(crate) fn to_selection(args: &SelectionArgs, profiles: &[String]) -> Selection {
+    let mut ids = profiles.to_vec();
+    ids.extend(args.profiles.iter().cloned());
+    Selection {
+        targets: args.targets.clone(),
+        profiles: ids,
+        tags: args.tags.clone(),
+        release: args.release.clone(),
+        builder: args.builder.clone(),
+    }
 }
 
 pub(crate) fn config(context: &Context) -> Result<i32> {

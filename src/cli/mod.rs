@@ -7,6 +7,7 @@ mod args;
 mod commands;
 mod context;
 mod display;
+mod explain;
 mod fetching;
 mod flash;
 mod mcp;
@@ -82,6 +83,8 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Config => commands::config(context),
         Command::Apply(args) => applying::apply(context, &args),
         Command::Build(args) => applying::build(context, &args),
+        Command::Show(args) => explain::show(context, &args),
+        Command::Graph(args) => explain::graph(context, &args),
         Command::Builds(command) => records::builds(context, command),
         Command::Artifacts(command) => records::artifacts(context, command),
         Command::Gc(args) => records::gc(context, &args),

@@ -84,6 +84,7 @@ impl From<PlanParams> for PlanRequest {
     fn from(params: PlanParams) -> PlanRequest {
         PlanRequest {
             locked: params.locked,
+            ..PlanRequest::default()
         }
     }
 }

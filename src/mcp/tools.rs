@@ -31,6 +31,7 @@ use crate::ops::{
     Workspace,
 };
 use crate::plan;
+use crate::plan::Selection;
 use crate::triple::Triple;
 
 #[tool_router(router = tools, vis = "pub(crate)")]
@@ -129,7 +130,10 @@ impl ImagegenServer {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let request = BuildRequest {
-            profiles: vec![params.profile_id],
+            selection: Selection {
+                profiles: vec![params.profile_id],
+                ..Selection::default()
+            },
             force: params.force,
             ..BuildRequest::default()
         };
@@ -168,7 +172,10 @@ impl ImagegenServer {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let request = BuildRequest {
-            profiles: params.profiles,
+            selection: Selection {
+                profiles: params.profiles,
+                ..Selection::default()
+            },
             filter: params.filter.into(),
             force: params.force,
             keep_going: !params.fail_fast,

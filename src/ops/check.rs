@@ -22,7 +22,8 @@ pub struct ValidateRequest {
 /// A check `validate` could not run, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkippedCheck {
-    /// What was not checked, e.g. "Image Builder profiles against upstream profiles.json".
+    /// What was not checked, e.g. "Image Builder profiles, filesystems and image kinds against
+    /// upstream profiles.json".
     pub check: String,
     /// The Image Builders (`RELEASE/TARGET/SUBTARGET`) it concerns.
     pub builders: Vec<String>,
@@ -55,6 +56,7 @@ pub fn validate(workspace: &Workspace, request: &ValidateRequest) -> Result<Vali
     let options = PlanOptions {
         locked: request.locked,
         offline: settings.offline.value,
+        ..PlanOptions::default()
     };
     let prepared = plan::prepare(fleet, settings, &options)?;
     let skipped = skipped_checks(fleet, &prepared, settings.offline.value);
@@ -131,7 +133,8 @@ fn skipped_checks(
         ),
     };
     vec![SkippedCheck {
-        check: "Image Builder profiles against upstream profiles.json".to_string(),
+        check: "Image Builder profiles, filesystems and image kinds against upstream profiles.json"
+            .to_string(),
         builders,
         profiles,
         reason,

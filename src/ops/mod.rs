@@ -10,6 +10,7 @@
 mod apply;
 mod builders;
 mod check;
+mod explain;
 mod files;
 mod plan;
 mod profiles;
@@ -27,12 +28,13 @@ use crate::state::Store;
 
 pub use apply::{
     ApplyOutcome, ApplyRequest, ArtifactLocation, BuildOutcome, BuildRequest, BuildResult,
-    ProfileBuild, ProfileImages, RunHooks, apply, build, run_failure,
+    ProfileBuild, ProfileImages, RunHooks, apply, build, run_failure, select_profiles,
 };
 pub use builders::{
     BuilderInfo, PruneReport, builder_info, ensure_builders, list_builders, lock, prune_builders,
 };
 pub use check::{SkippedCheck, ValidateReport, ValidateRequest, validate};
+pub use explain::{ActionDetail, GraphReport, graph, show};
 pub use files::{FleetFile, FleetFileId, FleetFileText, fleet_files, read_fleet_file};
 pub use plan::{PlanRequest, check_saved_plan, plan, read_saved_plan, save_plan};
 pub use profiles::{

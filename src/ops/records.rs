@@ -123,7 +123,7 @@ pub struct ArtifactFilter {
     /// Only the artifacts of this build (key or unique prefix).
     #[serde(default)]
     pub build: Option<String>,
-    /// Only the artifacts of builds of this profile id.
+    /// Only the artifacts of builds this profile id made or applied.
     #[serde(default)]
     pub profile: Option<String>,
 }
@@ -146,10 +146,11 @@ pub fn artifacts_list(
         keys = BTreeSet::from([find_build(&builds, prefix)?.key.as_str()]);
     }
     if let Some(profile) = &filter.profile {
+        // A build serves every profile that applied it, not only the one that made it.
         keys.retain(|key| {
             builds
                 .iter()
-                .any(|build| build.key == *key && &build.profile_id == profile)
+                .any(|build| build.key == *key && build.used_by_profile(profile))
         });
     }
     Ok(records

@@ -1,6 +1,6 @@
 //! The pure heart of `plan`: compare desired with recorded and decide every action.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -23,6 +23,9 @@ pub struct DesiredBuild {
     pub profile_id: String,
     pub device_id: String,
     pub inputs: BuildInputs,
+    /// `build_defaults.rebuild_if_cached`: when this profile's build runs, a build recorded
+    /// before the run is not reused.
+    pub rebuild_if_cached: bool,
 }
 
 /// A fleet device that should carry its profile's image.
@@ -79,6 +82,9 @@ pub struct Recorded {
     pub builds: BTreeMap<String, RecordedBuild>,
     /// Keyed by device id (this fleet's pointers).
     pub devices: BTreeMap<String, RecordedDevice>,
+    /// Keys of successful recorded builds (of any profile or fleet) whose artifacts are in
+    /// the store, among the keys the fleet wants: a changed profile with such a key reuses it.
+    pub reusable: BTreeSet<String>,
 }
 
 pub(crate) fn build_address(fleet: &str, profile_id: &str) -> String {
@@ -107,6 +113,8 @@ fn action(address: String, resource: Resource, kind: ActionKind) -> Action {
         previous_key: None,
         reasons: Vec::new(),
         depends_on: Vec::new(),
+        same_inputs_as: None,
+        cache_hit: false,
         profile_id: None,
         device_id: None,
         builder: None,
@@ -122,15 +130,12 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
         .iter()
         .map(|builder| builder_action(builder, recorded))
         .collect();
-    let builder_changes: BTreeMap<String, ActionKind> = actions
-        .iter()
-        .map(|action| (action.address.clone(), action.action))
-        .collect();
-    let builds: Vec<Action> = desired
+    let mut builds: Vec<Action> = desired
         .builds
         .iter()
-        .map(|build| build_action(&desired.fleet, build, recorded, &builder_changes))
+        .map(|build| build_action(&desired.fleet, build, recorded))
         .collect();
+    share_identical_builds(&mut builds, desired, recorded);
     let flashes: Vec<Action> = desired
         .flashes
         .iter()
@@ -156,6 +161,41 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
         fingerprint,
         offline_needs: Vec::new(),
         notices: Vec::new(),
+        selection: None,
+    }
+}
+
+/// One build per key: among the changing builds with the same key, the first (in fleet
+/// order) builds and the others depend on it and reuse its result. A changing build whose
+/// key a recorded build already has reuses that, unless `rebuild_if_cached` asks for a fresh
+/// build, which then also serves every other profile with that key in this run.
+fn share_identical_builds(builds: &mut [Action], desired: &Desired, recorded: &Recorded) {
+    let mut first_of_key: BTreeMap<String, usize> = BTreeMap::new();
+    let mut fresh_keys: BTreeSet<String> = BTreeSet::new();
+    for (action, build) in builds.iter().zip(&desired.builds) {
+        if let (Some(key), true) = (&action.key, build.rebuild_if_cached) {
+            fresh_keys.insert(key.clone());
+        }
+    }
+    for index in 0..builds.len() {
+        let action = &builds[index];
+        let Some(key) = action.key.clone().filter(|_| action.action.is_change()) else {
+            continue;
+        };
+        match first_of_key.get(&key) {
+            Some(&first) => {
+                let primary = builds[first].address.clone();
+                let action = &mut builds[index];
+                action.depends_on.push(primary.clone());
+                action.same_inputs_as = Some(primary);
+                action.cache_hit = true;
+            }
+            None => {
+                first_of_key.insert(key.clone(), index);
+                builds[index].cache_hit =
+                    recorded.reusable.contains(&key) && !fresh_keys.contains(&key);
+            }
+        }
     }
 }
 
@@ -204,12 +244,7 @@ fn builder_action(builder: &DesiredBuilder, recorded: &Recorded) -> Action {
     result
 }
 
-fn build_action(
-    fleet: &str,
-    build: &DesiredBuild,
-    recorded: &Recorded,
-    builder_changes: &BTreeMap<String, ActionKind>,
-) -> Action {
+fn build_action(fleet: &str, build: &DesiredBuild, recorded: &Recorded) -> Action {
     let key = build.inputs.key().map(|key| key.0);
     let previous = recorded.builds.get(&build.profile_id);
     let (kind, reasons) = match previous {
@@ -243,12 +278,7 @@ fn build_action(
         "imagebuilder_profile".into(),
         build.inputs.imagebuilder_profile.clone(),
     );
-    if builder_changes
-        .get(&builder)
-        .is_some_and(|kind| kind.is_change())
-    {
-        result.depends_on.push(builder);
-    }
+    result.depends_on.push(builder);
     result
 }
 
@@ -333,7 +363,7 @@ fn flash_action(
         .details
         .insert("path".into(), flash.path.display().to_string());
     result.details.insert("image".into(), flash.image.clone());
-    if build_changes {
+    if build.is_some() {
         result.depends_on.push(build_address);
     }
     result
@@ -398,6 +428,7 @@ mod tests {
                 profile_id: "ap".into(),
                 device_id: "archer-c7".into(),
                 inputs: inputs(sha, packages),
+                rebuild_if_cached: false,
             }],
             flashes: vec![DesiredFlash {
                 device_id: "sd1".into(),
@@ -472,8 +503,7 @@ mod tests {
             vec!["builder.23.05.4/ath79/generic"]
         );
         assert_eq!(plan.actions[2].depends_on, vec!["build.home.ap"]);
-        let (graph, _) = plan.graph();
-        assert!(petgraph::algo::toposort(&graph, None).is_ok());
+        assert!(super::super::PlanGraph::new(&plan).is_ok());
         assert_eq!(plan.summary.changes(), 3);
     }
 
@@ -486,7 +516,60 @@ mod tests {
             "{plan:#?}"
         );
         assert!(!plan.has_changes());
-        assert!(plan.actions.iter().all(|a| a.depends_on.is_empty()));
+        // The graph stays whole: an unchanged dependency still counts as one.
+        assert_eq!(
+            plan.action("build.home.ap").map(|a| a.depends_on.clone()),
+            Some(vec!["builder.23.05.4/ath79/generic".to_string()])
+        );
+    }
+
+    fn twin(profile_id: &str, rebuild_if_cached: bool) -> DesiredBuild {
+        DesiredBuild {
+            profile_id: profile_id.into(),
+            device_id: "archer-c7".into(),
+            inputs: inputs(Some(&"11".repeat(32)), &["luci"]),
+            rebuild_if_cached,
+        }
+    }
+
+    #[test]
+    fn identical_keys_build_once_and_the_others_reuse_it() {
+        let mut wanted = desired(Some(&"11".repeat(32)), &["luci"]);
+        wanted.builds.push(twin("ap2", false));
+        wanted.builds.push(twin("ap3", false));
+        let plan = diff(&wanted, &Recorded::default(), Fingerprint::default());
+        let ap = plan.action("build.home.ap").expect("ap");
+        assert_eq!((ap.same_inputs_as.as_deref(), ap.cache_hit), (None, false));
+        for other in ["build.home.ap2", "build.home.ap3"] {
+            let action = plan.action(other).expect("twin");
+            assert_eq!(action.key, ap.key);
+            assert_eq!(action.same_inputs_as.as_deref(), Some("build.home.ap"));
+            assert!(action.cache_hit);
+            assert!(action.depends_on.contains(&"build.home.ap".to_string()));
+        }
+        assert_eq!((plan.summary.build, plan.summary.reuse), (3, 2));
+        let text = super::super::render_text(&plan, false);
+        assert!(text.contains("same inputs as build.home.ap"), "{text}");
+        assert!(text.contains("3 to build (2 reused)"), "{text}");
+    }
+
+    #[test]
+    fn a_recorded_key_is_reused_unless_rebuild_if_cached() {
+        let mut wanted = desired(Some(&"11".repeat(32)), &["luci"]);
+        wanted.builds[0].profile_id = "new".into();
+        wanted.flashes.clear();
+        let mut recorded = Recorded::default();
+        let key = wanted.builds[0].inputs.key().map(|key| key.0).expect("key");
+        recorded.reusable.insert(key.clone());
+        let plan = diff(&wanted, &recorded, Fingerprint::default());
+        let action = plan.action("build.home.new").expect("new");
+        assert_eq!(action.action, ActionKind::Create);
+        assert!(action.cache_hit);
+        wanted.builds.push(twin("fresh", true));
+        let plan = diff(&wanted, &recorded, Fingerprint::default());
+        assert!(!plan.action("build.home.new").expect("new").cache_hit);
+        let fresh = plan.action("build.home.fresh").expect("fresh");
+        assert_eq!(fresh.same_inputs_as.as_deref(), Some("build.home.new"));
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! The `Plan` value and its JSON form (documented in docs/plan-json.md; `format_version`
 //! changes only when a field changes meaning or disappears).
 
-use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
+use super::select::Selection;
 use crate::key::{BuildInputs, Reason};
 use crate::triple::Triple;
 
-/// Version of the plan JSON format. Additive changes keep it; breaking ones bump it.
-pub const FORMAT_VERSION: &str = "1.0";
+/// Version of the plan JSON format: the minor number grows with additive changes, the major
+/// number when a field changes meaning or disappears (docs/plan-json.md).
+pub const FORMAT_VERSION: &str = "1.1";
 
 /// What kind of thing an action is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -59,8 +60,18 @@ pub struct Action {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_key: Option<String>,
     pub reasons: Vec<Reason>,
-    /// Addresses of actions that must finish first.
+    /// Addresses of the actions this one depends on (a build on its Image Builder, a flash
+    /// on its build, a reusing build on the build it reuses), whether or not they change;
+    /// an unchanged dependency counts as finished.
     pub depends_on: Vec<String>,
+    /// For a build: the build action in this plan with the same key, whose result this one
+    /// reuses instead of building again (one build per key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_inputs_as: Option<String>,
+    /// For a build that changes: apply reuses a build with this key (recorded, or made
+    /// earlier in the same run) instead of running `make image`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cache_hit: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +93,9 @@ pub struct Summary {
     pub fetch: usize,
     pub build: usize,
     pub rebuild: usize,
+    /// Of `build` and `rebuild`, how many reuse a build with the same key (no `make image`).
+    #[serde(default)]
+    pub reuse: usize,
     pub flash: usize,
     pub remove: usize,
     pub unchanged: usize,
@@ -121,6 +135,10 @@ pub struct Plan {
     /// checked offline).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
+    /// The part of the fleet this plan covers (`--target`, `--profile`, ...); absent when it
+    /// covers the whole fleet. `apply PLANFILE` applies exactly this selection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
 }
 
 impl Plan {
@@ -132,28 +150,12 @@ impl Plan {
         self.actions.iter().find(|action| action.address == address)
     }
 
-    /// The actions as a dependency DAG (edge: dependency → dependent). Dependencies on
-    /// addresses that are not in the plan are ignored.
-    pub fn graph(&self) -> (DiGraph<usize, ()>, BTreeMap<String, NodeIndex>) {
-        let mut graph = DiGraph::new();
-        let mut nodes = BTreeMap::new();
-        for (index, action) in self.actions.iter().enumerate() {
-            nodes.insert(action.address.clone(), graph.add_node(index));
-        }
-        for action in &self.actions {
-            let to = nodes[&action.address];
-            for dependency in &action.depends_on {
-                if let Some(&from) = nodes.get(dependency) {
-                    graph.add_edge(from, to, ());
-                }
-            }
-        }
-        (graph, nodes)
-    }
-
     pub(crate) fn summarize(actions: &[Action]) -> Summary {
         let mut summary = Summary::default();
         for action in actions {
+            if action.resource == Resource::Build && action.action.is_change() && action.cache_hit {
+                summary.reuse += 1;
+            }
             match (action.resource, action.action) {
                 (_, ActionKind::NoOp) => summary.unchanged += 1,
                 (_, ActionKind::Skip) => summary.skip += 1,
@@ -166,4 +168,8 @@ impl Plan {
         }
         summary
     }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }

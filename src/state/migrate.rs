@@ -4,8 +4,10 @@
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::records::BuildRecord;
-use super::tables::{BUILD_KEY_TO_BUILD, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use super::records::{BuildRecord, ProfilePointer};
+use super::tables::{
+    BUILD_KEY_TO_BUILD, FLEET_PROFILE_TO_POINTER, META, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
+};
 use super::{database_error, encode, guarded};
 use crate::error::{Error, Result};
 
@@ -13,7 +15,7 @@ use crate::error::{Error, Result};
 type Step = fn(&redb::WriteTransaction) -> Result<()>;
 
 /// The steps, indexed by the version they upgrade from (1 → 2 is `STEPS[0]`).
-const STEPS: &[(u64, Step)] = &[(1, typed_build_inputs)];
+const STEPS: &[(u64, Step)] = &[(1, typed_build_inputs), (2, applied_by_from_pointers)];
 
 /// Upgrades `db` from schema `found` to [`SCHEMA_VERSION`].
 pub(super) fn upgrade(db: &Database, found: u64) -> Result<()> {
@@ -76,6 +78,52 @@ fn typed_build_inputs(txn: &redb::WriteTransaction) -> Result<()> {
     for key in &dropped {
         table
             .remove(key.as_str())
+            .map_err(|error| database_error(what, error))?;
+    }
+    Ok(())
+}
+
+/// Schema 3: every build record lists who applied it. Older records learn it from the
+/// profile that built them and from the fleet pointers that name their key.
+fn applied_by_from_pointers(txn: &redb::WriteTransaction) -> Result<()> {
+    let what = "upgrading BUILD_KEY_TO_BUILD";
+    let mut pointers: Vec<(String, String, ProfilePointer)> = Vec::new();
+    {
+        let table = txn
+            .open_table(FLEET_PROFILE_TO_POINTER)
+            .map_err(|error| database_error("opening FLEET_PROFILE_TO_POINTER", error))?;
+        for entry in table.iter().map_err(|error| database_error(what, error))? {
+            let (key, bytes) = entry.map_err(|error| database_error(what, error))?;
+            let (fleet, profile) = key.value();
+            if let Ok(pointer) = serde_json::from_slice::<ProfilePointer>(bytes.value()) {
+                pointers.push((fleet.to_string(), profile.to_string(), pointer));
+            }
+        }
+    }
+    let mut table = open(txn, BUILD_KEY_TO_BUILD)?;
+    let mut rewritten: Vec<(String, Vec<u8>)> = Vec::new();
+    for entry in table.iter().map_err(|error| database_error(what, error))? {
+        let (key, bytes) = entry.map_err(|error| database_error(what, error))?;
+        let Ok(mut record) = serde_json::from_slice::<BuildRecord>(bytes.value()) else {
+            continue;
+        };
+        if let Some(fleet) = record.fleet.clone() {
+            let (profile, at) = (record.profile_id.clone(), record.finished_at);
+            record.note_applied(&fleet, &profile, at);
+        }
+        for (fleet, profile, pointer) in &pointers {
+            if pointer.build_key == record.key {
+                record.note_applied(fleet, profile, pointer.applied_at);
+            }
+        }
+        rewritten.push((
+            key.value().to_string(),
+            encode("BUILD_KEY_TO_BUILD", &record)?,
+        ));
+    }
+    for (key, bytes) in &rewritten {
+        table
+            .insert(key.as_str(), bytes.as_slice())
             .map_err(|error| database_error(what, error))?;
     }
     Ok(())

@@ -30,7 +30,7 @@ use tables::{META, SCHEMA_VERSION_KEY};
 pub use lock::LockHolder;
 pub use reader::Reader;
 pub use records::{
-    ArtifactRecord, ArtifactRef, BuildRecord, BuildStatus, BuilderRecord, BuilderStatus,
+    AppliedBy, ArtifactRecord, ArtifactRef, BuildRecord, BuildStatus, BuilderRecord, BuilderStatus,
     DeviceIdentity, DevicePointer, FlashRecord, ProfilePointer,
 };
 pub use tables::SCHEMA_VERSION;

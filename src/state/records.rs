@@ -64,10 +64,20 @@ pub struct ArtifactRef {
     pub size: u64,
 }
 
+/// One (fleet, profile) that applied a build: pointed its profile at the build's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppliedBy {
+    pub fleet: String,
+    pub profile_id: String,
+    /// When it last applied this build.
+    pub applied_at: i64,
+}
+
 /// One build, keyed by its build key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BuildRecord {
     pub key: String,
+    /// The profile whose build made the record (the first, when several share the key).
     pub profile_id: String,
     pub fleet: Option<String>,
     /// The canonical inputs the key was computed from (owned by `key`).
@@ -81,6 +91,46 @@ pub struct BuildRecord {
     pub manifest_path: Option<PathBuf>,
     pub artifacts: Vec<ArtifactRef>,
     pub error: Option<String>,
+    /// Every (fleet, profile) that applied this build, sorted; a key maps back to everyone
+    /// who uses its image (several profiles can share one build key).
+    #[serde(default)]
+    pub applied_by: Vec<AppliedBy>,
+    /// The build tree kept by `build_defaults.keep_build_dir`, when one was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub kept_build_dir: Option<PathBuf>,
+}
+
+impl BuildRecord {
+    /// Notes that `profile_id` of `fleet` applied this build at `at` (once per pair; the
+    /// time is the latest).
+    pub fn note_applied(&mut self, fleet: &str, profile_id: &str, at: i64) {
+        match self
+            .applied_by
+            .iter_mut()
+            .find(|entry| entry.fleet == fleet && entry.profile_id == profile_id)
+        {
+            Some(entry) => entry.applied_at = at,
+            None => {
+                self.applied_by.push(AppliedBy {
+                    fleet: fleet.to_string(),
+                    profile_id: profile_id.to_string(),
+                    applied_at: at,
+                });
+                self.applied_by
+                    .sort_by(|a, b| (&a.fleet, &a.profile_id).cmp(&(&b.fleet, &b.profile_id)));
+            }
+        }
+    }
+
+    /// Whether `profile_id` (of any fleet) built or applied this build.
+    pub fn used_by_profile(&self, profile_id: &str) -> bool {
+        self.profile_id == profile_id
+            || self
+                .applied_by
+                .iter()
+                .any(|entry| entry.profile_id == profile_id)
+    }
 }
 
 /// One blob of the content-addressed store, keyed by sha256.

@@ -10,8 +10,9 @@ use redb::TableDefinition;
 /// imagegen could misread, and add the upgrade step in `migrate`; an imagegen refuses a
 /// database with a newer version and upgrades an older one in place.
 ///
-/// 1: first release. 2: `BuildRecord.inputs` is a typed `BuildInputs`.
-pub const SCHEMA_VERSION: u64 = 2;
+/// 1: first release. 2: `BuildRecord.inputs` is a typed `BuildInputs`. 3: a build record
+/// lists every (fleet, profile) that applied it (`applied_by`) and a kept build tree.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// The key in [`META`] that holds the schema version.
 pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";

@@ -40,7 +40,7 @@ fn validate_says_which_checks_it_could_not_run_and_strict_refuses() {
     );
     assert!(
         stdout.contains(
-            "Not checked: Image Builder profiles against upstream profiles.json for 5 profiles"
+            "Not checked: Image Builder profiles, filesystems and image kinds against upstream profiles.json for 5 profiles"
         ),
         "{stdout}"
     );

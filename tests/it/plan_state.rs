@@ -91,6 +91,8 @@ fn record_as_applied(db: &Path, plan: &Plan) {
                         manifest_path: None,
                         artifacts: Vec::new(),
                         error: None,
+                        applied_by: Vec::new(),
+                        kept_build_dir: None,
                     })
                     .expect("put build");
                 writer

@@ -76,6 +76,8 @@ fn build(key: &str, started_at: i64) -> BuildRecord {
         manifest_path: None,
         artifacts: vec![artifact_ref(&"cd".repeat(32))],
         error: None,
+        applied_by: Vec::new(),
+        kept_build_dir: None,
     }
 }
 
@@ -340,7 +342,8 @@ fn stored_schema(path: &Path) -> Option<u64> {
 }
 
 /// A database written by imagegen at e07c245 (schema 1, tests/data/README.md) is upgraded in
-/// place: every record is still there, build inputs are typed, and opening again is a no-op.
+/// place: every record is still there, build inputs are typed, builds list who applied them,
+/// and opening again is a no-op.
 #[test]
 fn a_schema_1_database_from_the_first_release_is_upgraded_in_place() {
     let dir = tempfile::tempdir().unwrap();
@@ -369,7 +372,23 @@ fn a_schema_1_database_from_the_first_release_is_upgraded_in_place() {
             "{profiles:?}"
         );
         assert_eq!(reader.builders().unwrap().len(), 5);
-        assert_eq!(reader.profile_pointers("home").unwrap().len(), 5);
+        let pointers = reader.profile_pointers("home").unwrap();
+        assert_eq!(pointers.len(), 5);
+        // Schema 3: every build knows who applied it, from the pointers that name it.
+        for (profile, pointer) in &pointers {
+            let build = reader
+                .build(&pointer.build_key)
+                .unwrap()
+                .expect("pointed build");
+            assert!(
+                build
+                    .applied_by
+                    .iter()
+                    .any(|entry| entry.fleet == "home" && &entry.profile_id == profile),
+                "{profile}: {:?}",
+                build.applied_by
+            );
+        }
         let artifacts = reader.artifacts().unwrap();
         assert!(
             builds
