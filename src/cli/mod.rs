@@ -9,6 +9,7 @@ mod context;
 mod display;
 mod fetching;
 mod flash;
+mod flash_observer;
 mod mcp;
 mod records;
 mod report;

@@ -59,6 +59,12 @@ macro_rules! settings_table {
             pub const TMPDIR: &str = "TMPDIR";
             /// Any value turns colour off (https://no-color.org).
             pub const NO_COLOR: &str = "NO_COLOR";
+            /// TEST HOOK, not a setting: a shell command `imagegen flash` runs between the
+            /// write and the read-back, so the integration tests can change a loop device's
+            /// backing file and prove a mismatch is caught. Honoured only when the target is
+            /// a loop device (never a real card or disk), and announced on stderr when it
+            /// runs; `docs/flash.md`, "Test hook".
+            pub const IMAGEGEN_TEST_FLASH_BEFORE_VERIFY: &str = "IMAGEGEN_TEST_FLASH_BEFORE_VERIFY";
         }
 
         /// The rows, in the order `imagegen config` lists them.
