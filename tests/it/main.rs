@@ -8,6 +8,7 @@ mod exec;
 mod fetch;
 mod first_hour;
 mod flash;
+mod flash_records;
 mod http_server;
 mod lock_cli;
 mod manifest;
