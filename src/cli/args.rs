@@ -148,9 +148,10 @@ pub enum Command {
     /// Serve the fleet's operations to AI agents over MCP (Model Context Protocol) on stdio
     ///
     /// Tools: list_profiles, get_profile, validate, plan, build_image, build_images_batch,
-    /// apply, list_builds, get_build_log, list_artifacts, list_builders, ensure_builder. The
-    /// fleet's files are read-only resources. Only protocol messages go to stdout; logs go
-    /// to stderr.
+    /// apply, list_builds, get_build_log, list_artifacts, list_builders, ensure_builder,
+    /// flash_artifact (a dry run unless the call says `force: true` and the server has
+    /// --allow-flash). The fleet's files are read-only resources. Only protocol messages go
+    /// to stdout; logs go to stderr.
     Mcp(McpArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
