@@ -21,13 +21,13 @@ use serde::{Deserialize, Serialize};
 use super::Workspace;
 use crate::cas::Cas;
 use crate::error::{Error, Result};
-use crate::flash::VerifyMode;
-use crate::flash::{self, DeviceCandidate, FlashObserver, FlashOptions, FlashReport, Host};
+use crate::flash::{
+    self, DeviceCandidate, FlashObserver, FlashOptions, FlashReport, Host, VerifyMode,
+};
 use crate::state::{FlashRecord, FlashedArtifact, Store};
 
 pub use artifact::ArtifactSpec;
 pub use list::{FlashEntry, FlashFilter, FlashListing, flash_list};
-pub(crate) use recording::device_key;
 
 /// How to flash, whatever the image.
 #[derive(Debug, Clone)]
@@ -189,7 +189,7 @@ pub(crate) fn run(
     let fleet_devices = recording::fleet_devices(workspace);
     let Some(store) = store else {
         let report = flash::flash(&target.host, &options, &mut Unconfirmed)?;
-        let (device_key, fleet_device) = device_key(&report.plan.device, &fleet_devices);
+        let (device_key, fleet_device) = recording::device_key(&report.plan.device, &fleet_devices);
         return Ok(FlashOutcome {
             source,
             device_key,

@@ -120,10 +120,11 @@ impl FlashObserver for Seen<'_> {
     }
 
     fn progress(&mut self, progress: &FlashProgress) {
-        if progress.phase == FlashPhase::Writing && progress.bytes > 0 {
-            if let Some(cancel) = &self.cancel_after_first_block {
-                cancel.store(true, Ordering::SeqCst);
-            }
+        if let Some(cancel) = &self.cancel_after_first_block
+            && progress.phase == FlashPhase::Writing
+            && progress.bytes > 0
+        {
+            cancel.store(true, Ordering::SeqCst);
         }
     }
 
