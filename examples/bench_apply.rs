@@ -2,7 +2,11 @@
 //!
 //! (a) 8 builds on 2 slots, each stand-in `make image` burning about 2 s of CPU: makespan
 //!     vs the ideal (sum of the build steps' durations / 2 slots). Target ≤ 1.15×.
-//! (b) a no-op apply over 100 built profiles. Target < 0.3 s.
+//! (b) a no-op apply over 100 built profiles. Target < 0.3 s. Before it, (b0) the apply
+//!     that builds those 100 profiles (no CPU burnt) shows the per-build overhead.
+//!
+//! `OWRT_IMG_SANDBOX=none` (or `sandbox`) in the environment chooses the build sandbox mode,
+//! to compare the two.
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_apply`
 //! Uses target/release/imagegen (or $IMAGEGEN_BIN); device data from the `imagegen-standin` crate.
@@ -131,7 +135,15 @@ fn noop(binary: &Path, data: &Path) {
         .tempdir()
         .expect("temp");
     fleet(dir.path(), data, 100, 0.0);
-    imagegen(binary, dir.path(), &["apply"]);
+    imagegen(binary, dir.path(), &["lock"]);
+    imagegen(binary, dir.path(), &["builders", "ensure"]);
+    // The first apply is 100 `make image` runs that burn no CPU on purpose: what it costs
+    // is imagegen's per-build overhead (slot reset, sandbox, make, hashing, recording).
+    let (first, _) = imagegen(binary, dir.path(), &["apply"]);
+    println!(
+        "(b0) 100 builds of 0 CPU s on 2 slots (per-build overhead): {first:.2} s, {:.0} ms per build and slot",
+        first * 2.0 * 1000.0 / 100.0
+    );
     let mut times: Vec<f64> = (0..7)
         .map(|_| imagegen(binary, dir.path(), &["apply"]).0)
         .collect();

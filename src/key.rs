@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::triple::Triple;
 
@@ -35,7 +36,7 @@ impl fmt::Display for BuildKey {
 
 /// Which Image Builder a build uses. `archive_sha256` is `None` until the lock pins it;
 /// then the key is "known after fetch".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BuilderPin {
     #[serde(flatten)]
     pub triple: Triple,
@@ -44,7 +45,7 @@ pub struct BuilderPin {
 }
 
 /// One overlay entry as recorded for explanations: kind, mode, owner and content digest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OverlayFact {
     pub kind: String,
     pub mode: u32,
@@ -55,14 +56,14 @@ pub struct OverlayFact {
 
 /// The overlay as a key input: its tree hash, plus per-path facts so an explanation can
 /// name the files that changed. Only `tree_hash` enters the key; it covers the facts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 pub struct OverlayInputs {
     pub tree_hash: String,
     pub entries: BTreeMap<String, OverlayFact>,
 }
 
 /// Image Builder options that change the output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 pub struct ImageOptions {
     pub extra_image_name: Option<String>,
     pub disabled_services: Vec<String>,
@@ -73,7 +74,7 @@ pub struct ImageOptions {
 }
 
 /// Everything that determines one image, normalized.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BuildInputs {
     pub schema: u32,
     pub builder: BuilderPin,
@@ -105,7 +106,7 @@ struct KeyField {
 }
 
 /// Why a build is (re)built: one changed field with its old and new value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Reason {
     /// The input field (`builder`, `packages`, `overlay`, `options.extra_image_name`, ...).
     pub field: String,

@@ -28,7 +28,8 @@
 //!    attempt in [`state`] around the engine). [`cli`] is the command-line frontend: it
 //!    parses arguments, calls one operation and renders the result as text or JSON.
 //!    Nothing below it knows about clap. [`mcp`] is the MCP server for AI agents
-//!    (`imagegen mcp`): the same operations as tools, over stdio.
+//!    (`imagegen mcp`) and [`server`] (`imagegen serve`) the HTTP API and dashboard, over
+//!    the same operations.
 //!
 //! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.
 
@@ -40,6 +41,8 @@ pub mod error;
 pub mod exec;
 pub mod flash;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imagebuilder;
 pub mod key;
 pub mod lock;
@@ -48,6 +51,7 @@ pub mod mcp;
 pub mod ops;
 pub mod overlay;
 pub mod plan;
+pub mod server;
 pub mod settings;
 pub mod source;
 pub mod state;

@@ -2,11 +2,14 @@
 //! spanned values parsed from YAML, JSON or TOML, so every later error can point at the
 //! exact line and column. This module does no validation of meaning.
 
+mod file;
 mod json;
+mod lines;
 mod reader;
 mod toml_document;
 mod yaml;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ use std::sync::Arc;
 
 use crate::error::{Location, Problem};
 
+pub use file::{Containment, read_bytes};
 pub use reader::{MAX_LIST_LEN, MAX_STRING_LEN, MapReader, suggest};
 pub(crate) use yaml::resolve_plain;
 
@@ -23,19 +27,17 @@ pub struct SourceFile {
     path: PathBuf,
     display_name: String,
     text: String,
-    /// Byte offset of the start of every line.
-    line_starts: Vec<usize>,
+    lines: lines::LineIndex,
 }
 
 impl SourceFile {
     pub fn new(path: PathBuf, display_name: String, text: String) -> SourceFile {
-        let mut line_starts = vec![0];
-        line_starts.extend(text.match_indices('\n').map(|(index, _)| index + 1));
+        let lines = lines::LineIndex::new(&text);
         SourceFile {
             path,
             display_name,
             text,
-            line_starts,
+            lines,
         }
     }
 
@@ -53,30 +55,12 @@ impl SourceFile {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_column(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let line_index = match self.line_starts.binary_search(&offset) {
-            Ok(index) => index,
-            Err(index) => index - 1,
-        };
-        let line_start = self.line_starts[line_index];
-        let column = self
-            .text
-            .get(line_start..offset)
-            .map(|prefix| prefix.chars().count())
-            .unwrap_or(offset - line_start);
-        (line_index + 1, column + 1)
+        self.lines.line_column(&self.text, offset)
     }
 
     /// Byte offset of a 1-based line and column (in characters); clamps to the text.
     pub fn offset_of(&self, line: usize, column: usize) -> usize {
-        let Some(&line_start) = self.line_starts.get(line.saturating_sub(1)) else {
-            return self.text.len();
-        };
-        self.text[line_start..]
-            .char_indices()
-            .nth(column.saturating_sub(1))
-            .map(|(index, _)| line_start + index)
-            .unwrap_or(self.text.len())
+        self.lines.offset_of(&self.text, line, column)
     }
 }
 
@@ -94,40 +78,34 @@ impl crate::error::SourceText for SourceFile {
     }
 }
 
-/// Largest input file we read (manifest, profile, lock), in bytes.
+/// Largest profile file we read, in bytes: a real profile is one or two KiB.
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 
-/// Largest fleet manifest or lock file: they grow with the fleet (thousands of devices).
-pub const MAX_MANIFEST_SIZE: u64 = 64 * 1024 * 1024;
+/// Largest fleet manifest or lock file. A `[[device]]` entry takes about 100 bytes (an
+/// inline one about 50) and a lock entry about 500, so this holds some 10,000–20,000
+/// devices or 2,000 Image Builders; parsing a file of this size in its worst shape stays
+/// under a second and 100 MB (`examples/bench_parse.rs`).
+pub const MAX_MANIFEST_SIZE: u64 = 1024 * 1024;
 
 /// Deepest nesting of sequences and mappings we accept; real files need four or five.
 pub(crate) const MAX_DEPTH: usize = 64;
 
 impl SourceFile {
-    /// Read a file for parsing, refusing anything larger than [`MAX_FILE_SIZE`] or not UTF-8.
+    /// Read a file the user named for parsing: a regular file of at most [`MAX_FILE_SIZE`]
+    /// bytes of UTF-8, wherever it is.
     pub fn read(path: &Path, display_name: String) -> Result<Arc<SourceFile>, Problem> {
-        SourceFile::read_limited(path, display_name, MAX_FILE_SIZE)
+        SourceFile::read_limited(path, display_name, MAX_FILE_SIZE, Containment::Anywhere)
     }
 
-    /// [`SourceFile::read`] with another size limit (for the manifest and the lock file).
+    /// [`SourceFile::read`] with another size limit and, for files of a fleet repository,
+    /// the directory they must resolve inside.
     pub fn read_limited(
         path: &Path,
         display_name: String,
         max_size: u64,
+        containment: Containment<'_>,
     ) -> Result<Arc<SourceFile>, Problem> {
-        let unreadable = |error: std::io::Error| {
-            Problem::validation(format!("cannot read `{display_name}`: {error}"))
-                .at(Location::file(display_name.clone()))
-        };
-        let metadata = std::fs::metadata(path).map_err(unreadable)?;
-        if metadata.len() > max_size {
-            return Err(Problem::validation(format!(
-                "`{display_name}` is {} bytes, more than the limit of {max_size} bytes",
-                metadata.len()
-            ))
-            .at(Location::file(display_name.clone())));
-        }
-        let bytes = std::fs::read(path).map_err(unreadable)?;
+        let bytes = read_bytes(path, &display_name, max_size, containment)?;
         let text = String::from_utf8(bytes).map_err(|error| {
             Problem::validation(format!(
                 "`{display_name}` is not valid UTF-8 (invalid byte at offset {})",
@@ -301,16 +279,37 @@ pub(crate) fn duplicate_key(
     .with_help(format!("remove one of the two `{key}` entries"))
 }
 
-/// Append a mapping entry, refusing a key that is already present.
-pub(crate) fn push_entry(
-    source: &Arc<SourceFile>,
-    entries: &mut Vec<(Spanned<String>, Spanned<Node>)>,
-    key: Spanned<String>,
-    value: Spanned<Node>,
-) -> Result<(), Problem> {
-    if let Some((first, _)) = entries.iter().find(|(name, _)| name.value == key.value) {
-        return Err(duplicate_key(source, &key.value, &first.span, key.span));
+/// The entries of one mapping being parsed, with a hash of its keys so that a duplicate is
+/// found in constant time (a linear scan made a mapping of 100,000 keys quadratic).
+#[derive(Default)]
+pub(crate) struct MappingEntries {
+    entries: Vec<(Spanned<String>, Spanned<Node>)>,
+    /// Key → index in `entries`.
+    index: HashMap<String, usize>,
+}
+
+impl MappingEntries {
+    /// Append an entry, refusing a key that is already present.
+    pub(crate) fn push(
+        &mut self,
+        source: &Arc<SourceFile>,
+        key: Spanned<String>,
+        value: Spanned<Node>,
+    ) -> Result<(), Problem> {
+        if let Some(&first) = self.index.get(&key.value) {
+            let first = &self.entries[first].0.span;
+            return Err(duplicate_key(source, &key.value, first, key.span));
+        }
+        self.index.insert(key.value.clone(), self.entries.len());
+        self.entries.push((key, value));
+        Ok(())
     }
-    entries.push((key, value));
-    Ok(())
+
+    pub(crate) fn last_end(&self) -> Option<usize> {
+        self.entries.last().map(|(_, value)| value.span.end)
+    }
+
+    pub(crate) fn into_node(self) -> Node {
+        Node::Mapping(self.entries)
+    }
 }

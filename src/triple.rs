@@ -5,6 +5,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::{Error, ErrorCode, Result};
 
@@ -13,7 +14,7 @@ pub const BUILDER_ADDRESS_PREFIX: &str = "builder.";
 
 /// One Image Builder coordinate. Serialized as three fields (`release`, `target`,
 /// `subtarget`), usually flattened into the record that holds it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 pub struct Triple {
     pub release: String,
     pub target: String,
@@ -46,7 +47,7 @@ impl Triple {
             (Some(release), Some(target), Some(subtarget), None)
                 if [release, target, subtarget]
                     .iter()
-                    .all(|part| !part.is_empty()) =>
+                    .all(|part| is_name(part)) =>
             {
                 Ok(Triple::new(release, target, subtarget))
             }
@@ -57,6 +58,16 @@ impl Triple {
             .with_help("write it as RELEASE/TARGET/SUBTARGET, e.g. `23.05.4/ath79/generic`")),
         }
     }
+}
+
+/// A release, target or subtarget name: it becomes part of cache paths and mirror URLs, so
+/// only letters, digits, `.`, `_` and `-`, not starting with `.`.
+fn is_name(part: &str) -> bool {
+    !part.is_empty()
+        && !part.starts_with('.')
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// `23.05.4/ath79/generic`: the lock key and the builder address suffix.

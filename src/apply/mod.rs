@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{
@@ -62,7 +63,7 @@ pub(crate) enum Done {
 }
 
 /// Per-step line of the final summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StepSummary {
     pub address: String,
     pub outcome: OutcomeKind,
@@ -71,6 +72,7 @@ pub struct StepSummary {
     pub cache_hit: bool,
     pub artifacts: Vec<ArtifactRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Error>,
@@ -80,7 +82,7 @@ pub struct StepSummary {
 }
 
 /// The result of `imagegen apply`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ApplyReport {
     pub fleet: String,
     pub steps: Vec<StepSummary>,

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::{BuildJob, Done, Payload, Shared};
-use crate::build::{BuildManifest, BuildRequest, prepare_slot, run_build, verify_slot};
+use crate::build::{
+    BuildManifest, BuildRequest, SandboxMode, prepare_slot, run_build, verify_slot,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{StepContext, StepOutcome, StepSpec};
 use crate::state::{
@@ -214,8 +216,10 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
                 .with_help(format!("run `imagegen builders ensure {triple}`"))
             })?;
     let work = &shared.settings.tmp_dir.value;
+    crate::fsutil::ensure_private_dir(work)?;
     let slot = context.slot();
     let stage_dir = fresh_dir(&work.join("stage").join(format!("slot-{slot}")))?;
+    let mut scratch = Scratch(vec![stage_dir.clone()]);
     context.progress("staging overlay", None);
     let digest = crate::overlay::stage(
         &crate::plan::overlay_input(shared.fleet, loaded),
@@ -235,6 +239,7 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
     let slot_dir = work.join("slots").join(format!("slot-{slot}"));
     prepare_slot(&pristine, &slot_dir)?;
     let output_dir = fresh_dir(&work.join("out").join(format!("slot-{slot}")))?;
+    scratch.0.push(output_dir.clone());
     let logs = shared.settings.artifacts_dir.value.join("logs");
     std::fs::create_dir_all(&logs).map_err(|error| Error::io("creating", &logs, error))?;
     let log_path = logs.join(format!("{}-{}.log", job.key, started_at));
@@ -257,6 +262,7 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
         log_path: &log_path,
         timeout: std::time::Duration::from_secs(shared.settings.build_timeout.value),
         cancel: context.cancel_flag(),
+        sandbox: sandbox_mode(shared)?,
     })?;
     verify_slot(&slot_dir)?;
     context.progress("storing artifacts", None);
@@ -283,8 +289,7 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
     }
     manifest.write_to(&manifest_path)?;
     copy_to_bin_dir(shared, loaded, &artifacts)?;
-    let _ = std::fs::remove_dir_all(&output_dir);
-    let _ = std::fs::remove_dir_all(&stage_dir);
+    drop(scratch);
     Ok(BuildDone {
         key: job.key.clone(),
         profile_id: job.profile_id.clone(),
@@ -298,6 +303,10 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
     })
 }
 
+fn sandbox_mode(shared: &Shared) -> Result<SandboxMode> {
+    SandboxMode::parse(&shared.settings.sandbox.value)
+}
+
 /// A profile's `bin_dir` (relative to the fleet root) gets a copy of its artifacts, from the
 /// CAS, each file written atomically.
 fn copy_to_bin_dir(
@@ -308,11 +317,25 @@ fn copy_to_bin_dir(
     let Some(bin_dir) = &loaded.profile.bin_dir else {
         return Ok(());
     };
-    crate::build::copy_stored(&shared.cas, artifacts, &shared.fleet.root.join(bin_dir))?;
+    let target = crate::plan::resolve_bin_dir(shared.fleet, shared.settings, bin_dir)
+        .map_err(|why| crate::plan::bin_dir_error(&loaded.profile.profile_id, why))?;
+    crate::build::copy_stored(&shared.cas, artifacts, &target)?;
     Ok(())
 }
 
 /// An empty directory at `path` (whatever a previous, interrupted run left there is removed).
+/// A build's staged overlay and output directory, removed however the step ends: the overlay
+/// may hold setuid files and secrets that must not outlive the build.
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn fresh_dir(path: &Path) -> Result<PathBuf> {
     if path.exists() {
         std::fs::remove_dir_all(path).map_err(|error| Error::io("removing", path, error))?;

@@ -5,7 +5,7 @@
 
 use std::fs::{self, File};
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -246,9 +246,20 @@ fn copy_named(sources: &[(&Path, &str)], bin_dir: &Path) -> Result<Vec<PathBuf>>
         let target = bin_dir.join(name);
         let temp = bin_dir.join(format!(".{name}.imagegen-partial"));
         let copy = || -> std::io::Result<()> {
-            fs::copy(source, &temp)?;
-            fs::set_permissions(&temp, fs::Permissions::from_mode(0o644))?;
-            File::open(&temp)?.sync_all()?;
+            // A planted file or symlink at the temp name is removed, never followed: the
+            // temp file is created exclusively (O_EXCL refuses even a dangling symlink).
+            match fs::remove_file(&temp) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+            let mut output = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&temp)?;
+            std::io::copy(&mut File::open(source)?, &mut output)?;
+            output.set_permissions(fs::Permissions::from_mode(0o644))?;
+            output.sync_all()?;
             fs::rename(&temp, &target)
         };
         if let Err(error) = copy() {
@@ -302,6 +313,10 @@ pub struct BuildManifest {
     pub started_at: String,
     pub finished_at: String,
     pub imagebuilder: ImagebuilderFacts,
+    /// Whether `make image` ran in the build sandbox (absent in manifests written before
+    /// the sandbox existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<super::SandboxReport>,
 }
 
 impl BuildManifest {
@@ -335,6 +350,7 @@ impl BuildManifest {
                 triple: inputs.builder.triple.clone(),
                 version_code: built_revision.or_else(|| inputs.builder.version_code.clone()),
             },
+            sandbox: Some(output.sandbox.clone()),
         }
     }
 
@@ -470,5 +486,34 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn planted_links_in_a_bin_dir_are_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("image.bin");
+        fs::write(&source, b"firmware").unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let bin = dir.path().join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(&victim, bin.join(".image.bin.imagegen-partial")).unwrap();
+        std::os::unix::fs::symlink(&victim, bin.join("image.bin")).unwrap();
+        let artifact = BuiltArtifact {
+            path: source,
+            name: "image.bin".into(),
+            kind: "sysupgrade".into(),
+            filesystem: None,
+            sha256: String::new(),
+            size: 8,
+        };
+        copy_to_bin_dir(&[artifact], &bin).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(
+            !fs::symlink_metadata(bin.join("image.bin"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(bin.join("image.bin")).unwrap(), b"firmware");
     }
 }

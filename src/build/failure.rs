@@ -23,6 +23,8 @@ pub(crate) struct LogFindings {
     pub unknown_packages: Vec<String>,
     pub too_big: bool,
     pub prerequisite_failed: bool,
+    /// A program the sandbox could not start (`bwrap: execvp make: No such file or directory`).
+    pub sandbox_missing_program: Option<String>,
 }
 
 impl LogFindings {
@@ -79,6 +81,13 @@ fn inspect_line(line: &str, findings: &mut LogFindings) {
     if trimmed.starts_with("Prerequisite check failed") {
         findings.prerequisite_failed = true;
     }
+    if let Some(program) = between(trimmed, "bwrap: execvp ", ": ")
+        && trimmed.starts_with("bwrap: execvp ")
+    {
+        findings
+            .sandbox_missing_program
+            .get_or_insert_with(|| program.to_string());
+    }
 }
 
 /// opkg: ` * opkg_install_cmd: Cannot install package <name>.`;
@@ -109,7 +118,14 @@ pub(crate) struct FailureContext<'a> {
     pub log_path: &'a Path,
     /// Contents of the slot's `tmp/.prereq-error`, when the prerequisite check wrote one.
     pub prerequisite_error: Option<String>,
+    /// The build ran in the sandbox, which shows only the host's system directories.
+    pub sandboxed: bool,
 }
+
+/// What a missing host tool means inside the sandbox.
+const SANDBOX_TOOLS_HINT: &str = "the build sandbox sees only the host's /usr, /bin, /sbin, \
+     /lib*, /etc, /opt and /nix: install the Image Builder's host tools system-wide (not under \
+     /home or /root)";
 
 /// The error for a `make image` that exited non-zero.
 pub(crate) fn failed_build(
@@ -117,7 +133,13 @@ pub(crate) fn failed_build(
     ending: Ending,
     context: &FailureContext,
 ) -> Error {
-    let error = if findings.prerequisite_failed {
+    let error = if let Some(program) = &findings.sandbox_missing_program {
+        Error::new(
+            ErrorCode::ImagebuilderError,
+            format!("host tool missing inside the build sandbox: `{program}`"),
+        )
+        .with_help(SANDBOX_TOOLS_HINT)
+    } else if findings.prerequisite_failed {
         prerequisite_error(context)
     } else if let Some(profile) = &findings.unknown_profile {
         Error::new(
@@ -208,12 +230,15 @@ fn prerequisite_error(context: &FailureContext) -> Error {
         .as_deref()
         .map(str::trim)
         .filter(|text| !text.is_empty());
-    let help = match reported {
+    let mut help = match reported {
         Some(text) => format!("the Image Builder's prerequisite check says:\n{text}"),
         None => "install the Image Builder's host tools (GNU make, gawk, perl, python3, ...); \
                  the log names the failed check"
             .to_string(),
     };
+    if context.sandboxed {
+        help = format!("{help}\n{SANDBOX_TOOLS_HINT}");
+    }
     Error::new(
         ErrorCode::ImagebuilderError,
         "host tool missing for the Image Builder",
@@ -249,7 +274,18 @@ mod tests {
             profile: "tplink_archer-c7-v2",
             log_path: Path::new("/logs/build.log"),
             prerequisite_error: None,
+            sandboxed: true,
         }
+    }
+
+    #[test]
+    fn a_program_missing_in_the_sandbox() {
+        let error = classify("make image\nbwrap: execvp make: No such file or directory\n");
+        assert_eq!(error.code, ErrorCode::ImagebuilderError);
+        assert_eq!(
+            error.message,
+            "host tool missing inside the build sandbox: `make`"
+        );
     }
 
     fn classify(log: &str) -> Error {

@@ -211,6 +211,15 @@ impl DirFd {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "link target contains NUL"))
     }
 
+    /// Opens a subdirectory, refusing a symlink.
+    pub fn open_dir_at(&self, name: &CStr) -> io::Result<DirFd> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+        // SAFETY: valid descriptor and C string; the new descriptor is owned below.
+        let fd = check(unsafe { libc::openat(self.raw(), name.as_ptr(), flags) })?;
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        Ok(DirFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
     pub fn open_file_at(&self, name: &CStr) -> io::Result<File> {
         let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
         // SAFETY: valid descriptor and C string; the new descriptor is owned by the File.
@@ -230,6 +239,21 @@ impl DirFd {
         Ok(unsafe { File::from_raw_fd(fd) })
     }
 
+    /// Changes an entry's owner without following a symlink.
+    pub fn chown_at(&self, name: &CStr, (uid, gid): (u32, u32)) -> io::Result<()> {
+        // SAFETY: valid descriptor and C string.
+        check(unsafe {
+            libc::fchownat(
+                self.raw(),
+                name.as_ptr(),
+                uid,
+                gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop)
+    }
+
     pub fn unlink_at(&self, name: &CStr) -> io::Result<()> {
         // SAFETY: valid descriptor and C string.
         check(unsafe { libc::unlinkat(self.raw(), name.as_ptr(), 0) }).map(drop)
@@ -247,4 +271,65 @@ impl DirFd {
         // SAFETY: valid descriptor.
         check(unsafe { libc::fchmod(self.raw(), (mode & 0o7777) as libc::mode_t) }).map(drop)
     }
+}
+
+/// Reads a file a build wrote at `relative` below `dir`: no symlink is followed below `dir`,
+/// a FIFO or device is refused instead of blocking, and at most `limit` bytes are read. A
+/// sandboxed build can plant a link to `/root/...` that only imagegen could follow; this
+/// read does not. `Ok(None)` when the file does not exist.
+pub(crate) fn read_build_file(
+    dir: &Path,
+    relative: &Path,
+    limit: u64,
+) -> io::Result<Option<Vec<u8>>> {
+    let not_found = |error: &io::Error| error.kind() == io::ErrorKind::NotFound;
+    let mut parts: Vec<CString> = Vec::new();
+    for part in relative.components() {
+        match part {
+            std::path::Component::Normal(name) => parts.push(c_path(Path::new(name))?),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a plain relative path",
+                ));
+            }
+        }
+    }
+    let Some((name, parents)) = parts.split_last() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"));
+    };
+    let mut current = match DirFd::open(dir) {
+        Ok(fd) => fd,
+        Err(error) if not_found(&error) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    for parent in parents {
+        current = match current.open_dir_at(parent) {
+            Ok(fd) => fd,
+            Err(error) if not_found(&error) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+    }
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    // SAFETY: valid descriptor and C string; the new descriptor is owned by the File.
+    let fd = unsafe { libc::openat(current.raw(), name.as_ptr(), flags) };
+    if fd < 0 {
+        let error = io::Error::last_os_error();
+        return if not_found(&error) {
+            Ok(None)
+        } else {
+            Err(error)
+        };
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, limit), &mut bytes)?;
+    Ok(Some(bytes))
 }

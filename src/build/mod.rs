@@ -10,8 +10,10 @@
 //!    run-time directories.
 //! 2. [`run_build`] applies the filesystem policy to the slot's `.config`, runs
 //!    `make image PROFILE=… PACKAGES=… FILES=… BIN_DIR=…` as its own process group with a
-//!    timeout and a cancel flag, checks that nothing was written through a shared file,
-//!    and classifies a failure from the log.
+//!    timeout and a cancel flag — inside the build sandbox (`sandbox`: bubblewrap, no
+//!    network, an unprivileged user, only the slot and the output writable) unless the
+//!    [`SandboxMode`] says otherwise —, checks that nothing was written through a shared
+//!    file, removes what the overlay left in the slot, and classifies a failure from the log.
 //! 3. The outputs come back as [`BuiltArtifact`]s (kind and filesystem from the
 //!    `profiles.json` the build wrote); the caller stores them in the [`crate::cas`], writes
 //!    a [`BuildManifest`] and calls [`copy_to_bin_dir`] for a profile's `bin_dir`.
@@ -22,10 +24,12 @@ mod artifacts;
 mod config;
 mod failure;
 mod fsops;
+mod launch;
 mod placement;
 mod process;
 mod records;
 mod run;
+mod sandbox;
 mod slot;
 
 pub use artifacts::{
@@ -34,4 +38,5 @@ pub use artifacts::{
 };
 pub use config::{apply_filesystem_policy, known_filesystems};
 pub use run::{BuildOutput, BuildRequest, PROVENANCE_PATH, make_arguments, run_build};
+pub use sandbox::{SandboxMode, SandboxReport, sandbox_unavailable};
 pub use slot::{SlotMethod, SlotReport, prepare_slot, verify_slot};

@@ -1,6 +1,8 @@
 //! Runs one `make image` as its own process group and supervises it: a deadline, a cancel
 //! flag, and on either the whole group is stopped (SIGTERM, then SIGKILL after a grace
-//! period), so no packaging tool outlives its build. Knows nothing about the Image Builder.
+//! period), so no packaging tool outlives its build. The group is a new session without a
+//! controlling terminal, so nothing in a build can push keystrokes into the user's shell
+//! (`TIOCSTI`). Knows nothing about the Image Builder.
 //!
 //! The leader is never reaped before the group is known to be empty: while it is a zombie
 //! its pid (= the group id) cannot be reused, so signalling `-pgid` cannot hit a stranger.
@@ -27,19 +29,22 @@ pub(crate) enum Finish {
     Cancelled,
 }
 
-/// Spawns `command` in a new process group with umask 022 and waits for it, honouring the
-/// timeout and the cancel flag. Any process left in the group afterwards is killed.
+/// Spawns `command` in a new session (and so a new process group, without a controlling
+/// terminal) with umask 022 and waits for it, honouring the timeout and the cancel flag. Any
+/// process left in the group afterwards is killed.
 pub(crate) fn run_supervised(
     mut command: Command,
     timeout: Duration,
     cancel: &AtomicBool,
 ) -> Result<Finish> {
-    command.process_group(0);
-    // SAFETY: umask(2) and prctl(2) are async-signal-safe and touch no memory; nothing
-    // else runs between fork and exec. PR_SET_PDEATHSIG makes `make` die with imagegen
-    // (kill -9, OOM) instead of living on in a slot the next apply will reset.
+    // SAFETY: setsid(2), umask(2) and prctl(2) are async-signal-safe and touch no memory;
+    // nothing else runs between fork and exec. PR_SET_PDEATHSIG makes `make` die with
+    // imagegen (kill -9, OOM) instead of living on in a slot the next apply will reset.
     unsafe {
         command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
             libc::umask(0o022);
             libc::prctl(
                 libc::PR_SET_PDEATHSIG,

@@ -1,15 +1,15 @@
 //! One `make image` in a prepared slot: map the build inputs onto the Image Builder's make
 //! variables, apply the filesystem policy to the slot's `.config`, stage a private overlay
-//! when a provenance file is added, run make supervised, and turn the result into artifacts
-//! or a classified error. Never touches the pristine tree or anything outside the slot, the
-//! output directory and the log.
+//! when a provenance file is added, run make supervised (in the sandbox unless the mode says
+//! otherwise: `launch`, `sandbox`), remove what the overlay left in the slot, and turn the
+//! result into artifacts or a classified error. Never touches the pristine tree or anything
+//! outside the slot, the output directory and the log; reads what the build wrote as hostile.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Write};
+use std::fs::{self, File};
+use std::io::BufReader;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -20,35 +20,19 @@ use super::config::apply_filesystem_policy;
 use super::failure::{
     Ending, FailureContext, LogFindings, failed_build, missing_image, scan_log, with_log,
 };
-use super::process::{Finish, describe, run_supervised};
-use super::slot::{claim_slot, mark_verified, private_files_dir, verify_slot};
+use super::fsops::read_build_file;
+use super::launch::{make_command, run_logged};
+use super::process::{Finish, describe};
+use super::sandbox::{SandboxMode, SandboxReport, choose};
+use super::slot::{claim_slot, mark_verified, private_files_dir, scrub_after_build, verify_slot};
 use crate::error::{Error, ErrorCode, Result};
 use crate::key::BuildInputs;
 
+/// Reads of files a build wrote are capped: `profiles.json` of the largest target is a few MB.
+const BUILD_FILE_LIMIT: u64 = 64 << 20;
+
 /// Where the provenance file lands inside the image.
 pub const PROVENANCE_PATH: &str = "etc/imagegen/build.json";
-
-/// Environment variables a build inherits; everything else is dropped, because GNU make
-/// turns every environment variable into a make variable and a stray `BIN_DIR`, `FILES` or
-/// `MAKEFLAGS` would change the build behind the key's back.
-const INHERITED_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "TMPDIR",
-    "TZ",
-    "http_proxy",
-    "https_proxy",
-    "ftp_proxy",
-    "no_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "FTP_PROXY",
-    "NO_PROXY",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-];
 
 /// Everything one build needs.
 pub struct BuildRequest<'a> {
@@ -66,6 +50,8 @@ pub struct BuildRequest<'a> {
     pub log_path: &'a Path,
     pub timeout: Duration,
     pub cancel: &'a AtomicBool,
+    /// Whether `make image` runs in the sandbox (see [`SandboxMode`]).
+    pub sandbox: SandboxMode,
 }
 
 /// A successful build.
@@ -77,6 +63,8 @@ pub struct BuildOutput {
     /// RFC 3339, UTC.
     pub started_at: String,
     pub finished_at: String,
+    /// Whether `make image` ran sandboxed, and why not.
+    pub sandbox: SandboxReport,
 }
 
 /// Runs `make image` for one build in its slot and collects the outputs.
@@ -85,6 +73,9 @@ pub fn run_build(request: &BuildRequest) -> Result<BuildOutput> {
     let started_at = now_rfc3339();
     let slot = fs::canonicalize(request.slot_dir)
         .map_err(|error| Error::io("opening the build slot", request.slot_dir, error))?;
+    // Decided first: a build the sandbox mode refuses must not use up the slot.
+    let isolation = choose(request.sandbox, std::env::var_os("PATH").as_deref())?;
+    let sandbox = isolation.report(request.sandbox);
     prepare_output_dir(request.output_dir)?;
     claim_slot(&slot)?;
     let target = format!(
@@ -95,35 +86,24 @@ pub fn run_build(request: &BuildRequest) -> Result<BuildOutput> {
         edit_config(&slot, filesystem, &target)?;
     }
     let files = stage_files(&slot, request.files_dir, request.provenance)?;
-    let arguments = make_arguments(request.inputs, files.as_deref(), request.output_dir)?;
-    let mut command = Command::new("make");
-    command
-        .args(&arguments)
-        .current_dir(&slot)
-        .stdin(Stdio::null());
-    command
-        .env_clear()
-        .envs(inherited_env())
-        .env("LC_ALL", "C")
-        .env("LANG", "C");
-    let log = open_log(request, &slot, &arguments)?;
-    let output_log = log
-        .try_clone()
-        .map_err(|error| Error::io("opening", request.log_path, error))?;
-    command
-        .stdout(Stdio::from(output_log))
-        .stderr(Stdio::from(log));
-    let finish = run_supervised(command, request.timeout, request.cancel)?;
+    let (command, arguments) = make_command(request, &slot, files.as_deref(), &isolation)?;
+    let finish = run_logged(command, request, &slot, &arguments, &isolation)?;
     // Whatever happened, a write through a shared file must be reported first: it damaged
     // the pristine tree every other slot uses.
     verify_slot(&slot).map_err(|error| error.with_log(request.log_path))?;
     mark_verified(&slot)?;
+    scrub_after_build(&slot)?;
     let findings = read_log(request.log_path)?;
+    let prerequisite_error = read_build_file(&slot, Path::new("tmp/.prereq-error"), 1 << 16)
+        .ok()
+        .flatten()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
     let context = FailureContext {
         target: &target,
         profile: &request.inputs.imagebuilder_profile,
         log_path: request.log_path,
-        prerequisite_error: fs::read_to_string(slot.join("tmp/.prereq-error")).ok(),
+        prerequisite_error,
+        sandboxed: sandbox.sandboxed,
     };
     let status = match finish {
         Finish::Exited(status) => status,
@@ -156,6 +136,7 @@ pub fn run_build(request: &BuildRequest) -> Result<BuildOutput> {
         duration: started.elapsed(),
         started_at,
         finished_at: now_rfc3339(),
+        sandbox,
         ..output
     })
 }
@@ -167,16 +148,22 @@ fn finished_output(
     findings: &LogFindings,
     context: &FailureContext,
 ) -> Result<BuildOutput> {
-    let profiles_path = request.output_dir.join("profiles.json");
-    let profiles_json: Option<Value> = match fs::read(&profiles_path) {
-        Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|error| {
-            Error::new(
-                ErrorCode::ImagebuilderError,
-                format!("the build wrote an unreadable `profiles.json`: {error}"),
-            )
-            .with_log(request.log_path)
-        })?),
-        Err(_) => None,
+    let unreadable = |error: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorCode::ImagebuilderError,
+            format!("the build wrote an unreadable `profiles.json`: {error}"),
+        )
+        .with_log(request.log_path)
+    };
+    let profiles_json: Option<Value> = match read_build_file(
+        request.output_dir,
+        Path::new("profiles.json"),
+        BUILD_FILE_LIMIT,
+    )
+    .map_err(|error| unreadable(&error))?
+    {
+        Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|error| unreadable(&error))?),
+        None => None,
     };
     let profile = &request.inputs.imagebuilder_profile;
     let filesystem = request.inputs.options.filesystem.as_deref();
@@ -198,6 +185,11 @@ fn finished_output(
         duration: Duration::ZERO,
         started_at: String::new(),
         finished_at: String::new(),
+        sandbox: SandboxReport {
+            mode: request.sandbox,
+            sandboxed: false,
+            reason: None,
+        },
     })
 }
 
@@ -234,25 +226,23 @@ pub fn make_arguments(
     }
     let mut arguments = vec![OsString::from("image")];
     for (name, value) in variables {
-        let lists = ["PACKAGES", "DISABLED_SERVICES"].contains(&name);
-        check_make_value(name, &value, lists)?;
+        check_make_value(name, &value)?;
         arguments.push(OsString::from(format!("{name}={value}")));
     }
     Ok(arguments)
 }
 
-/// Refuses values that make or the recipes' shell would interpret: command-line variables
-/// are expanded by make (`$(shell ...)`) and pasted unquoted into shell recipes.
-fn check_make_value(name: &str, value: &str, spaces_allowed: bool) -> Result<()> {
-    let bad = value.chars().find(|&c| {
-        c.is_control() || (c == ' ' && !spaces_allowed) || "$`\\\"';&|<>(){}*?[]#!".contains(c)
-    });
-    match bad {
+/// Refuses values that make or the recipes' shell would interpret, with the same rules
+/// `validate` applies (`manifest::names`): defence in depth for inputs that did not come
+/// through a validated profile.
+fn check_make_value(name: &str, value: &str) -> Result<()> {
+    match crate::manifest::names::make_variable_problem(name, value) {
         None => Ok(()),
-        Some(c) => Err(Error::new(
+        Some(problem) => Err(Error::new(
             ErrorCode::Validation,
             format!(
-                "`{name}` value `{value}` contains {c:?}, which make or the shell would interpret"
+                "`{name}` value `{}`: {problem}",
+                crate::error::printable(value)
             ),
         )),
     }
@@ -377,58 +367,9 @@ fn prepare_output_dir(output_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens the build log (appending) and writes the exact command as its first line.
-fn open_log(request: &BuildRequest, slot: &Path, arguments: &[OsString]) -> Result<File> {
-    if let Some(parent) = request.log_path.parent() {
-        fs::create_dir_all(parent).map_err(|error| Error::io("creating", parent, error))?;
-    }
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(request.log_path)
-        .map_err(|error| Error::io("opening", request.log_path, error))?;
-    let command: Vec<String> = std::iter::once("make".to_string())
-        .chain(
-            arguments
-                .iter()
-                .map(|argument| shell_quote(&argument.to_string_lossy())),
-        )
-        .collect();
-    let header = format!(
-        "{}\n# imagegen: build {} in {} at {}\n",
-        command.join(" "),
-        request.build_key,
-        slot.display(),
-        now_rfc3339()
-    );
-    log.write_all(header.as_bytes())
-        .map_err(|error| Error::io("writing", request.log_path, error))?;
-    Ok(log)
-}
-
 fn read_log(path: &Path) -> Result<LogFindings> {
     let file = File::open(path).map_err(|error| Error::io("reading", path, error))?;
     Ok(scan_log(BufReader::new(file)))
-}
-
-fn inherited_env() -> Vec<(String, OsString)> {
-    INHERITED_ENV
-        .iter()
-        .filter_map(|name| std::env::var_os(name).map(|value| (name.to_string(), value)))
-        .collect()
-}
-
-/// Quotes a word for display the way a shell would need it.
-fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -516,18 +457,14 @@ mod tests {
     fn values_make_would_expand_are_refused() {
         let mut bad = inputs(ImageOptions::default());
         bad.packages = vec!["$(shell touch /tmp/x)".into()];
+        let mut local = inputs(ImageOptions::default());
+        local.packages = vec!["/srv/x.ipk".into()];
+        assert!(make_arguments(&local, None, Path::new("/out")).is_err());
         let error = make_arguments(&bad, None, Path::new("/out")).unwrap_err();
         assert_eq!(error.code, ErrorCode::Validation);
         let mut spaced = inputs(ImageOptions::default());
         spaced.imagebuilder_profile = "a b".into();
         assert!(make_arguments(&spaced, None, Path::new("/out")).is_err());
         assert!(make_arguments(&inputs(ImageOptions::default()), None, Path::new("out")).is_err());
-    }
-
-    #[test]
-    fn log_header_quotes_like_a_shell() {
-        assert_eq!(shell_quote("PACKAGES=a -b"), "'PACKAGES=a -b'");
-        assert_eq!(shell_quote("BIN_DIR=/x/y"), "BIN_DIR=/x/y");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 }

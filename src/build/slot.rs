@@ -26,9 +26,11 @@ use sha2::{Digest, Sha256};
 use super::fsops::{DirFd, EntryKind, RawEntry, c_path};
 use super::placement::{Placement, SLOT_META_DIR, is_kept_on_reset, placement};
 use super::records::{CopyIdentity, FileFacts, Record, RecordKind, read_records, write_records};
+use super::sandbox::{build_owner, stop_stale_sandboxes};
 use crate::error::{Error, ErrorCode, Result};
 
-const SLOT_FORMAT: u32 = 1;
+/// 2: directories and private copies belong to the build user when imagegen is root.
+const SLOT_FORMAT: u32 = 2;
 const STATE_FILE: &str = "slot.json";
 const RECORDS_FILE: &str = "records";
 /// Present while a build has used the slot and it was not reset since.
@@ -79,15 +81,20 @@ struct SlotState {
     pristine: PathBuf,
     marker: String,
     method: SlotMethod,
+    /// Owner of the slot's directories and private copies (`None`: left to imagegen's user).
+    #[serde(default)]
+    owner: Option<(u32, u32)>,
 }
 
 /// Makes `slot_dir` a private working copy of the pristine Image Builder at `pristine`:
 /// fresh when the slot is missing, damaged or made from another tree, otherwise reset.
-/// The caller guarantees that no build runs in this slot meanwhile.
+/// The caller guarantees that no build runs in this slot meanwhile; what is left of a
+/// sandbox whose imagegen was killed is stopped first.
 pub fn prepare_slot(pristine: &Path, slot_dir: &Path) -> Result<SlotReport> {
     let started = Instant::now();
     let pristine = canonical_pristine(pristine)?;
     let slot_dir = absolute(slot_dir)?;
+    stop_stale_sandboxes(&slot_dir);
     if slot_dir.starts_with(&pristine) || pristine.starts_with(&slot_dir) {
         return Err(Error::new(
             ErrorCode::Precondition,
@@ -99,9 +106,10 @@ pub fn prepare_slot(pristine: &Path, slot_dir: &Path) -> Result<SlotReport> {
         ));
     }
     let marker = pristine_marker(&pristine)?;
-    let mut report = match reusable_state(&slot_dir, &pristine, &marker) {
-        Some(state) => reset_slot(&pristine, &slot_dir, state.method)?,
-        None => fresh_slot(&pristine, &slot_dir, &marker)?,
+    let owner = build_owner();
+    let mut report = match reusable_state(&slot_dir, &pristine, &marker, owner) {
+        Some(state) => reset_slot(&pristine, &slot_dir, state.method, owner)?,
+        None => fresh_slot(&pristine, &slot_dir, &marker, owner)?,
     };
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
@@ -156,6 +164,50 @@ pub(crate) fn claim_slot(slot_dir: &Path) -> Result<()> {
     }
 }
 
+/// The slot's bookkeeping directory (records, state, markers, private overlay).
+pub(crate) fn meta_dir(slot_dir: &Path) -> PathBuf {
+    slot_dir.join(SLOT_META_DIR)
+}
+
+/// Removes what a finished build made from the fleet's overlay: the private overlay copy and
+/// the staged root filesystems (`build_dir/*/root-*`, `root.orig-*`), which carry the
+/// overlay's modes (setuid files, world-writable directories). The rest of the slot waits
+/// for the next reset; nothing left in it comes from the overlay.
+///
+/// The build may have replaced any directory of the slot with a symlink to a host path; only
+/// real directories are entered (nothing of the build runs any more to swap them meanwhile).
+pub(crate) fn scrub_after_build(slot_dir: &Path) -> Result<()> {
+    remove_tree(&private_files_dir(slot_dir))?;
+    let build_dir = slot_dir.join("build_dir");
+    if !fs::symlink_metadata(&build_dir).is_ok_and(|metadata| metadata.is_dir()) {
+        return Ok(());
+    }
+    let Ok(targets) = fs::read_dir(&build_dir) else {
+        return Ok(());
+    };
+    for target in targets.flatten() {
+        if !target.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        let Ok(entries) = fs::read_dir(target.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("root-") || name.starts_with("root.orig-") {
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => remove_tree(&path)?,
+                    _ => fs::remove_file(&path)
+                        .map_err(|error| Error::io("removing", &path, error))?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The directory (inside the slot's bookkeeping) where a build may stage its private overlay.
 pub(crate) fn private_files_dir(slot_dir: &Path) -> PathBuf {
     slot_dir.join(SLOT_META_DIR).join(FILES_DIR)
@@ -170,17 +222,28 @@ pub(crate) fn mark_verified(slot_dir: &Path) -> Result<()> {
         .map_err(|error| Error::io("creating", &path, error))
 }
 
-fn fresh_slot(pristine: &Path, slot_dir: &Path, marker: &str) -> Result<SlotReport> {
+fn fresh_slot(
+    pristine: &Path,
+    slot_dir: &Path,
+    marker: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<SlotReport> {
     if fs::symlink_metadata(slot_dir).is_ok() {
         remove_tree(slot_dir)?;
     }
     let meta = slot_dir.join(SLOT_META_DIR);
     fs::create_dir_all(&meta).map_err(|error| Error::io("creating", &meta, error))?;
+    if let Some((uid, gid)) = owner {
+        // The bookkeeping in `meta` stays imagegen's: a build must not rewrite it.
+        std::os::unix::fs::lchown(slot_dir, Some(uid), Some(gid))
+            .map_err(|error| Error::io("changing the owner of", slot_dir, error))?;
+    }
     let method = probe_method(pristine, &meta)?;
     let walk = Walk {
         pristine,
         slot: slot_dir,
         method,
+        owner,
         expected: HashMap::new(),
     };
     let outcome = walk.fresh_dir(Path::new(""))?;
@@ -191,12 +254,18 @@ fn fresh_slot(pristine: &Path, slot_dir: &Path, marker: &str) -> Result<SlotRepo
         pristine: pristine.to_path_buf(),
         marker: marker.to_string(),
         method,
+        owner,
     };
     write_state(&meta.join(STATE_FILE), &state)?;
     Ok(outcome.report(slot_dir, method, false))
 }
 
-fn reset_slot(pristine: &Path, slot_dir: &Path, method: SlotMethod) -> Result<SlotReport> {
+fn reset_slot(
+    pristine: &Path,
+    slot_dir: &Path,
+    method: SlotMethod,
+    owner: Option<(u32, u32)>,
+) -> Result<SlotReport> {
     let meta = slot_dir.join(SLOT_META_DIR);
     let used = meta.join(USED_MARKER).exists();
     if used && !meta.join(VERIFIED_MARKER).exists() {
@@ -215,6 +284,7 @@ fn reset_slot(pristine: &Path, slot_dir: &Path, method: SlotMethod) -> Result<Sl
         pristine,
         slot: slot_dir,
         method,
+        owner,
         expected: group_by_parent(records),
     };
     let mut outcome = walk.reset_dir(Path::new(""))?;
@@ -256,6 +326,8 @@ struct Walk<'a> {
     pristine: &'a Path,
     slot: &'a Path,
     method: SlotMethod,
+    /// Who gets the directories and private copies this pass creates.
+    owner: Option<(u32, u32)>,
     /// The last pass's records by directory; empty for a fresh slot.
     expected: Expected,
 }
@@ -399,6 +471,12 @@ impl Walk<'_> {
                     .slot
                     .mkdir_at(name, 0o755)
                     .map_err(|error| io_error("creating", error))?;
+                if let Some(owner) = self.owner {
+                    level
+                        .slot
+                        .chown_at(name, owner)
+                        .map_err(|error| io_error("changing the owner of", error))?;
+                }
                 outcome.directories += 1;
                 outcome.records.push(record(
                     RecordKind::Dir,
@@ -465,8 +543,14 @@ impl Walk<'_> {
             ));
             return Ok(());
         }
-        let identity = copy_file(level, name, stat, self.method == SlotMethod::Reflink)
-            .map_err(|error| Error::io("copying", &self.slot.join(child), error))?;
+        let identity = copy_file(
+            level,
+            name,
+            stat,
+            self.method == SlotMethod::Reflink,
+            self.owner,
+        )
+        .map_err(|error| Error::io("copying", &self.slot.join(child), error))?;
         outcome.copied += 1;
         outcome.copied_bytes += stat.st_size as u64;
         outcome
@@ -620,12 +704,17 @@ fn copy_file(
     name: &CStr,
     stat: &libc::stat,
     reflink: bool,
+    owner: Option<(u32, u32)>,
 ) -> io::Result<CopyIdentity> {
     let mut input = level.pristine.open_file_at(name)?;
     let mut output = level.slot.create_file_at(name)?;
     let cloned = reflink && clone_file(&input, &output).is_ok();
     if !cloned {
         io::copy(&mut input, &mut output)?;
+    }
+    if let Some((uid, gid)) = owner {
+        // Before the mode: a change of owner clears setuid and setgid bits.
+        std::os::unix::fs::fchown(&output, Some(uid), Some(gid))?;
     }
     let modified = std::time::UNIX_EPOCH
         + std::time::Duration::new(
@@ -809,13 +898,19 @@ fn pristine_marker(pristine: &Path) -> Result<String> {
     Ok(format!("{}:{}:{}", root.dev(), root.ino(), &digest[..16]))
 }
 
-fn reusable_state(slot_dir: &Path, pristine: &Path, marker: &str) -> Option<SlotState> {
+fn reusable_state(
+    slot_dir: &Path,
+    pristine: &Path,
+    marker: &str,
+    owner: Option<(u32, u32)>,
+) -> Option<SlotState> {
     let meta = slot_dir.join(SLOT_META_DIR);
     let text = fs::read(meta.join(STATE_FILE)).ok()?;
     let state: SlotState = serde_json::from_slice(&text).ok()?;
     let same = state.format == SLOT_FORMAT
         && state.pristine == pristine
         && state.marker == marker
+        && state.owner == owner
         && meta.join(RECORDS_FILE).is_file();
     same.then_some(state)
 }

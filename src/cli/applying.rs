@@ -6,7 +6,7 @@ use super::commands::{plural, to_filter};
 use super::context::Context;
 use super::display::reporter_for;
 use crate::apply::ApplyReport;
-use crate::error::{Result, exit};
+use crate::error::{Result, exit, printable};
 use crate::exec::{OutcomeKind, install_interrupt_handler};
 use crate::lock::{Change, LockReport};
 use crate::ops::{self, ApplyRequest, BuildRequest, ProfileImages, RunHooks};
@@ -29,7 +29,7 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
             return;
         }
         match args.verbose {
-            true => print!("{}", plan::render_text(plan, false)),
+            true => print!("{}", printable(&plan::render_text(plan, false))),
             false => println!("{}", plan::summary_line(plan)),
         }
     };
@@ -47,16 +47,14 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
     }
     let Some(report) = &outcome.report else {
         if context.json() {
-            print_summary_event(
-                &serde_json::json!({ "plan": &outcome.plan, "images": &outcome.images }),
-            );
+            print_summary_event(&outcome.summary_event());
         } else {
-            print!("{}", plan::render_text(&outcome.plan, false));
+            print!("{}", printable(&plan::render_text(&outcome.plan, false)));
         }
         return Ok(exit::OK);
     };
     if context.json() {
-        print_summary_event(&serde_json::json!({ "report": report, "images": &outcome.images }));
+        print_summary_event(&outcome.summary_event());
     } else {
         print_report(report, &outcome.images);
     }
@@ -64,12 +62,8 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
 }
 
 /// NDJSON: the events came first; the summary is the last line.
-fn print_summary_event(value: &serde_json::Value) {
-    let mut line = serde_json::json!({ "event": "summary" });
-    if let (Some(line), Some(fields)) = (line.as_object_mut(), value.as_object()) {
-        line.extend(fields.clone());
-    }
-    println!("{}", serde_json::to_string(&line).unwrap_or_default());
+fn print_summary_event(line: &serde_json::Value) {
+    println!("{}", serde_json::to_string(line).unwrap_or_default());
 }
 
 fn print_locked(report: &LockReport) {
@@ -97,9 +91,7 @@ pub(crate) fn build(context: &Context, args: &BuildArgs) -> Result<i32> {
     let outcome = ops::build(&workspace, &request, &hooks)?;
     drop(reporter);
     if context.json() {
-        print_summary_event(
-            &serde_json::json!({ "profiles": &outcome.profiles, "report": &outcome.report }),
-        );
+        print_summary_event(&outcome.summary_event());
     } else {
         for profile in &outcome.profiles {
             let result = serde_json::to_value(profile.result)

@@ -153,6 +153,11 @@ pub enum Command {
     /// --allow-flash). The fleet's files are read-only resources. Only protocol messages go
     /// to stdout; logs go to stderr.
     Mcp(McpArgs),
+    /// Serve the HTTP API and the fleet dashboard (docs/api.md)
+    ///
+    /// Listens on loopback by default. Off loopback a bearer token is required: from
+    /// --token-file or OWRT_IMG_API_TOKEN.
+    Serve(ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -176,6 +181,22 @@ pub struct ValidateArgs {
     /// Fail when a check cannot run (mirror unreachable, offline without cached metadata)
     #[arg(long)]
     pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on (port 0 picks a free port; the first line printed names it)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Read the API bearer token from FILE [default: OWRT_IMG_API_TOKEN]
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The largest request body accepted
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long a request waits for another imagegen process to release the state store
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub store_wait_ms: u64,
 }
 
 #[derive(Debug, Args)]

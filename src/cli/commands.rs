@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::args::{FormatArg, PlanArgs, ProfileFilterArgs, ProfilesCommand, ValidateArgs};
 use super::context::Context;
-use crate::error::{Error, Result, exit};
+use crate::error::{Error, Result, exit, printable};
 use crate::manifest::{self, ProfileFilter};
 use crate::ops::{self, PlanRequest, ValidateRequest};
 use crate::plan;
@@ -77,7 +77,7 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
     if context.json() {
         print_json(&plan)?;
     } else {
-        print!("{}", plan::render_text(&plan, args.verbose));
+        print!("{}", printable(&plan::render_text(&plan, args.verbose)));
         if let Some(out) = &args.out {
             println!(
                 "\nSaved the plan to `{}`; run `imagegen apply {}` to carry it out.",
@@ -227,10 +227,11 @@ fn profiles_list(context: &Context, filter: &ProfileFilterArgs) -> Result<i32> {
     );
     for row in &rows {
         let target = format!("{}/{}", row.target, row.subtarget);
-        println!(
+        let line = format!(
             "{:id_width$}  {:12}  {:24}  {}",
             row.profile_id, row.openwrt_release, target, row.imagebuilder_profile
         );
+        println!("{}", printable(&line));
     }
     Ok(exit::OK)
 }
@@ -242,10 +243,8 @@ fn profiles_show(context: &Context, profile_id: &str) -> Result<i32> {
         print_json(&detail.profile)?;
     } else {
         println!("# {}", detail.file);
-        print!(
-            "{}",
-            manifest::export_profile(&detail.profile, Format::Yaml)?
-        );
+        let text = manifest::export_profile(&detail.profile, Format::Yaml)?;
+        print!("{}", printable(&text));
     }
     Ok(exit::OK)
 }

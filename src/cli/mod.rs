@@ -12,7 +12,8 @@ mod flash;
 mod flash_observer;
 mod mcp;
 mod records;
-mod report;
+pub(crate) mod report;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,7 +28,27 @@ use context::Context;
 /// Runs the command line of this process and returns the exit code.
 pub fn main() -> i32 {
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    run(std::env::args_os().collect(), env)
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let serves = args
+        .get(1..)
+        .unwrap_or_default()
+        .iter()
+        .any(|arg| arg == "serve" || arg == "mcp");
+    if !serves {
+        exit_quietly_on_closed_pipes();
+    }
+    run(args, env)
+}
+
+/// `imagegen builds list | head` must end quietly when the reader goes away, as other Unix
+/// tools do, instead of panicking in `println!`: the default SIGPIPE action does that. The
+/// servers keep Rust's ignored SIGPIPE, so a client that hangs up cannot kill them.
+fn exit_quietly_on_closed_pipes() {
+    // SAFETY: setting a signal's disposition to its default is async-signal-safe and happens
+    // before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Runs one command line with an explicit environment (tests pass their own).
@@ -71,6 +92,7 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Mcp(args) => mcp::serve(context, &args),
         Command::Flash(command) => flash::flash(context, command),
         Command::Devices => flash::devices(context),
+        Command::Serve(args) => serve::serve(context, &args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "imagegen", &mut std::io::stdout());

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::Sender;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 pub use coordinator::execute;
 pub use report::{Event, OutcomeKind, Reporter};
@@ -195,7 +196,7 @@ impl StepContext {
 }
 
 /// The record of one step in a [`RunReport`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StepReport {
     pub address: String,
     pub outcome: OutcomeKind,
@@ -208,7 +209,7 @@ pub struct StepReport {
 }
 
 /// The result of a run: every step in input order, and the counts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunReport {
     pub steps: Vec<StepReport>,
     pub interrupted: bool,

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::{Error, ErrorCode};
 
@@ -17,7 +18,7 @@ use crate::error::{Error, ErrorCode};
 pub const EVENT_FORMAT_VERSION: u32 = 1;
 
 /// How a step ended, as it appears in events and reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
     Succeeded,
@@ -38,13 +39,14 @@ impl OutcomeKind {
 }
 
 /// The part of an [`Error`] a progress consumer needs; the full error is in the run report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorSummary {
     pub code: ErrorCode,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
 }
 
@@ -61,7 +63,7 @@ impl From<&Error> for ErrorSummary {
 
 /// One thing that happened during a run. Serialized as one JSON object per line, tagged by
 /// `event`; the schema is documented in `docs/executor.md`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     RunStarted {

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{FetchOptions, FetchProgress, Keyring, MirrorClient, TargetMetadata};
 use crate::error::{Error, ErrorCode, Result};
@@ -109,9 +110,10 @@ pub fn overview_json(settings: &Settings, release: &str) -> Option<Vec<u8>> {
 }
 
 /// Outcome of ensuring one builder.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Ensured {
     pub address: String,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub archive_sha256: String,
     /// False when the cache already held it.
@@ -186,6 +188,7 @@ pub fn fetch_pinned(
             "run `imagegen lock --upgrade {triple}` and review the change"
         )));
     }
+    crate::fsutil::ensure_private_dir(&settings.tmp_dir.value)?;
     let path = super::fetch_builder(
         &client(settings)?,
         &metadata,
@@ -233,7 +236,7 @@ pub fn tree_size(path: &Path) -> u64 {
 }
 
 /// What `prune` did with one cached builder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PruneAction {
     Removed,
@@ -243,7 +246,7 @@ pub enum PruneAction {
 }
 
 /// Why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PruneReason {
     /// No recorded build uses it.
@@ -265,7 +268,7 @@ impl PruneReason {
 }
 
 /// One builder `prune` removed or kept.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Pruned {
     pub address: String,
     pub archive_sha256: String,

@@ -153,10 +153,26 @@ fn attempt(
         .tempdir_in(parent)
         .map_err(|error| Error::io("creating a staging directory in", parent, error))?;
     let rel_path = format!("{}/{}", target_dir(&metadata.triple), metadata.archive);
-    let mut source = Source::open(client, &rel_path, part, progress)?;
+    let limits = client.options().archive_limits;
+    let mut source = Source::open(client, &rel_path, part, limits.max_download_bytes, progress)?;
     let resumed = source.resumed_from > 0;
-    let unpacked = decompress_and_unpack(&mut source, &metadata.archive, staging.path(), top);
-    // Read to the end whatever the unpack did: the hash covers the whole file.
+    let unpacked =
+        decompress_and_unpack(&mut source, &metadata.archive, staging.path(), top, &limits);
+    let over_cap = source.limit_failure.take().or(match &unpacked {
+        Err(error) if error.code == ErrorCode::DownloadError => Some(error.clone()),
+        _ => None,
+    });
+    if let Some(error) = over_cap {
+        // Over a cap: stop now. The staging dir goes with `staging`, the part file here, so
+        // a retry starts from zero instead of resuming into the same cap.
+        remove_file_if_exists(part);
+        return Err(Failure::Other(Error {
+            message: format!("fetching {}: {}", metadata.archive, error.message),
+            ..error
+        }));
+    }
+    // Read the compressed rest whatever the unpack did: the hash covers the whole file and
+    // tells a corrupt download from a bad archive.
     let drained = io::copy(&mut source, &mut io::sink());
     if let Some(error) = source.failure() {
         return Err(Failure::Other(error));
@@ -192,6 +208,7 @@ fn decompress_and_unpack(
     archive: &str,
     staging: &Path,
     top: &str,
+    limits: &unpack::ArchiveLimits,
 ) -> Result<unpack::UnpackStats> {
     let mut decoder: Box<dyn Read + '_> = if archive.ends_with(".tar.zst") {
         let mut decoder = zstd::stream::read::Decoder::new(source)
@@ -208,7 +225,7 @@ fn decompress_and_unpack(
         .map_err(|error| Error::internal(format!("starting xz: {error}")))?;
         Box::new(liblzma::read::XzDecoder::new_stream(source, stream))
     };
-    pipelined_extract(&mut decoder, staging, top)
+    pipelined_extract(&mut decoder, staging, top, limits)
 }
 
 /// Decompressed bytes in flight between the decoding and the extracting thread: 8 chunks
@@ -224,6 +241,7 @@ fn pipelined_extract(
     decoder: &mut dyn Read,
     staging: &Path,
     top: &str,
+    limits: &unpack::ArchiveLimits,
 ) -> Result<unpack::UnpackStats> {
     std::thread::scope(|scope| {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
@@ -233,19 +251,18 @@ fn pipelined_extract(
                 chunk: Vec::new(),
                 position: 0,
             };
-            unpack::extract(&mut reader, staging, top)
+            unpack::extract(&mut reader, staging, top, limits)
         });
-        // Decode to the end even when the extractor stopped early (a refused entry): the
-        // compressed stream's own checks run, and the caller hashes every byte.
-        let mut feeding = true;
+        // Stop decoding as soon as the extractor stopped (a refused entry, a cap): a
+        // decompression bomb must not keep the CPU busy. The caller hashes the compressed rest.
         let decoded = loop {
             let mut chunk = vec![0u8; PIPE_CHUNK];
             match read_up_to(decoder, &mut chunk) {
                 Ok(0) => break Ok(()),
                 Ok(length) => {
                     chunk.truncate(length);
-                    if feeding && sender.send(chunk).is_err() {
-                        feeding = false;
+                    if sender.send(chunk).is_err() {
+                        break Ok(());
                     }
                 }
                 Err(error) => break Err(error),
@@ -255,13 +272,15 @@ fn pipelined_extract(
         let extracted = extractor
             .join()
             .map_err(|_| Error::internal("the unpacking thread panicked"))?;
+        // A cap the download hit (reported by `Source`) surfaces here as a read error.
+        let extracted = extracted?;
         decoded.map_err(|error| {
             Error::new(
                 ErrorCode::ImagebuilderError,
                 format!("decompressing: {error}"),
             )
         })?;
-        extracted
+        Ok(extracted)
     })
 }
 
@@ -317,6 +336,9 @@ struct Source<'client, 'progress> {
     resumed_from: u64,
     next_report: u64,
     write_failure: Option<Error>,
+    /// Set when the download went past `max_bytes`.
+    limit_failure: Option<Error>,
+    max_bytes: u64,
     progress: &'progress mut dyn FnMut(FetchProgress),
 }
 
@@ -325,6 +347,7 @@ impl<'client, 'progress> Source<'client, 'progress> {
         client: &'client MirrorClient,
         rel_path: &str,
         part: &Path,
+        max_bytes: u64,
         progress: &'progress mut dyn FnMut(FetchProgress),
     ) -> Result<Self> {
         let existing = File::open(part).ok();
@@ -350,6 +373,8 @@ impl<'client, 'progress> Source<'client, 'progress> {
             resumed_from,
             next_report: 0,
             write_failure: None,
+            limit_failure: None,
+            max_bytes,
             progress,
         })
     }
@@ -378,13 +403,26 @@ impl<'client, 'progress> Source<'client, 'progress> {
         });
     }
 
-    fn account(&mut self, bytes: &[u8]) {
+    /// Hashes and counts bytes read; past the download cap (or when the server announces a
+    /// larger file) the read fails and the cap is the recorded failure.
+    fn account(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.hasher.update(bytes);
         self.downloaded += bytes.len() as u64;
+        let announced = self.network.total_len().unwrap_or(0);
+        if self.downloaded.max(announced) > self.max_bytes {
+            let error = unpack::over_limit(format!(
+                "the download has more than {} bytes",
+                self.max_bytes
+            ));
+            let message = error.message.clone();
+            self.limit_failure = Some(error);
+            return Err(io::Error::other(message));
+        }
         if self.downloaded >= self.next_report {
             self.next_report = self.downloaded + PROGRESS_STEP;
             self.report();
         }
+        Ok(())
     }
 }
 
@@ -394,7 +432,7 @@ impl Read for Source<'_, '_> {
             // Only network reads append to the part file, and they start once this is drained.
             let read = existing.read(buf)?;
             if read > 0 {
-                self.account(&buf[..read]);
+                self.account(&buf[..read])?;
                 return Ok(read);
             }
             self.existing = None;
@@ -405,7 +443,7 @@ impl Read for Source<'_, '_> {
             self.write_failure = Some(Error::io("writing", &self.part_path, error));
             return Err(io::Error::other(message));
         }
-        self.account(&buf[..read]);
+        self.account(&buf[..read])?;
         Ok(read)
     }
 }

@@ -23,6 +23,8 @@ pub struct TargetMetadata {
     pub archive_sha256: String,
     /// The key that signed `sha256sums`; `None` when verification was off.
     pub key_id: Option<String>,
+    /// That key's fingerprint ([`super::usign::PublicKey::fingerprint`]).
+    pub key_fingerprint: Option<String>,
     /// The revision, e.g. `r23809-234f1a2efa` (from `profiles.json`).
     pub version_code: String,
     #[serde(skip)]
@@ -112,20 +114,22 @@ pub fn fetch_target(
     }
     let dir = target_dir(triple);
     let sums = client.get(&format!("{dir}/sha256sums"))?;
-    let key_id = if verify {
+    let (key_id, key_fingerprint) = if verify {
         let signature = client.get(&format!("{dir}/sha256sums.sig"))?;
         let signature = String::from_utf8_lossy(&signature);
-        let key_id = keyring.verify(&sums, &signature).map_err(|error| Error {
-            message: format!(
-                "`{}`: {}",
-                client.url_of(&format!("{dir}/sha256sums")),
-                error.message
-            ),
-            ..error
-        })?;
-        Some(key_id.to_string())
+        let key = keyring
+            .verify_key(&sums, &signature)
+            .map_err(|error| Error {
+                message: format!(
+                    "`{}`: {}",
+                    client.url_of(&format!("{dir}/sha256sums")),
+                    error.message
+                ),
+                ..error
+            })?;
+        (Some(key.key_id.to_string()), Some(key.fingerprint()))
     } else {
-        None
+        (None, None)
     };
     let entries = checksums::parse(&sums)?;
     let (archive, archive_sha256) =
@@ -154,6 +158,7 @@ pub fn fetch_target(
         archive,
         archive_sha256,
         key_id,
+        key_fingerprint,
         version_code: profiles.version_code,
         profiles_json,
         profiles_json_sha256,

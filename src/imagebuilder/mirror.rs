@@ -31,6 +31,8 @@ pub struct FetchOptions {
     pub backoff_initial: Duration,
     /// Refuse every network request; `file://` mirrors stay usable.
     pub offline: bool,
+    /// Caps on an Image Builder archive, enforced while it streams in.
+    pub archive_limits: super::unpack::ArchiveLimits,
 }
 
 impl Default for FetchOptions {
@@ -41,6 +43,7 @@ impl Default for FetchOptions {
             retries: 4,
             backoff_initial: Duration::from_millis(500),
             offline: false,
+            archive_limits: super::unpack::ArchiveLimits::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod checksums;
 pub mod download;
 pub mod keys;
+mod limits;
 pub mod metadata;
 pub mod mirror;
 pub mod unpack;

@@ -3,23 +3,31 @@
 //! Refuses anything that could write or point outside the archive's single top directory:
 //! absolute paths, `..`, escaping symlinks and hardlinks, entries through symlinks, device
 //! nodes, fifos and setuid/setgid bits. Keeps symlinks, mode bits and mtimes; never restores
-//! owners. Streams: memory use does not depend on the archive size. Knows nothing of
-//! downloads or caches.
+//! owners. Streams: memory use does not depend on the archive size, and [`ArchiveLimits`]
+//! bound the entries and bytes written while the stream's hash is still unknown. Knows
+//! nothing of downloads or caches.
 
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use tar::EntryType;
 
+pub use super::limits::ArchiveLimits;
+pub(crate) use super::limits::over_limit;
+use super::limits::{BudgetReader, METADATA_BUDGET};
 use crate::error::{Error, ErrorCode, Result};
 
 const COPY_BUFFER: usize = 256 * 1024;
 const MAX_SYMLINK_HOPS: u32 = 64;
+/// Longest entry path or link target (Linux `PATH_MAX`).
+const MAX_PATH_LEN: usize = 4096;
 
 /// Counts of what was extracted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -46,8 +54,14 @@ pub fn top_dir_name(archive: &str) -> Result<&str> {
 }
 
 /// Extracts the tar stream `reader` into `root`, which must be an empty directory; every entry
-/// must live under `root/<top>`.
-pub fn extract(reader: impl Read, root: &Path, top: &str) -> Result<UnpackStats> {
+/// must live under `root/<top>`. Stops at the first entry over `limits`.
+pub fn extract(
+    reader: impl Read,
+    root: &Path,
+    top: &str,
+    limits: &ArchiveLimits,
+) -> Result<UnpackStats> {
+    let budget = Rc::new(Cell::new(METADATA_BUDGET));
     let mut extractor = Extractor {
         root: root.to_path_buf(),
         top: OsString::from(top),
@@ -56,12 +70,27 @@ pub fn extract(reader: impl Read, root: &Path, top: &str) -> Result<UnpackStats>
         symlinks: Vec::new(),
         stats: UnpackStats::default(),
         buffer: vec![0u8; COPY_BUFFER],
+        limits: *limits,
+        budget: Rc::clone(&budget),
     };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(BudgetReader {
+        inner: reader,
+        budget,
+    });
     let entries = archive.entries().map_err(|error| tar_error(&error))?;
+    let mut count: u64 = 0;
     for entry in entries {
         let mut entry = entry.map_err(|error| tar_error(&error))?;
+        count += 1;
+        if count > limits.max_entries {
+            return Err(over_limit(format!(
+                "more than {} entries",
+                limits.max_entries
+            )));
+        }
+        extractor.budget.set(METADATA_BUDGET);
         extractor.add(&mut entry)?;
+        extractor.budget.set(METADATA_BUDGET);
     }
     extractor.finish()
 }
@@ -91,6 +120,9 @@ struct Extractor {
     symlinks: Vec<PathBuf>,
     stats: UnpackStats,
     buffer: Vec<u8>,
+    limits: ArchiveLimits,
+    /// Shared with the [`BudgetReader`] under the tar reader.
+    budget: Rc<Cell<u64>>,
 }
 
 impl Extractor {
@@ -132,6 +164,12 @@ impl Extractor {
 
     /// The entry path relative to `root`, starting with the top directory; `None` for `./`.
     fn normalize(&self, raw: &Path) -> Result<Option<PathBuf>> {
+        if raw.as_os_str().len() > MAX_PATH_LEN {
+            return Err(unsafe_entry(
+                Path::new("…"),
+                &format!("a path longer than {MAX_PATH_LEN} bytes"),
+            ));
+        }
         let mut rel = PathBuf::new();
         for component in raw.components() {
             match component {
@@ -218,14 +256,16 @@ impl Extractor {
         Ok(())
     }
 
-    fn file(
+    fn file<R: Read>(
         &mut self,
-        reader: &mut impl Read,
+        entry: &mut tar::Entry<'_, R>,
         raw: &Path,
         rel: &Path,
         mode: u32,
         mtime: u64,
     ) -> Result<()> {
+        let declared = entry.size();
+        self.check_sizes(raw, declared, self.stats.bytes.saturating_add(declared))?;
         self.ensure_parents(raw, rel)?;
         self.clear_leaf(raw, rel)?;
         let full = self.root.join(rel);
@@ -236,21 +276,44 @@ impl Extractor {
             .mode(0o600)
             .open(&full)
             .map_err(|error| Error::io("creating", &full, error))?;
+        let mut written: u64 = 0;
         loop {
-            let read = match reader.read(&mut self.buffer) {
+            let read = match entry.read(&mut self.buffer) {
                 Ok(0) => break,
                 Ok(read) => read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(tar_error(&error)),
             };
+            self.budget.set(METADATA_BUDGET);
+            written += read as u64;
+            self.stats.bytes += read as u64;
+            // The declared size was checked; a sparse file can still unfold to more.
+            self.check_sizes(raw, written, self.stats.bytes)?;
             file.write_all(&self.buffer[..read])
                 .map_err(|error| Error::io("writing", &full, error))?;
-            self.stats.bytes += read as u64;
         }
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|error| Error::io("setting the mode of", &full, error))?;
         let _ = file.set_modified(time_from(mtime));
         self.stats.files += 1;
+        Ok(())
+    }
+
+    /// Refuses a file of `file_bytes` bytes, or a total of `total_bytes` unpacked.
+    fn check_sizes(&self, raw: &Path, file_bytes: u64, total_bytes: u64) -> Result<()> {
+        if file_bytes > self.limits.max_file_bytes {
+            return Err(over_limit(format!(
+                "`{}` has more than {} bytes",
+                raw.display(),
+                self.limits.max_file_bytes
+            )));
+        }
+        if total_bytes > self.limits.max_unpacked_bytes {
+            return Err(over_limit(format!(
+                "more than {} bytes unpacked",
+                self.limits.max_unpacked_bytes
+            )));
+        }
         Ok(())
     }
 

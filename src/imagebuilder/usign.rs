@@ -11,7 +11,7 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256, Sha512};
 
 use crate::error::{Error, ErrorCode, Result};
 
@@ -21,6 +21,8 @@ const PUBLIC_KEY_LEN: usize = 42;
 const SIGNATURE_LEN: usize = 74;
 const SECRET_KEY_LEN: usize = 104;
 const COMMENT_PREFIX: &str = "untrusted comment:";
+/// Largest key file we read: a real one is about 100 bytes.
+const MAX_KEY_FILE_SIZE: u64 = 64 * 1024;
 
 /// The 8-byte key number of a usign key, shown as 16 lowercase hex digits in byte order.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -81,6 +83,12 @@ impl PublicKey {
             ))
         })?;
         Ok(PublicKey { key_id, key })
+    }
+
+    /// The key's fingerprint: lowercase hex SHA-256 of the 32-byte Ed25519 public key. The
+    /// 8-byte key id is only a name anyone can give their key; the fingerprint is the key.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(self.key.as_bytes()))
     }
 
     /// The two-line file text, as `usign -G` writes it.
@@ -253,15 +261,56 @@ impl Keyring {
         key_id
     }
 
-    /// Adds the public key in a two-line usign key file.
+    /// Adds the public key in a two-line usign key file the user trusts. A key whose id is
+    /// already in the keyring with other key material is refused: a key id is a name anyone
+    /// can give their key, and one that shadowed an official key would make signatures (and
+    /// `imagegen.lock`) look official. The same key twice is harmless and accepted.
     pub fn add_file(&mut self, path: &Path) -> Result<KeyId> {
-        let text =
-            std::fs::read_to_string(path).map_err(|error| Error::io("reading", path, error))?;
+        let bytes = crate::source::read_bytes(
+            path,
+            &path.display().to_string(),
+            MAX_KEY_FILE_SIZE,
+            crate::source::Containment::Anywhere,
+        )
+        .map_err(|problem| signature_error(format!("trusted key {}", problem.message)))?;
+        let text = String::from_utf8_lossy(&bytes);
         let key = PublicKey::parse(&text).map_err(|error| Error {
             message: format!("trusted key `{}`: {}", path.display(), error.message),
             ..error
         })?;
+        self.add_trusted(key).map_err(|error| Error {
+            message: format!("trusted key `{}`: {}", path.display(), error.message),
+            ..error
+        })
+    }
+
+    /// Adds a key, refusing one whose key id names a different key already in the keyring.
+    pub fn add_trusted(&mut self, key: PublicKey) -> Result<KeyId> {
+        if let Some(existing) = self.keys.get(&key.key_id)
+            && existing.key != key.key
+        {
+            let official = super::keys::OFFICIAL_KEYS
+                .iter()
+                .any(|official| official.key_id == key.key_id.to_string());
+            let whose = if official {
+                "an official OpenWrt key"
+            } else {
+                "another trusted key"
+            };
+            return Err(signature_error(format!(
+                "key id `{}` already names {whose} with a different public key",
+                key.key_id
+            ))
+            .with_help(
+                "a key id must name one key; make a new key pair for your mirror (`usign -G`)",
+            ));
+        }
         Ok(self.add(key))
+    }
+
+    /// The key with this id.
+    pub fn get(&self, key_id: &KeyId) -> Option<&PublicKey> {
+        self.keys.get(key_id)
     }
 
     pub fn contains(&self, key_id: &KeyId) -> bool {
@@ -283,6 +332,12 @@ impl Keyring {
     /// Verifies `signature_text` over the exact bytes of `message` with the key named by the
     /// signature's key id and returns that id.
     pub fn verify(&self, message: &[u8], signature_text: &str) -> Result<KeyId> {
+        self.verify_key(message, signature_text)
+            .map(|key| key.key_id)
+    }
+
+    /// [`Keyring::verify`], returning the whole key that vouched (for its fingerprint).
+    pub fn verify_key(&self, message: &[u8], signature_text: &str) -> Result<&PublicKey> {
         let signature = Signature::parse(signature_text)?;
         let Some(public) = self.keys.get(&signature.key_id) else {
             return Err(signature_error(format!(
@@ -304,7 +359,7 @@ impl Keyring {
                 ))
                 .with_help("the mirror may be corrupt or tampered with; try another mirror")
             })?;
-        Ok(signature.key_id)
+        Ok(public)
     }
 }
 
@@ -438,6 +493,64 @@ mod tests {
         let wrong_alg = format!("untrusted comment: x\n{}\n", BASE64.encode([b'X'; 42]));
         let error = PublicKey::parse(&wrong_alg).unwrap_err();
         assert!(error.message.contains("is not `Ed`"), "{}", error.message);
+    }
+
+    #[test]
+    fn a_trusted_key_cannot_take_an_official_key_id() {
+        let official_id = KeyId::parse("b5043e70f9a75cde").unwrap();
+        let impostor = PublicKey {
+            key_id: official_id,
+            key: test_key().public_key().key,
+        };
+        let mut keyring = Keyring::official();
+        let error = keyring.add_trusted(impostor).unwrap_err();
+        assert_eq!(error.code, ErrorCode::SignatureError);
+        assert_eq!(
+            error.message,
+            "key id `b5043e70f9a75cde` already names an official OpenWrt key with a different public key"
+        );
+        // The official key stays in place, and a signature by the impostor is refused.
+        let forged = SecretKey {
+            key_id: official_id,
+            signing: test_key().signing,
+        }
+        .sign(b"sums");
+        let refused = keyring.verify(b"sums", &forged).unwrap_err();
+        assert!(
+            refused.message.starts_with("bad signature"),
+            "{}",
+            refused.message
+        );
+        // The official key itself, trusted again, is harmless.
+        let official =
+            PublicKey::from_base64(super::super::keys::OFFICIAL_KEYS[6].public_key).unwrap();
+        assert_eq!(keyring.add_trusted(official).unwrap(), official_id);
+        // Two different trusted keys under one id are refused too.
+        let mut keyring = Keyring::empty();
+        keyring.add_trusted(test_key().public_key()).unwrap();
+        let twin = PublicKey {
+            key_id: test_key().key_id,
+            key: SecretKey::from_seed([9u8; 32]).public_key().key,
+        };
+        let error = keyring.add_trusted(twin).unwrap_err();
+        assert!(
+            error.message.contains("another trusted key"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn fingerprint_is_the_sha256_of_the_ed25519_key() {
+        let key =
+            PublicKey::from_base64("RWS1BD5w+adc3j2Hqg9+b66CvLR7NlHbsj7wjNVj0XGt/othDgIAOJS+")
+                .unwrap();
+        assert_eq!(
+            key.fingerprint(),
+            hex::encode(Sha256::digest(key.key.as_bytes()))
+        );
+        assert_eq!(key.fingerprint().len(), 64);
+        assert_ne!(key.fingerprint(), test_key().public_key().fingerprint());
     }
 
     #[test]

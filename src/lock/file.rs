@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::{Error, Problem, Problems, Result};
-use crate::source::{self, Format, MapReader, SourceFile, Spanned};
+use crate::source::{self, Containment, Format, MapReader, SourceFile, Spanned};
 use crate::triple::Triple;
 
 pub use crate::manifest::LOCK_FILE_NAME;
@@ -24,6 +25,7 @@ const ENTRY_FIELDS: &[&str] = &[
     "archive",
     "archive_sha256",
     "key_id",
+    "key_fingerprint",
     "version_code",
     "profiles_json_sha256",
     "mirror",
@@ -37,7 +39,7 @@ pub struct LockFile {
 }
 
 /// What was true upstream for one Image Builder when it was locked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LockEntry {
     #[serde(flatten)]
     pub triple: Triple,
@@ -46,6 +48,10 @@ pub struct LockEntry {
     pub archive_sha256: String,
     /// The usign key id that signed `sha256sums`; `None` if verification was off.
     pub key_id: Option<String>,
+    /// SHA-256 (hex) of that key's Ed25519 public key: the id is only a name, this is the
+    /// key. `None` if verification was off, or in lock files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
     /// The build revision (`r24012-d8dd03c46f`).
     pub version_code: String,
     pub profiles_json_sha256: String,
@@ -66,17 +72,28 @@ impl LockFile {
     }
 
     /// `Ok(None)` when the file does not exist; every problem of a malformed file at once.
+    /// The lock file sits in the fleet root, so it must resolve inside its own directory.
     pub fn read(path: &Path) -> Result<Option<LockFile>> {
-        if !path.exists() {
+        // `symlink_metadata`: a dangling link is a lock file that cannot be read, not none.
+        if std::fs::symlink_metadata(path).is_err() {
             return Ok(None);
         }
+        let root = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let display = path.file_name().map_or_else(
             || path.to_string_lossy().into_owned(),
             |name| name.to_string_lossy().into_owned(),
         );
         let invalid = format!("invalid lock file `{display}`");
-        let source = SourceFile::read_limited(path, display, crate::source::MAX_MANIFEST_SIZE)
-            .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
+        let source = SourceFile::read_limited(
+            path,
+            display,
+            crate::source::MAX_MANIFEST_SIZE,
+            Containment::Inside(root),
+        )
+        .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
         LockFile::parse(&source)
             .map(Some)
             .map_err(|problems| Error::from_problems(invalid, problems))
@@ -108,6 +125,9 @@ impl LockFile {
             field("archive_sha256", &entry.archive_sha256);
             if let Some(key_id) = &entry.key_id {
                 field("key_id", key_id);
+            }
+            if let Some(fingerprint) = &entry.key_fingerprint {
+                field("key_fingerprint", fingerprint);
             }
             field("version_code", &entry.version_code);
             field("profiles_json_sha256", &entry.profiles_json_sha256);
@@ -168,6 +188,7 @@ fn read_entry(mut reader: MapReader<'_, '_>) -> Option<LockEntry> {
     let archive = text(&mut reader, "archive");
     let archive_sha256 = text(&mut reader, "archive_sha256");
     let key_id = reader.opt_string("key_id");
+    let key_fingerprint = reader.opt_string("key_fingerprint");
     let version_code = text(&mut reader, "version_code");
     let profiles_json_sha256 = text(&mut reader, "profiles_json_sha256");
     let mirror = text(&mut reader, "mirror");
@@ -176,6 +197,7 @@ fn read_entry(mut reader: MapReader<'_, '_>) -> Option<LockEntry> {
         ("archive_sha256", &archive_sha256, 64),
         ("profiles_json_sha256", &profiles_json_sha256, 64),
         ("key_id", &key_id, 16),
+        ("key_fingerprint", &key_fingerprint, 64),
     ] {
         if let Some(value) = value {
             check_hex(&mut reader, field, value, length);
@@ -187,6 +209,7 @@ fn read_entry(mut reader: MapReader<'_, '_>) -> Option<LockEntry> {
         archive: archive?.value,
         archive_sha256: archive_sha256?.value,
         key_id: key_id.map(|key| key.value),
+        key_fingerprint: key_fingerprint.map(|fingerprint| fingerprint.value),
         version_code: version_code?.value,
         profiles_json_sha256: profiles_json_sha256?.value,
         mirror: mirror?.value,
@@ -225,6 +248,7 @@ mod tests {
             archive: format!("openwrt-imagebuilder-{release}-{target}-generic.Linux-x86_64.tar.xz"),
             archive_sha256: "0123456789abcdef".repeat(4),
             key_id: key_id.map(Into::into),
+            key_fingerprint: None,
             version_code: "r24012-d8dd03c46f".into(),
             profiles_json_sha256: "fedcba9876543210".repeat(4),
             mirror: "https://downloads.openwrt.org".into(),
@@ -240,6 +264,31 @@ mod tests {
         ));
         LockFile::parse(&source)
             .map_err(|problems| problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn key_fingerprint_is_written_read_back_and_checked() {
+        let mut lock = LockFile::default();
+        let fingerprint = "5f".repeat(32);
+        lock.insert(LockEntry {
+            key_fingerprint: Some(fingerprint.clone()),
+            ..entry("23.05.4", "ath79", Some("b5043e70f9a75cde"))
+        });
+        let text = lock.to_text();
+        assert!(
+            text.contains(&format!(
+                "key_id = \"b5043e70f9a75cde\"\nkey_fingerprint = \"{fingerprint}\"\n"
+            )),
+            "{text}"
+        );
+        assert_eq!(parse_text(&text), Ok(lock));
+        let bad = text.replace(&fingerprint, "b5043e70f9a75cde");
+        assert_eq!(
+            parse_text(&bad),
+            Err(vec![
+                "imagegen.lock:12:19: `builder[0].key_fingerprint` must be 64 lowercase hex digits, not `b5043e70f9a75cde`".to_string()
+            ])
+        );
     }
 
     #[test]

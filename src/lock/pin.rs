@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{LockEntry, LockFile};
 use crate::error::{Error, ErrorCode, Result};
@@ -13,7 +14,7 @@ use crate::settings::Settings;
 use crate::triple::Triple;
 
 /// What `imagegen lock` did to one entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     Added,
@@ -35,7 +36,7 @@ impl Change {
 }
 
 /// One entry's change.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LockChange {
     pub address: String,
     pub change: Change,
@@ -62,8 +63,9 @@ impl LockChange {
 }
 
 /// The result of `imagegen lock`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LockReport {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub written: bool,
     pub changes: Vec<LockChange>,
@@ -97,6 +99,7 @@ pub fn entry_for(settings: &Settings, metadata: &TargetMetadata) -> LockEntry {
         archive: metadata.archive.clone(),
         archive_sha256: metadata.archive_sha256.clone(),
         key_id: metadata.key_id.clone(),
+        key_fingerprint: metadata.key_fingerprint.clone(),
         version_code: metadata.version_code.clone(),
         profiles_json_sha256: metadata.profiles_json_sha256.clone(),
         mirror: settings.mirror.value.clone(),

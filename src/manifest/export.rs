@@ -183,7 +183,7 @@ mod tests {
                 keep_build_dir: true,
             },
             bin_dir: Some("out/ap".into()),
-            extra_image_name: Some("home ap".into()),
+            extra_image_name: Some("home-ap".into()),
             disabled_services: vec!["odhcpd".into()],
             rootfs_partsize: Some(256),
             add_local_key: true,

@@ -2,19 +2,19 @@
 //! at (loaded and validated here) and the `[[device]]` list, with the checks that span files
 //! (duplicate ids, devices naming unknown profiles). Reads files; writes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::profile::LoadedProfile;
-use super::read::{declared_profile_id, load_profile};
+use super::read::{declared_profile_id, load_profile_in};
 use super::rules::check_id;
 use super::settings_table::read_settings;
-use crate::error::{Error, Location, Problem, Problems, Result};
+use crate::error::{Error, ErrorCode, Location, Problem, Problems, Result};
 use crate::settings::FileSettings;
-use crate::source::{self, Format, MapReader, Node, SourceFile, Spanned, suggest};
+use crate::source::{self, Containment, Format, MapReader, Node, SourceFile, Spanned, suggest};
 use crate::triple::Triple;
 
 const TOP_FIELDS: &[&str] = &["fleet", "settings", "device"];
@@ -38,9 +38,21 @@ pub struct Fleet {
     /// In manifest order.
     pub devices: Vec<Device>,
     pub(crate) tree: Spanned<Node>,
+    /// The manifest's profile patterns, to find the profile files again.
+    profile_patterns: Vec<String>,
 }
 
 impl Fleet {
+    /// Every file loading this fleet reads, as the files are now: the manifest and each
+    /// profile file its patterns match (added or removed files included).
+    pub fn source_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.settings.path.clone()];
+        for pattern in &self.profile_patterns {
+            files.extend(expand_pattern(&self.root, pattern).unwrap_or_default());
+        }
+        files
+    }
+
     pub fn profile(&self, profile_id: &str) -> Option<&LoadedProfile> {
         self.profiles
             .binary_search_by(|loaded| loaded.profile.profile_id.as_str().cmp(profile_id))
@@ -155,9 +167,13 @@ pub fn load_fleet(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
         .unwrap_or_else(|| PathBuf::from("/"));
     let display = display_name(&root, &manifest_path);
     let invalid = format!("invalid fleet `{display}`");
-    let manifest =
-        SourceFile::read_limited(&manifest_path, display, crate::source::MAX_MANIFEST_SIZE)
-            .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
+    let manifest = SourceFile::read_limited(
+        &manifest_path,
+        display,
+        crate::source::MAX_MANIFEST_SIZE,
+        Containment::Inside(&root),
+    )
+    .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
     let tree = source::parse(&manifest, Format::Toml)
         .map_err(|problem| Error::from_problems(invalid.clone(), vec![problem]))?;
     let mut problems = Problems::new();
@@ -168,6 +184,11 @@ pub fn load_fleet(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
     };
     let (profiles, broken_ids) = load_profiles(&root, &manifest, &raw.patterns, &mut problems);
     check_devices(&raw.devices, &profiles, &broken_ids, &mut problems);
+    let profile_patterns = raw
+        .patterns
+        .iter()
+        .map(|pattern| pattern.value.clone())
+        .collect();
     let fleet = Fleet {
         root,
         settings: FileSettings {
@@ -179,11 +200,28 @@ pub fn load_fleet(manifest_path: &Path, home: Option<&Path>) -> Result<Fleet> {
         profiles,
         devices: raw.devices,
         tree,
+        profile_patterns,
     };
     let problems = problems.into_sorted();
     let mut collected = Problems::new();
     collected.extend(problems);
     collected.finish(fleet, &invalid)
+}
+
+/// The problems of `imagegen.toml` text alone: syntax, fields, settings and devices, without
+/// reading the profiles it names (the fuzzing entry point; no I/O).
+pub(crate) fn check_manifest_text(source: &Arc<SourceFile>, root: &Path) -> Vec<Problem> {
+    let tree = match source::parse(source, Format::Toml) {
+        Ok(tree) => tree,
+        Err(problem) => return vec![problem],
+    };
+    let mut problems = Problems::new();
+    let raw = MapReader::new(&tree, source, &mut problems)
+        .and_then(|reader| read_manifest(reader, root, None));
+    if let Some(raw) = raw {
+        check_devices(&raw.devices, &[], &[], &mut problems);
+    }
+    problems.into_sorted()
 }
 
 /// The manifest's own content, before profiles are loaded.
@@ -364,16 +402,26 @@ fn load_profiles(
         }
     }
     let mut profiles: Vec<LoadedProfile> = Vec::with_capacity(paths.len());
-    // Ids declared by files that failed to load: devices naming them are not "unknown".
+    // Ids declared by files that failed to load: devices naming them are not "unknown". A
+    // file that does not even parse declares nothing we can read; then no device reference
+    // can be judged, and none is reported (never a consequence of a broken file).
     let mut broken_ids = Vec::new();
+    let mut unreadable = false;
+    let inside = Containment::Inside(root);
     for path in paths {
-        match load_profile(&path, display_name(root, &path)) {
+        match load_profile_in(&path, display_name(root, &path), inside) {
             Ok(loaded) => profiles.push(loaded),
             Err(found) => {
                 problems.extend(found);
-                broken_ids.extend(declared_profile_id(&path));
+                match declared_profile_id(&path, inside) {
+                    Some(id) => broken_ids.push(id),
+                    None => unreadable = true,
+                }
             }
         }
+    }
+    if unreadable {
+        broken_ids.push(UNKNOWN_IDS.to_string());
     }
     check_duplicate_profiles(&profiles, problems);
     profiles.sort_by(|left, right| left.profile.profile_id.cmp(&right.profile.profile_id));
@@ -381,9 +429,25 @@ fn load_profiles(
 }
 
 /// The profile files a `[fleet] profiles` entry names: a file, a directory (its profile
-/// files, sorted, not recursive) or a glob. Paths are relative to the fleet root.
+/// files, sorted, not recursive) or a glob. Paths are relative to the fleet root and may not
+/// leave it. Whatever has a profile extension is listed, links and special files included,
+/// so that reading it reports why it is refused instead of skipping it silently.
 fn expand_pattern(root: &Path, pattern: &str) -> std::result::Result<Vec<PathBuf>, String> {
-    let is_profile = |path: &Path| path.is_file() && Format::from_path(path).is_some();
+    let relative = Path::new(pattern);
+    if relative.is_absolute() || pattern.contains('\0') {
+        return Err(format!(
+            "profile pattern `{pattern}` is absolute; write it relative to the fleet root"
+        ));
+    }
+    if relative
+        .components()
+        .any(|component| component == std::path::Component::ParentDir)
+    {
+        return Err(format!(
+            "profile pattern `{pattern}` leaves the fleet root with `..`"
+        ));
+    }
+    let is_profile = |path: &Path| !path.is_dir() && Format::from_path(path).is_some();
     if pattern.contains(['*', '?', '[']) {
         let full = root.join(pattern);
         let full = full.to_string_lossy();
@@ -407,7 +471,8 @@ fn expand_pattern(root: &Path, pattern: &str) -> std::result::Result<Vec<PathBuf
         found.sort();
         return Ok(found);
     }
-    Ok(if path.is_file() {
+    // Named explicitly: let the read say what is wrong with it (a FIFO, a link elsewhere).
+    Ok(if path.symlink_metadata().is_ok() {
         vec![path]
     } else {
         Vec::new()
@@ -437,48 +502,89 @@ fn check_duplicate_profiles(profiles: &[LoadedProfile], problems: &mut Problems)
     }
 }
 
+/// Stands in `broken_ids` for "a profile file did not parse, its id is unknown".
+const UNKNOWN_IDS: &str = "\0unknown";
+
 fn check_devices(
     devices: &[Device],
     profiles: &[LoadedProfile],
     broken_ids: &[String],
     problems: &mut Problems,
 ) {
-    let mut first_seen: BTreeMap<&str, &Device> = BTreeMap::new();
+    check_duplicate_devices(devices, problems);
+    if broken_ids.iter().any(|id| id == UNKNOWN_IDS) {
+        return;
+    }
+    let loaded: HashSet<&str> = profiles
+        .iter()
+        .map(|loaded| loaded.profile.profile_id.as_str())
+        .collect();
+    let broken: HashSet<&str> = broken_ids.iter().map(String::as_str).collect();
+    let known: Vec<&str> = loaded.iter().chain(&broken).copied().collect();
+    // Suggestions compare against every profile id; past the reported problems they would
+    // only cost time.
+    let mut suggestions_left = crate::error::MAX_REPORTED_PROBLEMS;
     for device in devices {
-        if let Some(first) = first_seen.get(device.id.as_str()) {
-            problems.push(
-                Problem::validation(format!(
-                    "duplicate device id `{}` (also defined at {})",
-                    device.id, first.location
-                ))
-                .at(device.location.clone())
-                .with_label("defined again here"),
-            );
-        } else {
+        let profile = device.profile.as_str();
+        if loaded.contains(profile) || broken.contains(profile) {
+            continue;
+        }
+        if problems.is_full() {
+            problems.count(ErrorCode::ProfileNotFound);
+            continue;
+        }
+        let mut problem = Problem::new(
+            ErrorCode::ProfileNotFound,
+            format!(
+                "device `{}` uses unknown profile `{}`",
+                device.id, device.profile
+            ),
+        )
+        .at(device.profile_location.clone())
+        .with_label("no profile with this id");
+        if suggestions_left > 0 {
+            suggestions_left -= 1;
+            problem = problem.with_help(unknown_profile_help(profile, &known));
+        }
+        problems.push(problem);
+    }
+}
+
+/// The closest profile id, or all of them when there are few.
+fn unknown_profile_help(profile: &str, known: &[&str]) -> String {
+    match suggest(profile, known.iter().copied()) {
+        Some(close) => format!("did you mean `{close}`?"),
+        None if known.is_empty() => {
+            "the fleet has no profiles yet; add one with `imagegen profiles import FILE`".into()
+        }
+        None if known.len() <= 5 => {
+            let mut listed: Vec<String> = known.iter().map(|id| format!("`{id}`")).collect();
+            listed.sort();
+            format!("the fleet's profiles: {}", listed.join(", "))
+        }
+        None => "`imagegen profiles list` shows the profile ids".into(),
+    }
+}
+
+fn check_duplicate_devices(devices: &[Device], problems: &mut Problems) {
+    let mut first_seen: HashMap<&str, &Device> = HashMap::new();
+    for device in devices {
+        let Some(first) = first_seen.get(device.id.as_str()) else {
             first_seen.insert(&device.id, device);
+            continue;
+        };
+        if problems.is_full() {
+            problems.count(ErrorCode::Validation);
+            continue;
         }
-        let known = profiles
-            .iter()
-            .map(|loaded| loaded.profile.profile_id.as_str())
-            .chain(broken_ids.iter().map(String::as_str));
-        let loaded = profiles
-            .iter()
-            .any(|loaded| loaded.profile.profile_id == device.profile);
-        if !loaded && !broken_ids.contains(&device.profile) {
-            let mut problem = Problem::new(
-                crate::error::ErrorCode::ProfileNotFound,
-                format!(
-                    "device `{}` uses unknown profile `{}`",
-                    device.id, device.profile
-                ),
-            )
-            .at(device.profile_location.clone())
-            .with_label("no profile with this id");
-            if let Some(close) = suggest(&device.profile, known) {
-                problem = problem.with_help(format!("did you mean `{close}`?"));
-            }
-            problems.push(problem);
-        }
+        problems.push(
+            Problem::validation(format!(
+                "duplicate device id `{}` (also defined at {})",
+                device.id, first.location
+            ))
+            .at(device.location.clone())
+            .with_label("defined again here"),
+        );
     }
 }
 

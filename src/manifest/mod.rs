@@ -6,12 +6,14 @@
 
 mod export;
 mod fleet;
+pub(crate) mod names;
 mod profile;
 mod read;
 mod rules;
 mod settings_table;
 
 pub use export::export_profile;
+pub(crate) use fleet::check_manifest_text;
 pub use fleet::{Device, FlashTarget, Fleet, VerifyMode, load_fleet};
 pub use profile::{
     BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile, ProfileFilter,

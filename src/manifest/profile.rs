@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use crate::triple::Triple;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::Location;
 use crate::source::{Node, SourceFile, Spanned};
 
 /// One device build recipe. Serialization skips absent and default values, so an exported
 /// profile reads back to an equal value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub profile_id: String,
@@ -78,7 +79,7 @@ impl Profile {
 }
 
 /// One file copied into the image overlay.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
     /// Path relative to the fleet root.
@@ -86,6 +87,7 @@ pub struct FileEntry {
     /// Absolute path inside the image.
     pub destination: String,
     /// Permission bits (at most `0o7777`); written as an octal string such as `"0644"`.
+    #[schema(value_type = Option<String>)]
     #[serde(default, with = "octal_mode", skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
     /// `user` or `user:group`.
@@ -94,7 +96,7 @@ pub struct FileEntry {
 }
 
 /// Image policies. `None` leaves the Image Builder's default alone.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policies {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,7 +119,7 @@ impl Policies {
 }
 
 /// Root filesystem types an Image Builder can produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Filesystem {
     Squashfs,
@@ -157,7 +159,7 @@ impl fmt::Display for Filesystem {
 }
 
 /// Defaults for how a build runs (not inputs of the build key).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildDefaults {
     #[serde(default, skip_serializing_if = "is_false")]
@@ -219,7 +221,8 @@ impl LoadedProfile {
 }
 
 /// The `profiles list` filters; every set filter must match.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ProfileFilter {
     pub tag: Option<String>,
     pub release: Option<String>,

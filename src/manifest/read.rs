@@ -5,14 +5,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::names;
 use super::profile::{BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile};
 use super::rules::{
-    check_builder_name, check_charset, check_destination, check_id, check_owner,
-    check_relative_path, check_release, check_snapshot_policy, check_word, is_name_char, non_empty,
-    parse_mode_text, read_relative_path,
+    check_builder_name, check_destination, check_id, check_name, check_owner, check_relative_path,
+    check_release, check_snapshot_policy, check_word, non_empty, parse_mode_text, read_bin_dir,
+    read_relative_path,
 };
 use crate::error::{Location, Problem, Problems};
-use crate::source::{self, Format, MapReader, Node, SourceFile, Spanned};
+use crate::source::{
+    self, Containment, Format, MAX_FILE_SIZE, MapReader, Node, SourceFile, Spanned,
+};
 
 const PROFILE_FIELDS: &[&str] = &[
     "profile_id",
@@ -52,8 +55,18 @@ const BUILD_DEFAULT_FIELDS: &[&str] = &["rebuild_if_cached", "initramfs", "keep_
 /// Largest `rootfs_partsize` in MiB.
 const MAX_ROOTFS_PARTSIZE: u64 = 16384;
 
-/// Read and validate one profile file; the format comes from the extension.
+/// Read and validate one profile file the user named (anywhere); the format comes from the
+/// extension.
 pub fn load_profile(path: &Path, display_name: String) -> Result<LoadedProfile, Vec<Problem>> {
+    load_profile_in(path, display_name, Containment::Anywhere)
+}
+
+/// [`load_profile`] for a file that must resolve inside `containment` (a fleet's profiles).
+pub(crate) fn load_profile_in(
+    path: &Path,
+    display_name: String,
+    containment: Containment<'_>,
+) -> Result<LoadedProfile, Vec<Problem>> {
     let Some(format) = Format::from_path(path) else {
         let problem = Problem::validation(format!(
             "`{display_name}` is not a profile file: use `.yaml`, `.yml`, `.json` or `.toml`"
@@ -61,14 +74,15 @@ pub fn load_profile(path: &Path, display_name: String) -> Result<LoadedProfile, 
         .at(Location::file(display_name));
         return Err(vec![problem]);
     };
-    let source = SourceFile::read(path, display_name).map_err(|problem| vec![problem])?;
+    let source = SourceFile::read_limited(path, display_name, MAX_FILE_SIZE, containment)
+        .map_err(|problem| vec![problem])?;
     parse_profile(&source, format)
 }
 
 /// The `profile_id` a file declares, if it parses that far (for files with problems).
-pub(crate) fn declared_profile_id(path: &Path) -> Option<String> {
+pub(crate) fn declared_profile_id(path: &Path, containment: Containment<'_>) -> Option<String> {
     let format = Format::from_path(path)?;
-    let source = SourceFile::read(path, String::new()).ok()?;
+    let source = SourceFile::read_limited(path, String::new(), MAX_FILE_SIZE, containment).ok()?;
     match source::parse(&source, format)
         .ok()?
         .value
@@ -143,7 +157,7 @@ fn read_profile(mut reader: MapReader<'_, '_>) -> Option<Profile> {
     let description = text(&mut reader, "description");
     let tags = read_tags(&mut reader);
     let overlay_dir = read_relative_path(&mut reader, "overlay_dir");
-    let bin_dir = text(&mut reader, "bin_dir");
+    let bin_dir = read_bin_dir(&mut reader);
     let provenance = reader.opt_bool("provenance").is_none_or(|flag| flag.value);
     let created_by = text(&mut reader, "created_by");
     let notes = text(&mut reader, "notes");
@@ -201,11 +215,11 @@ fn read_packages(reader: &mut MapReader<'_, '_>) -> (Vec<String>, Vec<String>) {
                 );
                 reader.invalid(package.span.clone(), message, "leading `-`");
             } else {
-                check_word(
+                check_name(
                     reader,
                     &format!("{field}[{index}]"),
                     &package,
-                    "a package name",
+                    names::package_name_problem,
                 );
             }
             list.push(package);
@@ -352,29 +366,17 @@ struct ImageOptions {
 fn read_image_options(reader: &mut MapReader<'_, '_>) -> ImageOptions {
     let extra_image_name = reader.opt_string("extra_image_name");
     if let Some(name) = &extra_image_name {
-        let valid = (1..=64).contains(&name.value.len())
-            && name
-                .value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ' ' | '-'));
-        if !valid {
-            let message = format!(
-                "invalid `extra_image_name` `{}`: use 1 to 64 letters, digits, spaces, `.`, `_` or `-`",
-                name.value
-            );
-            reader.invalid(name.span.clone(), message, "invalid name");
-        }
+        check_name(
+            reader,
+            "extra_image_name",
+            name,
+            names::extra_image_name_problem,
+        );
     }
     let disabled_services = reader.string_list("disabled_services");
     for (index, service) in disabled_services.iter().enumerate() {
         let field = format!("disabled_services[{index}]");
-        check_charset(
-            reader,
-            &field,
-            service,
-            is_name_char,
-            "a service name (`/etc/init.d/<name>`)",
-        );
+        check_name(reader, &field, service, names::service_name_problem);
     }
     let rootfs_partsize = reader.opt_u64("rootfs_partsize").and_then(|size| {
         if (1..=MAX_ROOTFS_PARTSIZE).contains(&size.value) {
@@ -562,12 +564,77 @@ mod tests {
     }
 
     #[test]
+    fn make_variable_rules_apply_at_validate() {
+        let found = problems(
+            "packages: [\"$(eval x)\", \"a;b\", \"`id`\", \"a#b\", \"'q'\", \"a|b\", \"%\", /srv/x.ipk, \"http://e.org/x.ipk\", luci]\nextra_image_name: my build\n",
+        );
+        let expected_package = "expected a package name: letters, digits, `.`, `_`, `+` or `-`, starting with a letter or digit (no paths, URLs or shell syntax)";
+        let mut expected: Vec<String> = [
+            (12, "$(eval x)", 0),
+            (25, "a;b", 1),
+            (32, "`id`", 2),
+            (40, "a#b", 3),
+            (47, "'q'", 4),
+            (54, "a|b", 5),
+            (61, "%", 6),
+            (66, "/srv/x.ipk", 7),
+            (78, "http://e.org/x.ipk", 8),
+        ]
+        .iter()
+        .map(|(column, value, index)| {
+            format!("8:{column}: invalid `packages[{index}]` `{value}`: {expected_package}")
+        })
+        .collect();
+        expected.push("9:19: invalid `extra_image_name` `my build`: use 1 to 64 letters, digits, `.`, `_` or `-` (write `-` for a space: the image file names get `-` either way)".to_string());
+        assert_eq!(found, expected);
+        for field in ["target", "subtarget", "imagebuilder_profile"] {
+            for bad in ["..", "."] {
+                let text = BASE
+                    .lines()
+                    .map(|line| match line.split_once(": ") {
+                        Some((key, _)) if key == field => format!("{key}: \"{bad}\""),
+                        _ => line.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let found = problems_in(&text);
+                assert_eq!(found.len(), 1, "{found:?}");
+                assert!(
+                    found[0].contains(&format!(
+                        "invalid `{field}` `{bad}`: must not start with `.`"
+                    )),
+                    "{found:?}"
+                );
+            }
+        }
+        assert_eq!(
+            replaced("target: ath79", "target: ath79/../x"),
+            ["5:9: invalid `target` `ath79/../x`: expected letters, digits, `_`, `.`, `,` or `-`"]
+        );
+    }
+
+    #[test]
+    fn destinations_use_the_safe_character_set() {
+        let found = problems(
+            "files:\n  - source: a\n    destination: \"/a /some/host/dir/.git\"\n  - source: b\n    destination: \"/etc/x'y\"\n  - source: c\n    destination: /usr/bin/-rf\n  - source: d\n    destination: /\n  - source: e\n    destination: /lib/firmware/brcm/brcmfmac43455-sdio.raspberrypi,4-model-b.txt\n",
+        );
+        assert_eq!(
+            found,
+            [
+                "10:18: `files[0].destination` `a ` contains a space, which the Image Builder's shell code would split or interpret; use letters, digits and `. _ - + , @ : =`: `/a /some/host/dir/.git`",
+                "12:18: `files[1].destination` `x'y` contains `'`, which the Image Builder's shell code would split or interpret; use letters, digits and `. _ - + , @ : =`: `/etc/x'y`",
+                "14:18: `files[2].destination` `-rf` starts with `-`, which commands would read as an option: `/usr/bin/-rf`",
+            ]
+        );
+    }
+
+    #[test]
     fn package_rules() {
         assert_eq!(
             problems("packages: [luci, \"-ppp\", \"bad name\"]\npackages_remove: [luci]\n"),
             [
                 "8:18: `packages[1]`: write `-ppp` without the leading `-`; removals go in `packages_remove`",
-                "8:26: invalid `packages[2]` `bad name`: expected a package name",
+                "8:26: invalid `packages[2]` `bad name`: expected a package name: letters, digits, `.`, `_`, `+` or `-`, starting with a letter or digit (no paths, URLs or shell syntax)",
                 "9:19: package `luci` is in both `packages` and `packages_remove`",
             ]
         );
@@ -584,7 +651,7 @@ mod tests {
                 "11:12: invalid `files[0].owner` `root:`: expected `user` or `user:group`",
                 "12:5: unknown field `files[0].mod`",
                 "14:18: `files[1].destination` must not contain `..`: `/etc/../x`",
-                "16:18: `files[2].destination` must name a file, not a directory: `/etc/`",
+                "16:18: `files[2].destination` must not end with `/`: `/etc/`",
                 "17:5: expected a mapping for `files[3]`, found a string",
             ]
         );
@@ -672,7 +739,7 @@ mod tests {
                 "extra_image_name: \"a/b\"\ndisabled_services: [\"bad name\"]\nrootfs_partsize: 0\nadd_local_key: \"yes\"\n"
             ),
             [
-                "8:19: invalid `extra_image_name` `a/b`: use 1 to 64 letters, digits, spaces, `.`, `_` or `-`",
+                "8:19: invalid `extra_image_name` `a/b`: use 1 to 64 letters, digits, `.`, `_` or `-`",
                 "9:21: invalid `disabled_services[0]` `bad name`: expected a service name (`/etc/init.d/<name>`)",
                 "10:18: `rootfs_partsize` must be between 1 and 16384 (MiB), not 0",
                 "11:16: expected a boolean (`true` or `false`) for `add_local_key`, found a string",
@@ -683,9 +750,9 @@ mod tests {
             ["8:18: `rootfs_partsize` must be between 1 and 16384 (MiB), not 16385"]
         );
         let loaded = profile(&format!(
-            "{BASE}extra_image_name: my build.1\nprovenance: false\nrootfs_partsize: 16384\n"
+            "{BASE}extra_image_name: my-build.1\nprovenance: false\nrootfs_partsize: 16384\n"
         ));
-        assert_eq!(loaded.extra_image_name.as_deref(), Some("my build.1"));
+        assert_eq!(loaded.extra_image_name.as_deref(), Some("my-build.1"));
         assert!(!loaded.provenance);
     }
 

@@ -2,6 +2,7 @@
 //! paths, modes, owners), each recording a problem through a [`MapReader`]. Pure checks:
 //! no I/O, no knowledge of which file they are applied to.
 
+use super::names;
 use super::profile::{Policies, is_snapshot_release};
 use crate::error::Problem;
 use crate::source::{MapReader, Spanned};
@@ -96,20 +97,30 @@ pub(crate) fn check_release(reader: &mut MapReader<'_, '_>, release: &Spanned<St
     }
 }
 
-/// `^[A-Za-z0-9_.,-]+$`: target, subtarget and Image Builder profile names.
+/// Target, subtarget and Image Builder profile names ([`names::builder_name_problem`]).
 pub(crate) fn check_builder_name(
     reader: &mut MapReader<'_, '_>,
     field: &str,
     value: &Spanned<String>,
 ) {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ',' | '-');
-    check_charset(
-        reader,
-        field,
-        value,
-        allowed,
-        "letters, digits, `_`, `.`, `,` or `-`",
-    );
+    check_name(reader, field, value, names::builder_name_problem);
+}
+
+/// A value checked by one of the [`names`] rules; the problem names the field and value.
+pub(crate) fn check_name(
+    reader: &mut MapReader<'_, '_>,
+    field: &str,
+    value: &Spanned<String>,
+    rule: fn(&str) -> Option<String>,
+) {
+    if let Some(problem) = rule(&value.value) {
+        let message = format!(
+            "invalid `{}` `{}`: {problem}",
+            reader.path_of(field),
+            value.value
+        );
+        reader.invalid(value.span.clone(), message, "invalid name");
+    }
 }
 
 pub(crate) fn check_charset(
@@ -161,6 +172,22 @@ pub(crate) fn read_relative_path(reader: &mut MapReader<'_, '_>, field: &str) ->
     Some(path.value)
 }
 
+/// `bin_dir`: a relative path inside the fleet, or an absolute one (allowed only under the
+/// operator's `bin_dir_roots`, which the plan checks against the effective settings).
+pub(crate) fn read_bin_dir(reader: &mut MapReader<'_, '_>) -> Option<String> {
+    let path = reader.opt_string("bin_dir")?;
+    if path.value.starts_with('/') {
+        let text = &path.value;
+        if text.split('/').any(|part| part == "..") || text.contains('\0') || text == "/" {
+            let message = format!("`bin_dir` must not be `/` or contain `..`, not `{text}`");
+            reader.invalid(path.span.clone(), message, "not a usable directory");
+        }
+    } else {
+        check_relative_path(reader, "bin_dir", &path);
+    }
+    Some(path.value)
+}
+
 /// Sources and overlay directories stay inside the fleet repository.
 pub(crate) fn check_relative_path(
     reader: &mut MapReader<'_, '_>,
@@ -182,18 +209,24 @@ pub(crate) fn check_relative_path(
     }
 }
 
+/// An absolute path in the image without `..`, each component in the character set of
+/// [`names::image_name_problem`]. `/` itself is allowed: a directory source placed there
+/// merges into the image root (the overlay refuses a file source at `/`).
 pub(crate) fn check_destination(reader: &mut MapReader<'_, '_>, destination: &Spanned<String>) {
     let text = &destination.value;
+    let component_problem = || {
+        text.split('/')
+            .filter(|part| !part.is_empty() && *part != ".")
+            .find_map(|part| names::image_name_problem(part).map(|why| format!("`{part}` {why}")))
+    };
     let problem = if !text.starts_with('/') {
-        Some("must be an absolute path inside the image")
+        Some("must be an absolute path inside the image".to_string())
     } else if text.split('/').any(|part| part == "..") {
-        Some("must not contain `..`")
-    } else if text.trim_end_matches('/').is_empty() || text.ends_with('/') {
-        Some("must name a file, not a directory")
-    } else if text.contains('\0') {
-        Some("must not contain NUL")
+        Some("must not contain `..`".to_string())
+    } else if text.len() > 1 && text.ends_with('/') {
+        Some("must not end with `/`".to_string())
     } else {
-        None
+        component_problem()
     };
     if let Some(problem) = problem {
         let message = format!("`{}` {problem}: `{text}`", reader.path_of("destination"));

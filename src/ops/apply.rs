@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Workspace;
 use super::plan::{PlanRequest, check_saved_plan, plan_with};
@@ -39,9 +40,12 @@ impl<'a> RunHooks<'a> {
 }
 
 /// Options of `apply`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct ApplyRequest {
-    /// A plan saved with `plan --out`: applied exactly, or refused when it is stale.
+    /// A plan saved with `plan --out` (or returned by `POST /plan`): applied exactly, or
+    /// refused with `stale_plan` when planning now gives different actions.
+    #[serde(rename = "plan")]
     pub saved_plan: Option<Plan>,
     /// Fail instead of adding missing `imagegen.lock` entries.
     pub locked: bool,
@@ -50,7 +54,7 @@ pub struct ApplyRequest {
 }
 
 /// What `apply` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ApplyOutcome {
     /// The plan that was carried out (or found to have no changes).
     pub plan: Plan,
@@ -74,22 +78,47 @@ impl ApplyOutcome {
     pub fn failure(&self) -> Option<Error> {
         self.report.as_ref().and_then(run_failure)
     }
+    /// The last line of `apply --json` (and of `GET /jobs/{id}/events`): `{"event":
+    /// "summary", ...}` with the report and images, or the plan when nothing had to run.
+    pub fn summary_event(&self) -> serde_json::Value {
+        match &self.report {
+            Some(report) => summary_event(serde_json::json!({
+                "report": report,
+                "images": &self.images,
+            })),
+            None => summary_event(serde_json::json!({
+                "plan": &self.plan,
+                "images": &self.images,
+            })),
+        }
+    }
+}
+
+/// `{"event": "summary"}` followed by the fields of `value`.
+fn summary_event(value: serde_json::Value) -> serde_json::Value {
+    let mut line = serde_json::json!({ "event": "summary" });
+    if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), value) {
+        line.extend(fields);
+    }
+    line
 }
 
 /// One image (or other artifact) of a profile and where to take it from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactLocation {
     #[serde(flatten)]
     pub artifact: ArtifactRef,
     /// The blob in the content-addressed store (always there after a successful build).
+    #[schema(value_type = String)]
     pub store_path: PathBuf,
     /// The copy in the profile's `bin_dir`, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub bin_dir_path: Option<PathBuf>,
 }
 
 /// A profile's current images.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProfileImages {
     pub profile_id: String,
     pub build_key: String,
@@ -104,11 +133,13 @@ pub fn apply(
     hooks: &RunHooks,
 ) -> Result<ApplyOutcome> {
     let fleet = workspace.fleet()?;
+    // The store first: while this apply completes the lock, another one must already see
+    // the state as taken (and not race it on `imagegen.lock`).
+    let store = workspace.store("imagegen apply")?;
     let locked = match (&request.saved_plan, request.locked) {
         (None, false) => lock_missing(workspace)?,
         _ => None,
     };
-    let store = workspace.store("imagegen apply")?;
     let plan_request = PlanRequest {
         locked: request.locked || request.saved_plan.is_some(),
     };
@@ -142,7 +173,7 @@ pub fn apply(
 }
 
 /// Options of `build`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct BuildRequest {
     /// Profile ids; empty means every profile the filter selects.
     #[serde(default)]
@@ -158,7 +189,7 @@ pub struct BuildRequest {
 }
 
 /// How one profile's build ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildResult {
     /// Built now.
@@ -171,7 +202,7 @@ pub enum BuildResult {
 }
 
 /// One profile's result of `build`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProfileBuild {
     pub profile_id: String,
     pub build_key: Option<String>,
@@ -179,13 +210,14 @@ pub struct ProfileBuild {
     pub cache_hit: bool,
     pub artifacts: Vec<ArtifactLocation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Error>,
 }
 
 /// What `build` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BuildOutcome {
     pub profiles: Vec<ProfileBuild>,
     /// The run, when anything had to run.
@@ -201,6 +233,14 @@ impl BuildOutcome {
     /// Why the run did not succeed, as one error (see [`run_failure`]); `None` on success.
     pub fn failure(&self) -> Option<Error> {
         self.report.as_ref().and_then(run_failure)
+    }
+
+    /// The last line of `build --json` (and of a build job's events).
+    pub fn summary_event(&self) -> serde_json::Value {
+        summary_event(serde_json::json!({
+            "profiles": &self.profiles,
+            "report": &self.report,
+        }))
     }
 }
 
@@ -247,8 +287,8 @@ pub fn build(
 ) -> Result<BuildOutcome> {
     let fleet = workspace.fleet()?;
     let selected = select_profiles(fleet, request)?;
-    lock_missing(workspace)?;
     let store = workspace.store("imagegen build")?;
+    lock_missing(workspace)?;
     let mut plan = plan_with(workspace, &PlanRequest::default(), &store)?;
     let wanted: BTreeSet<String> = plan
         .actions

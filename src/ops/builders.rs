@@ -1,6 +1,7 @@
 //! `lock` and `builders list|info|ensure|prune`: the fleet's Image Builders, pinned and cached.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Workspace;
 use crate::error::{Error, ErrorCode, Result};
@@ -24,14 +25,14 @@ pub fn list_builders(workspace: &Workspace) -> Result<Vec<BuilderRecord>> {
 }
 
 /// One Image Builder: its state record and its lock entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BuilderInfo {
     pub address: String,
     pub record: Option<BuilderRecord>,
     pub lock: Option<LockEntry>,
 }
 
-/// One Image Builder, recorded or locked; `builder_not_found`-style error when neither.
+/// One Image Builder, recorded or locked; `builder_not_found` when neither.
 pub fn builder_info(workspace: &Workspace, triple: &Triple) -> Result<BuilderInfo> {
     let store = workspace.store("imagegen builders info")?;
     let record = store.read()?.builder(triple)?;
@@ -40,7 +41,7 @@ pub fn builder_info(workspace: &Workspace, triple: &Triple) -> Result<BuilderInf
         .and_then(|lock| lock.get(triple).cloned());
     if record.is_none() && lock.is_none() {
         return Err(Error::new(
-            ErrorCode::Precondition,
+            ErrorCode::BuilderNotFound,
             format!("no Image Builder `{triple}` is recorded or locked"),
         )
         .with_help("`imagegen builders list` shows what is recorded"));
@@ -89,7 +90,7 @@ pub fn ensure_builders(
 }
 
 /// What `builders prune` did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PruneReport {
     pub dry_run: bool,
     pub builders: Vec<Pruned>,

@@ -85,8 +85,19 @@ pub fn validate(workspace: &Workspace, request: &ValidateRequest) -> Result<Vali
         devices: fleet.devices.len(),
         valid: true,
         skipped,
-        notices: prepared.upstream.moved_notices(),
+        notices: notices(fleet, &prepared),
     })
+}
+
+fn notices(fleet: &crate::manifest::Fleet, prepared: &Prepared) -> Vec<String> {
+    let mut notices = prepared.upstream.moved_notices();
+    if fleet.profiles.is_empty() {
+        notices.push(
+            "the fleet has no profiles yet (its profile directories are empty); add one with `imagegen profiles import FILE`"
+                .to_string(),
+        );
+    }
+    notices
 }
 
 fn skipped_checks(

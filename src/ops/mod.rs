@@ -18,6 +18,7 @@ mod records;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::lock::LockFile;
@@ -83,6 +84,9 @@ pub struct Workspace {
     pub fleet: Option<Fleet>,
     pub settings: Settings,
     pub env: BTreeMap<String, String>,
+    /// How long [`Workspace::store`] waits for another process to release the state store
+    /// before failing with `state_locked` (zero: fail at once, as the CLI does).
+    pub store_wait: Duration,
 }
 
 impl Workspace {
@@ -108,6 +112,7 @@ impl Workspace {
             fleet,
             settings,
             env: options.env.clone(),
+            store_wait: Duration::ZERO,
         })
     }
 
@@ -118,7 +123,10 @@ impl Workspace {
 
     /// Opens (and locks) the state store; `holder` tells other processes who holds it.
     pub fn store(&self, holder: &str) -> Result<Store> {
-        Store::open(&self.settings.db.value, holder)
+        match self.store_wait.is_zero() {
+            true => Store::open(&self.settings.db.value, holder),
+            false => Store::open_wait(&self.settings.db.value, holder, self.store_wait),
+        }
     }
 
     /// The fleet's `imagegen.lock`, when the fleet has one.
@@ -132,6 +140,45 @@ impl Workspace {
     /// Every effective setting with its origin (`imagegen config`, `GET /config`).
     pub fn config(&self) -> Vec<SettingEntry> {
         self.settings.entries()
+    }
+}
+
+/// The fleet's files as they were at one moment: path, size and modification time of the
+/// manifest and of every profile file its patterns match. Frontends that keep a loaded
+/// [`Workspace`] between requests (`imagegen serve`) reuse it while the stamp is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetStamp {
+    files: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+}
+
+impl FleetStamp {
+    /// The newest modification time among the files (`None` when one is unknown).
+    pub fn newest(&self) -> Option<std::time::SystemTime> {
+        self.files
+            .iter()
+            .map(|(_, _, modified)| *modified)
+            .try_fold(std::time::UNIX_EPOCH, |newest, modified| {
+                modified.map(|modified| newest.max(modified))
+            })
+    }
+}
+
+impl Workspace {
+    /// The stamp of this workspace's fleet files as they are now (`None` without a fleet).
+    /// A file that is gone or unreadable is stamped as such, so its return changes the stamp.
+    pub fn fleet_stamp(&self) -> Option<FleetStamp> {
+        let fleet = self.fleet.as_ref()?;
+        let files = fleet
+            .source_files()
+            .into_iter()
+            .map(|path| {
+                let metadata = std::fs::metadata(&path).ok();
+                let size = metadata.as_ref().map_or(u64::MAX, std::fs::Metadata::len);
+                let modified = metadata.and_then(|metadata| metadata.modified().ok());
+                (path, size, modified)
+            })
+            .collect();
+        Some(FleetStamp { files })
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Workspace;
 use crate::error::{Error, ErrorCode, Result};
@@ -13,7 +14,7 @@ use crate::plan::{self, ActionKind, Plan, PlanOptions};
 use crate::state::Store;
 
 /// Options of `plan`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct PlanRequest {
     /// A missing or outdated lock entry is an error (CI).
     #[serde(default)]
@@ -49,16 +50,13 @@ pub fn save_plan(plan: &Plan, path: &Path) -> Result<()> {
 /// Reads a plan saved with `plan --out`; refuses another plan format.
 pub fn read_saved_plan(path: &Path) -> Result<Plan> {
     let bytes = std::fs::read(path).map_err(|error| {
-        if error.kind() == std::io::ErrorKind::NotFound {
-            Error::new(
-                ErrorCode::Validation,
-                format!("no saved plan `{}`", path.display()),
-            )
-            .with_help(
+        let missing = error.kind() == std::io::ErrorKind::NotFound;
+        let error = Error::io_user_path("reading", path, error);
+        match missing {
+            true => error.with_help(
                 "save one with `imagegen plan --out FILE`, or run `imagegen apply` without a file",
-            )
-        } else {
-            Error::io("reading", path, error)
+            ),
+            false => error,
         }
     })?;
     let plan: Plan = serde_json::from_slice(&bytes).map_err(|error| {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{Workspace, display_relative};
 use crate::error::{Error, ErrorCode, Problems, Result};
@@ -16,7 +17,7 @@ use crate::source::{Format, SourceFile};
 pub const PROFILES_DIR: &str = "profiles";
 
 /// One line of `profiles list`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProfileSummary {
     pub profile_id: String,
     pub name: String,
@@ -57,7 +58,7 @@ fn summary(fleet: &Fleet, loaded: &LoadedProfile) -> ProfileSummary {
 }
 
 /// One profile and the file it lives in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ProfileDetail {
     pub file: String,
     pub profile: Profile,
@@ -110,7 +111,7 @@ fn quoted_list(ids: &[&str]) -> String {
 }
 
 /// A profile file that was validated or written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProfileWritten {
     pub file: String,
     pub profile_id: String,

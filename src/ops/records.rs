@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::Workspace;
 use crate::cas::Cas;
@@ -50,9 +51,10 @@ pub fn builds_filtered(workspace: &Workspace, filter: &BuildFilter) -> Result<Ve
 }
 
 /// A build's log (or its last `tail_bytes`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BuildLog {
     pub key: String,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// The log's size on disk.
     pub size: u64,
@@ -115,7 +117,8 @@ fn find_build<'a>(records: &'a [BuildRecord], prefix: &str) -> Result<&'a BuildR
 }
 
 /// Which artifacts `artifacts list` shows.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ArtifactFilter {
     /// Only the artifacts of this build (key or unique prefix).
     #[serde(default)]
@@ -130,7 +133,9 @@ pub fn artifacts_list(
     workspace: &Workspace,
     filter: &ArtifactFilter,
 ) -> Result<Vec<ArtifactRecord>> {
-    let reader = workspace.store("imagegen artifacts")?.read()?;
+    // The store must outlive the reader: dropping it closes the database and unlocks it.
+    let store = workspace.store("imagegen artifacts")?;
+    let reader = store.read()?;
     let records = reader.artifacts()?;
     if filter.build.is_none() && filter.profile.is_none() {
         return Ok(records);
@@ -154,9 +159,10 @@ pub fn artifacts_list(
 }
 
 /// One artifact and where its bytes are.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactDetail {
     pub artifact: ArtifactRecord,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// False when the blob is missing from the store (run `artifacts verify`).
     pub present: bool,

@@ -223,13 +223,37 @@ thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Largest file an overlay may place: far above any file a router image holds, and a bound
+/// on what one fleet file makes imagegen read.
+pub(crate) const MAX_OVERLAY_FILE_SIZE: u64 = 1024 * 1024 * 1024;
+
+/// Opens an overlay file the walk saw as a regular file: never through a symlink swapped in
+/// since (`O_NOFOLLOW`), never blocking on a FIFO swapped in (`O_NONBLOCK`), and only if the
+/// opened descriptor is a regular file within [`MAX_OVERLAY_FILE_SIZE`].
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if metadata.len() > MAX_OVERLAY_FILE_SIZE {
+        return Err(too_large());
+    }
+    Ok(file)
+}
+
+pub(crate) fn too_large() -> std::io::Error {
+    std::io::Error::other(format!(
+        "larger than the limit of {MAX_OVERLAY_FILE_SIZE} bytes"
+    ))
+}
+
 /// Reads and hashes a file; `expected` is the stamp seen when the tree was listed.
 pub(crate) fn hash_file(path: &Path, expected: &FileStamp) -> std::io::Result<ReadHash> {
-    // The walk saw a regular file here; refuse to follow a symlink swapped in since.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+    let mut file = open_regular(path)?;
     let (file_hash, after) = READ_BUFFER.with(|buffer| {
         let buffer = &mut buffer.borrow_mut();
         if expected.size >= STREAM_THRESHOLD {
@@ -256,6 +280,10 @@ fn hash_streamed(file: &mut File, buffer: &mut Vec<u8>) -> std::io::Result<(File
             Ok(0) => break,
             Ok(count) => {
                 hasher.update(&buffer[..count]);
+                // The file grew past the limit after it was opened.
+                if hasher.count() > MAX_OVERLAY_FILE_SIZE {
+                    return Err(too_large());
+                }
             }
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
@@ -280,6 +308,9 @@ fn hash_small(
     let mut filled = 0;
     let metadata = loop {
         if filled == buffer.len() {
+            if filled as u64 > MAX_OVERLAY_FILE_SIZE {
+                return Err(too_large());
+            }
             buffer.resize(buffer.len() * 2, 0);
         }
         match file.read(&mut buffer[filled..]) {

@@ -8,7 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::error::Problem;
+use crate::error::{Problem, printable};
+use crate::manifest::names::image_name_problem;
 
 use super::hash::FileStamp;
 use super::owner;
@@ -301,6 +302,20 @@ fn walk(
             );
             continue;
         };
+        if let Some(why) = image_name_problem(&name) {
+            problems.push(
+                Problem::validation(format!(
+                    "`{}` in overlay source `{}`: the name {why}",
+                    printable(&placement.shown(&path)),
+                    printable(&placement.source.text)
+                ))
+                .at_option(placement.source.location.clone())
+                .with_help(
+                    "rename it; names placed in the image follow docs/overlay.md (\"Names\")",
+                ),
+            );
+            continue;
+        }
         let child_image_path = join_image_path(image_path, &name);
         // DirEntry::metadata does not follow symlinks (lstat semantics).
         let metadata = match child.metadata() {

@@ -6,7 +6,8 @@ use std::fs::{self, Metadata};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::error::{ErrorCode, Location, Problem};
+use crate::error::{ErrorCode, Location, Problem, printable};
+use crate::manifest::names::image_name_problem;
 
 use super::resolve::Origin;
 use super::{OverlayInput, OverlaySource};
@@ -29,12 +30,17 @@ pub(crate) fn normalize_destination(destination: &str) -> Result<String, Problem
                 ))
                 .with_help("write the destination without `..`"));
             }
-            _ if part.contains('\0') => {
-                return Err(Problem::validation(format!(
-                    "destination `{destination}` contains a NUL byte"
-                )));
+            _ => {
+                if let Some(why) = image_name_problem(part) {
+                    return Err(Problem::validation(format!(
+                        "destination `{}`: `{}` {why}",
+                        printable(destination),
+                        printable(part)
+                    ))
+                    .with_help("rename the destination; see docs/overlay.md (\"Names\")"));
+                }
+                parts.push(part);
             }
-            _ => parts.push(part),
         }
     }
     Ok(format!("/{}", parts.join("/")))

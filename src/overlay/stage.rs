@@ -35,8 +35,7 @@ pub(crate) enum OwnerPolicy {
 
 impl OwnerPolicy {
     fn from_environment() -> OwnerPolicy {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
+        if crate::fsutil::effective_uid() == 0 {
             OwnerPolicy::Apply(IdTables::load(Path::new("/")))
         } else {
             OwnerPolicy::Skip
@@ -141,12 +140,10 @@ fn copy_and_hash(
     mode: u32,
     owner: Option<&OwnerIds>,
 ) -> Result<FileHash, Error> {
-    // The walk saw a regular file here; refuse to follow a symlink swapped in since.
-    let mut reader = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(source)
-        .map_err(|error| Error::io("reading", source, error))?;
+    let reader =
+        super::hash::open_regular(source).map_err(|error| Error::io("reading", source, error))?;
+    // One byte past the limit tells a file that grew since it was opened.
+    let mut reader = reader.take(super::hash::MAX_OVERLAY_FILE_SIZE + 1);
     let mut writer = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -166,6 +163,9 @@ fn copy_and_hash(
             };
             let chunk = &buffer[..count];
             hasher.update(chunk);
+            if hasher.count() > super::hash::MAX_OVERLAY_FILE_SIZE {
+                return Err(Error::io("reading", source, super::hash::too_large()));
+            }
             writer
                 .write_all(chunk)
                 .map_err(|error| Error::io("writing", target, error))?;

@@ -56,7 +56,15 @@ pub fn prepare(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
         check_locked(fleet, lock.as_ref())?;
     }
     let upstream = check_upstream(fleet, lock.as_ref(), settings)?;
-    upstream.problems_to_result()?;
+    let bin_dirs = super::bin_dir::bin_dir_problems(fleet, settings);
+    if bin_dirs.is_empty() {
+        upstream.problems_to_result()?;
+    } else {
+        let mut problems = Problems::new();
+        problems.extend(upstream.problems.iter().cloned());
+        problems.extend(bin_dirs);
+        problems.finish((), "invalid profiles")?;
+    }
     if options.locked && !upstream.moved.is_empty() {
         let moved: Vec<String> = upstream
             .moved

@@ -3,12 +3,14 @@
 //! the lock, overlay files and the state store); `upstream` checks the fleet against
 //! upstream metadata (the only part that may read the mirror); `render` prints it.
 
+mod bin_dir;
 mod desired;
 mod diff;
 mod model;
 mod render;
 mod upstream;
 
+pub use bin_dir::{bin_dir_error, bin_dir_problems, resolve_bin_dir};
 pub use desired::{
     PlanOptions, Prepared, build_inputs, compute, compute_with, overlay_input, prepare,
     validate_overlays,

@@ -4,6 +4,7 @@
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 use crate::key::{BuildInputs, Reason};
 use crate::triple::Triple;
@@ -12,7 +13,7 @@ use crate::triple::Triple;
 pub const FORMAT_VERSION: &str = "1.0";
 
 /// What kind of thing an action is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Resource {
     Builder,
@@ -21,7 +22,7 @@ pub enum Resource {
 }
 
 /// What happens to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 pub enum ActionKind {
     #[serde(rename = "create")]
     Create,
@@ -45,7 +46,7 @@ impl ActionKind {
 }
 
 /// One step of the plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Action {
     /// `builder.23.05.4/ath79/generic`, `build.home.ap-livingroom`, `flash.lab-sd-1`.
     pub address: String,
@@ -76,7 +77,7 @@ pub struct Action {
 }
 
 /// Counts per resource and action.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Summary {
     pub fetch: usize,
     pub build: usize,
@@ -95,7 +96,7 @@ impl Summary {
 
 /// Digests of what the plan was computed from, so `apply PLANFILE` can refuse a plan
 /// whose inputs moved since.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Fingerprint {
     /// blake3 over the manifest and every profile file.
     pub fleet: String,
@@ -106,7 +107,7 @@ pub struct Fingerprint {
 }
 
 /// The result of `imagegen plan`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Plan {
     pub format_version: String,
     pub fleet: String,

@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::{ErrorCode, Location, Problem, Problems, Result};
 pub use kind::{Kind, Value, parse_bool};
@@ -110,14 +111,16 @@ pub struct Setting<T> {
 }
 
 /// One row of `imagegen config`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct SettingEntry {
     /// The key in `imagegen.toml` `[settings]`.
+    #[schema(value_type = String)]
     pub name: &'static str,
     pub value: serde_json::Value,
     /// `flag --jobs`, `env OWRT_IMG_JOBS`, `file <manifest path>` or `default`.
     pub origin: String,
     /// The environment variable that sets it.
+    #[schema(value_type = String)]
     pub env: &'static str,
 }
 
@@ -379,9 +382,10 @@ impl Defaults<'_> {
         self.xdg_dir(env_vars::XDG_CACHE_HOME, ".cache")
     }
 
+    /// Per user: another user cannot plant links in it or read the builds (docs/security.md).
     fn tmp_dir(&self) -> PathBuf {
         let base = env_value(self.env, env_vars::TMPDIR).unwrap_or("/tmp");
-        Path::new(base).join(APP_DIR)
+        Path::new(base).join(format!("{APP_DIR}-{}", crate::fsutil::effective_uid()))
     }
 
     /// `$XDG_…/openwrt-imagegen`, else `$HOME/<fallback>/openwrt-imagegen`. The XDG spec says

@@ -59,6 +59,9 @@ macro_rules! settings_table {
             pub const TMPDIR: &str = "TMPDIR";
             /// Any value turns colour off (https://no-color.org).
             pub const NO_COLOR: &str = "NO_COLOR";
+            /// The bearer token of `imagegen serve` (a secret: not a setting, never shown by
+            /// `imagegen config` or `GET /config`).
+            pub const OWRT_IMG_API_TOKEN: &str = "OWRT_IMG_API_TOKEN";
             /// TEST HOOK, not a setting: a shell command `imagegen flash` runs between the
             /// write and the read-back, so the integration tests can change a loop device's
             /// backing file and prove a mismatch is caught. Honoured only when the target is
@@ -106,6 +109,7 @@ macro_rules! settings_table {
 }
 
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+const SANDBOX_MODES: &[&str] = &["auto", "sandbox", "none"];
 /// More concurrent jobs than this is a typo, not a machine.
 const MAX_JOBS: u64 = 256;
 /// A build running longer than a day is stuck.
@@ -177,6 +181,18 @@ settings_table! {
         kind: Kind::Bool,
         default: |_| Ok(true.into()),
         help: "Verify the usign signature of every `sha256sums`",
+    }
+    bin_dir_roots: Vec<PathBuf> {
+        env: OWRT_IMG_BIN_DIR_ROOTS, flag: "bin-dir-root", short: None, value_name: "DIR",
+        kind: Kind::Paths,
+        default: |_| Ok(Vec::<PathBuf>::new().into()),
+        help: "Directories outside the fleet where a profile's absolute `bin_dir` may put image copies (repeat the flag; `:`-separated in the environment)",
+    }
+    sandbox: String {
+        env: OWRT_IMG_SANDBOX, flag: "sandbox", short: None, value_name: "MODE",
+        kind: Kind::Choice(SANDBOX_MODES),
+        default: |_| Ok("auto".to_string().into()),
+        help: "Run `make image` sandboxed: `auto` (when bubblewrap works, else warn on every build), `sandbox` (always; fail without) or `none`",
     }
     build_timeout: u64 {
         env: OWRT_IMG_BUILD_TIMEOUT, flag: "build-timeout", short: None, value_name: "SECONDS",

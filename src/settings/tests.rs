@@ -48,7 +48,11 @@ fn defaults_follow_home() {
         settings.cache_dir.value,
         Path::new("/home/op/.cache/openwrt-imagegen/builders")
     );
-    assert_eq!(settings.tmp_dir.value, Path::new("/tmp/openwrt-imagegen"));
+    let uid = crate::fsutil::effective_uid();
+    assert_eq!(
+        settings.tmp_dir.value,
+        Path::new(&format!("/tmp/openwrt-imagegen-{uid}"))
+    );
     assert!(!settings.offline.value);
     assert_eq!(settings.log_level.value, "info");
     assert_eq!(settings.mirror.value, "https://downloads.openwrt.org");
@@ -86,7 +90,10 @@ fn defaults_honour_xdg_and_tmpdir() {
     );
     assert_eq!(
         settings.tmp_dir.value,
-        Path::new("/scratch/openwrt-imagegen")
+        Path::new(&format!(
+            "/scratch/openwrt-imagegen-{}",
+            crate::fsutil::effective_uid()
+        ))
     );
 }
 

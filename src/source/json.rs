@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{Format, MAX_DEPTH, Node, SourceFile, Spanned, push_entry, syntax_error};
+use super::{Format, MAX_DEPTH, MappingEntries, Node, SourceFile, Spanned, syntax_error};
 use crate::error::Problem;
 
 pub(super) fn parse(source: &Arc<SourceFile>) -> Result<Spanned<Node>, Problem> {
@@ -47,9 +47,9 @@ impl JsonParser<'_> {
 
     fn object(&mut self, depth: usize) -> Result<Node, Problem> {
         self.enter(depth)?;
-        let mut entries = Vec::new();
+        let mut entries = MappingEntries::default();
         if self.after_open(b'}') {
-            return Ok(Node::Mapping(entries));
+            return Ok(entries.into_node());
         }
         loop {
             if self.peek() != Some(b'"') {
@@ -61,9 +61,9 @@ impl JsonParser<'_> {
             self.expect(b':', "expected `:` after the key")?;
             self.skip_whitespace();
             let value = self.value(depth + 1)?;
-            push_entry(self.source, &mut entries, key, value)?;
+            entries.push(self.source, key, value)?;
             if self.after_item(b'}', "expected `,` or `}`")? {
-                return Ok(Node::Mapping(entries));
+                return Ok(entries.into_node());
             }
         }
     }

@@ -231,6 +231,11 @@ impl<'n, 'p> MapReader<'n, 'p> {
             if known.contains(&key.value.as_str()) {
                 continue;
             }
+            if self.problems.is_full() {
+                // Not shown anyway: count it without building the message and suggestion.
+                self.problems.count(crate::error::ErrorCode::Validation);
+                continue;
+            }
             let path = self.path_of(&key.value);
             let mut problem = Problem::validation(format!("unknown field `{path}`"))
                 .at(Location::at(self.source, key.span.clone()))
@@ -288,8 +293,15 @@ impl<'n, 'p> MapReader<'n, 'p> {
     }
 }
 
+/// Longest word [`suggest`] compares: the similarity measure is quadratic in the length,
+/// and no typo of a field or id is this long.
+const MAX_SUGGEST_LEN: usize = 128;
+
 /// The candidate closest to `word`, if any is close enough to be a likely typo.
 pub fn suggest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    if word.len() > MAX_SUGGEST_LEN {
+        return None;
+    }
     candidates
         .into_iter()
         .map(|candidate| (strsim::jaro_winkler(word, candidate), candidate))

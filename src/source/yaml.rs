@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Span, Tag};
 
-use super::{Format, MAX_DEPTH, Node, SourceFile, Spanned, push_entry, syntax_error};
+use super::{Format, MAX_DEPTH, MappingEntries, Node, SourceFile, Spanned, syntax_error};
 use crate::error::{Location, Problem};
 
 pub(super) fn parse(source: &Arc<SourceFile>) -> Result<Spanned<Node>, Problem> {
@@ -32,7 +32,7 @@ enum Frame {
     },
     Mapping {
         start: usize,
-        entries: Vec<(Spanned<String>, Spanned<Node>)>,
+        entries: MappingEntries,
         key: Option<Spanned<String>>,
     },
 }
@@ -87,7 +87,7 @@ impl Builder<'_> {
         } else {
             Frame::Mapping {
                 start,
-                entries: Vec::new(),
+                entries: MappingEntries::default(),
                 key: None,
             }
         });
@@ -104,8 +104,8 @@ impl Builder<'_> {
                 (start, last_end, Node::Sequence(items))
             }
             Frame::Mapping { start, entries, .. } => {
-                let last_end = entries.last().map(|(_, value)| value.span.end);
-                (start, last_end, Node::Mapping(entries))
+                let last_end = entries.last_end();
+                (start, last_end, entries.into_node())
             }
         };
         // Block collections end with an empty span at the next token, possibly lines later;
@@ -151,7 +151,7 @@ impl Builder<'_> {
                 Ok(())
             }
             Some(Frame::Mapping { entries, key, .. }) => match key.take() {
-                Some(key) => push_entry(self.source, entries, key, node),
+                Some(key) => entries.push(self.source, key, node),
                 None => Err(self.error(node.span, "mapping keys must be plain strings")),
             },
         }

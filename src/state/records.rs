@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::key::BuildInputs;
 use crate::triple::Triple;
 
 /// Where an Image Builder is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BuilderStatus {
     /// Download or extraction started but did not finish.
@@ -22,7 +23,7 @@ pub enum BuilderStatus {
 }
 
 /// One Image Builder, keyed by its [`Triple`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BuilderRecord {
     #[serde(flatten)]
     pub triple: Triple,
@@ -35,6 +36,7 @@ pub struct BuilderRecord {
     pub version_code: Option<String>,
     pub status: BuilderStatus,
     /// The pristine extracted tree.
+    #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
     /// Bytes on disk of the extracted tree.
     pub size: u64,
@@ -43,7 +45,7 @@ pub struct BuilderRecord {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildStatus {
     Succeeded,
@@ -51,7 +53,7 @@ pub enum BuildStatus {
 }
 
 /// An artifact as one build produced it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactRef {
     pub sha256: String,
     pub name: String,
@@ -63,7 +65,7 @@ pub struct ArtifactRef {
 }
 
 /// One build, keyed by its build key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BuildRecord {
     pub key: String,
     pub profile_id: String,
@@ -73,14 +75,16 @@ pub struct BuildRecord {
     pub status: BuildStatus,
     pub started_at: i64,
     pub finished_at: i64,
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
+    #[schema(value_type = Option<String>)]
     pub manifest_path: Option<PathBuf>,
     pub artifacts: Vec<ArtifactRef>,
     pub error: Option<String>,
 }
 
 /// One blob of the content-addressed store, keyed by sha256.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactRecord {
     pub sha256: String,
     pub name: String,

@@ -11,7 +11,7 @@ use imagegen_standin::demo;
 use crate::support::{TestFleet, upstream_data};
 
 /// A two-profile fleet (x86 and ath79) on a fresh stand-in mirror; `cpu` seconds per build.
-fn small_fleet(cpu: f64) -> TestFleet {
+pub(crate) fn small_fleet(cpu: f64) -> TestFleet {
     let fleet = TestFleet::empty();
     let mirror = demo::write_mirror(
         &fleet.path().join("mirror"),

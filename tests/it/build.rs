@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use imagegen::ErrorCode;
-use imagegen::build::{BuildOutput, BuildRequest, SlotMethod, prepare_slot, run_build};
+use imagegen::build::{
+    BuildOutput, BuildRequest, SandboxMode, SlotMethod, prepare_slot, run_build,
+};
 use imagegen::cas::Cas;
 use imagegen::key::{BuildInputs, BuilderPin, ImageOptions, OverlayInputs};
 use sha2::{Digest, Sha256};
@@ -164,14 +166,29 @@ fn inputs(profile: &str, packages: &[&str], options: ImageOptions) -> BuildInput
 struct Fixture {
     dir: tempfile::TempDir,
     pristine: PathBuf,
+    sandbox: SandboxMode,
 }
 
 impl Fixture {
+    /// Builds run as in production: sandboxed where the sandbox works.
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let pristine = dir.path().join("openwrt-imagebuilder-fixture");
         write_fixture(&pristine);
-        Fixture { dir, pristine }
+        Fixture {
+            dir,
+            pristine,
+            sandbox: SandboxMode::Auto,
+        }
+    }
+
+    /// Builds run without the sandbox: for what the sandbox would hide or prevent (writes
+    /// through shared files, process ids of the host's PID namespace).
+    fn unsandboxed() -> Fixture {
+        Fixture {
+            sandbox: SandboxMode::None,
+            ..Fixture::new()
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -214,6 +231,7 @@ fn build(
         log_path: &log_path,
         timeout,
         cancel,
+        sandbox: fixture.sandbox,
     })
 }
 
@@ -449,9 +467,11 @@ fn a_reused_slot_is_reset_to_the_pristine_state() {
     .unwrap();
 }
 
+/// Unsandboxed: as root the sandbox's build user cannot write shared files at all (that case
+/// is in `sandbox.rs`); here the detection itself is under test.
 #[test]
 fn a_write_through_a_shared_file_is_detected() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::unsandboxed();
     let slot = fixture.path("slot");
     prepare_slot(&fixture.pristine, &slot).unwrap();
     let overlay = fixture.overlay("overlay", &["hazard"]);
@@ -517,9 +537,11 @@ fn assert_group_gone(group: i32) {
     );
 }
 
+/// Unsandboxed: the fixture reports process ids, which the sandbox's PID namespace would
+/// renumber (`sandbox.rs` checks the sandboxed case by command line instead).
 #[test]
 fn a_timeout_kills_the_whole_process_group() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::unsandboxed();
     let slot = fixture.path("slot");
     prepare_slot(&fixture.pristine, &slot).unwrap();
     let overlay = fixture.overlay("overlay", &["sleep"]);
@@ -544,9 +566,10 @@ fn a_timeout_kills_the_whole_process_group() {
     assert_group_gone(group);
 }
 
+/// Unsandboxed, like the timeout test above.
 #[test]
 fn the_cancel_flag_interrupts_a_build() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::unsandboxed();
     let slot = fixture.path("slot");
     prepare_slot(&fixture.pristine, &slot).unwrap();
     let overlay = fixture.overlay("overlay", &["sleep"]);

@@ -298,6 +298,7 @@ fn options() -> FetchOptions {
         retries: 3,
         backoff_initial: Duration::from_millis(1),
         offline: false,
+        ..FetchOptions::default()
     }
 }
 
@@ -1169,4 +1170,207 @@ fn refuses_archives_without_the_expected_top_directory() {
     let error = fixture.fetch(&file_client(&fixture)).unwrap_err();
     assert_eq!(error.code, ErrorCode::ImagebuilderError);
     assert!(error.message.contains("has no"), "{}", error.message);
+}
+
+// ---- archive caps: bombs stop at their cap while streaming, before the hash is known ----
+
+use imagegen::imagebuilder::unpack::ArchiveLimits;
+
+const MIB: u64 = 1024 * 1024;
+
+fn capped(limits: ArchiveLimits) -> FetchOptions {
+    FetchOptions {
+        archive_limits: limits,
+        ..options()
+    }
+}
+
+/// Fetches what the fixture publishes under `limits` and returns the error, checking that
+/// nothing was installed and no staging dir or part file is left behind.
+fn refused_over_cap(fixture: &Fixture, limits: ArchiveLimits) -> imagegen::Error {
+    let client = MirrorClient::new(&fixture.mirror.file_url(), capped(limits)).unwrap();
+    let metadata = fixture.metadata(&client).unwrap();
+    let error = fetch_builder(
+        &client,
+        &metadata,
+        &fixture.cache,
+        &fixture.tmp,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(error.code, ErrorCode::DownloadError, "{}", error.message);
+    assert_eq!(
+        fixture.cache_listing(),
+        ["23.05.4", "23.05.4/x86", "23.05.4/x86/64"]
+    );
+    let part = fixture
+        .tmp
+        .join(format!("downloads/{}.part", metadata.archive_sha256));
+    assert!(!part.exists());
+    error
+}
+
+#[test]
+fn zstd_bomb_stops_at_the_unpacked_bytes_cap() {
+    let fixture = Fixture::new(Compression::Zstd);
+    let top = top();
+    // 256 MiB of zeros in four files compress to a few KiB.
+    let zeros = vec![0u8; 64 * MIB as usize];
+    let entries: Vec<Entry> = std::iter::once(dir(&format!("{top}/")))
+        .chain((0..4).map(|index| file(&format!("{top}/zero{index}"), 0o644, &zeros)))
+        .collect();
+    let archive = fixture.publish(&entries);
+    assert!(archive.len() < 100_000, "{}", archive.len());
+    let limits = ArchiveLimits {
+        max_unpacked_bytes: 100 * MIB,
+        ..ArchiveLimits::default()
+    };
+    let error = refused_over_cap(&fixture, limits);
+    assert_eq!(
+        error.message,
+        format!(
+            "fetching {}: the archive is too large: more than {} bytes unpacked",
+            fixture.archive_name,
+            100 * MIB
+        )
+    );
+    assert!(
+        error
+            .help
+            .unwrap_or_default()
+            .contains("Nothing was installed")
+    );
+}
+
+#[test]
+fn one_huge_file_stops_at_the_file_size_cap() {
+    let fixture = Fixture::new(Compression::Zstd);
+    let top = top();
+    let zeros = vec![0u8; 32 * MIB as usize];
+    fixture.publish(&[
+        dir(&format!("{top}/")),
+        file(&format!("{top}/huge"), 0o644, &zeros),
+    ]);
+    let limits = ArchiveLimits {
+        max_file_bytes: 8 * MIB,
+        ..ArchiveLimits::default()
+    };
+    let error = refused_over_cap(&fixture, limits);
+    assert!(
+        error
+            .message
+            .ends_with(&format!("`{top}/huge` has more than {} bytes", 8 * MIB)),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn entry_count_bomb_stops_at_the_entry_cap() {
+    let fixture = Fixture::new(Compression::Zstd);
+    let top = top();
+    let entries: Vec<Entry> = std::iter::once(dir(&format!("{top}/")))
+        .chain((0..5_000).map(|index| file(&format!("{top}/f{index}"), 0o644, b"")))
+        .collect();
+    fixture.publish(&entries);
+    let limits = ArchiveLimits {
+        max_entries: 1_000,
+        ..ArchiveLimits::default()
+    };
+    let error = refused_over_cap(&fixture, limits);
+    assert!(
+        error.message.ends_with("more than 1000 entries"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn download_over_the_size_cap_is_refused() {
+    let fixture = Fixture::new(Compression::Xz);
+    let archive = fixture.publish_good();
+    let limits = ArchiveLimits {
+        max_download_bytes: archive.len() as u64 / 2,
+        ..ArchiveLimits::default()
+    };
+    let error = refused_over_cap(&fixture, limits);
+    assert!(
+        error.message.ends_with(&format!(
+            "the download has more than {} bytes",
+            archive.len() / 2
+        )),
+        "{}",
+        error.message
+    );
+    // Over HTTP the announced length is refused before the body is read.
+    let server = TestServer::start(fixture.mirror.root());
+    let client = MirrorClient::new(&server.url(), capped(limits)).unwrap();
+    let error = fixture.fetch(&client).unwrap_err();
+    assert_eq!(error.code, ErrorCode::DownloadError, "{}", error.message);
+}
+
+#[test]
+fn bomb_with_a_wrong_hash_writes_no_more_than_the_cap() {
+    let fixture = Fixture::new(Compression::Zstd);
+    fixture.publish_good();
+    let top = top();
+    let zeros = vec![0u8; 64 * MIB as usize];
+    let bomb = compress(
+        &tar_bytes(&[
+            dir(&format!("{top}/")),
+            file(&format!("{top}/z"), 0o644, &zeros),
+        ]),
+        Compression::Zstd,
+    );
+    // The listed hash is the good archive's: the bomb's hash is wrong, which only the end
+    // of the stream can tell; the cap stops the unpacking long before.
+    fs::write(fixture.target_path().join(&fixture.archive_name), &bomb).unwrap();
+    let limits = ArchiveLimits {
+        max_unpacked_bytes: 4 * MIB,
+        ..ArchiveLimits::default()
+    };
+    let error = refused_over_cap(&fixture, limits);
+    assert!(
+        error
+            .message
+            .ends_with(&format!("more than {} bytes unpacked", 4 * MIB)),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn huge_gnu_long_name_is_refused_without_holding_it_in_memory() {
+    let fixture = Fixture::new(Compression::Zstd);
+    let top = top();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o755);
+    header.set_size(0);
+    builder
+        .append_data(&mut header, format!("{top}/"), &[][..])
+        .unwrap();
+    let long_name = format!("{top}/{}", "a/".repeat(3 * MIB as usize));
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(1);
+    builder
+        .append_data(&mut header, long_name, &b"x"[..])
+        .unwrap();
+    let archive = compress(&builder.into_inner().unwrap(), Compression::Zstd);
+    fixture.publish_bytes(&archive);
+    let error = fixture.fetch(&file_client(&fixture)).unwrap_err();
+    assert_eq!(
+        error.code,
+        ErrorCode::ImagebuilderError,
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("is larger than 4 MiB"),
+        "{}",
+        error.message
+    );
 }

@@ -99,3 +99,99 @@ fn a_dead_mirror_fails_fast_with_a_hint() {
     let message = error["error"]["message"].as_str().unwrap_or_default();
     assert!(!message.contains("gave up after"), "{message}");
 }
+
+#[test]
+fn a_profile_that_does_not_parse_is_reported_without_its_consequences() {
+    let fleet = TestFleet::empty();
+    fleet.write(
+        "imagegen.toml",
+        "[fleet]\nname = \"home\"\n\n[[device]]\nid = \"ap\"\nprofile = \"ap\"\n",
+    );
+    fleet.write("profiles/ap.yaml", "profile_id: ap\nname: [unclosed\n");
+    let run = fleet.run(&["validate", "--json"]);
+    assert_eq!(run.code, 3);
+    let error = run.json();
+    assert_eq!(error["error"]["code"], "validation");
+    let problems = error["error"]["problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0]["location"]["file"], "profiles/ap.yaml");
+    assert!(!error.to_string().contains("unknown profile"), "{error}");
+}
+
+#[test]
+fn an_unknown_profile_lists_the_few_that_exist_and_an_empty_fleet_says_so() {
+    let fleet = TestFleet::empty();
+    fleet.write(
+        "imagegen.toml",
+        "[fleet]\nname = \"home\"\n\n[[device]]\nid = \"ap\"\nprofile = \"zzz\"\n",
+    );
+    fleet.write(
+        "profiles/gw.yaml",
+        "profile_id: gw\nname: gw\ndevice_id: generic\nopenwrt_release: 23.05.4\ntarget: x86\nsubtarget: \"64\"\nimagebuilder_profile: generic\n",
+    );
+    let run = fleet.run(&["validate", "--json"]);
+    assert_eq!(run.code, 3);
+    let problem = &run.json()["error"]["problems"][0];
+    assert_eq!(problem["code"], "profile_not_found");
+    assert_eq!(problem["help"], "the fleet's profiles: `gw`");
+
+    let empty = TestFleet::empty();
+    empty.write("imagegen.toml", "[fleet]\nname = \"home\"\n");
+    std::fs::create_dir_all(empty.path().join("profiles")).expect("profiles dir");
+    let run = empty.run(&["validate"]);
+    run.success();
+    assert!(
+        run.stdout.contains("0 profiles, 0 devices"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("the fleet has no profiles yet"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn escape_sequences_in_profile_values_never_reach_the_terminal() {
+    let fleet = TestFleet::empty();
+    fleet.write("imagegen.toml", "[fleet]\nname = \"home\"\n");
+    fleet.write(
+        "profiles/gw.json",
+        r#"{"profile_id": "gw", "name": "clear\u001b[2Jscreen", "description": "bell\u0007", "device_id": "generic", "openwrt_release": "23.05.4", "target": "x86", "subtarget": "64", "imagebuilder_profile": "generic"}"#,
+    );
+    let commands: [&[&str]; 2] = [&["profiles", "show", "gw"], &["profiles", "list"]];
+    for args in commands {
+        let run = fleet.run(args);
+        run.success();
+        assert!(!run.stdout.contains('\u{1b}'), "{:?}", run.stdout);
+        assert!(!run.stdout.contains('\u{7}'), "{:?}", run.stdout);
+    }
+    let shown = fleet.run(&["profiles", "show", "gw"]);
+    assert!(shown.stdout.contains("clear"), "{}", shown.stdout);
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let fleet = TestFleet::empty();
+    let mut child = fleet
+        .command(&["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}",
+        output.status
+    );
+}

@@ -236,3 +236,39 @@ fn untrusted_signature_and_offline_network_are_refused() {
     assert_eq!(run.code, 3);
     assert_eq!(run.json()["error"]["code"], "precondition");
 }
+
+#[test]
+fn lock_records_the_key_fingerprint() {
+    let (fleet, _mirror) = fleet_with_mirror();
+    fleet.run(&["lock"]).success();
+    let lock = std::fs::read_to_string(fleet.path().join("imagegen.lock")).expect("lock written");
+    let key = imagegen_standin::mirror::test_secret_key().public_key();
+    let line = format!(
+        "key_id = \"{}\"\nkey_fingerprint = \"{}\"\n",
+        key.key_id,
+        key.fingerprint()
+    );
+    assert_eq!(lock.matches(&line).count(), 5, "{lock}");
+}
+
+#[test]
+fn a_trusted_key_with_an_official_key_id_is_refused() {
+    use imagegen::imagebuilder::usign::{KeyId, PublicKey};
+    let (fleet, mirror) = fleet_with_mirror();
+    // The mirror's own key, renamed to the id of the official snapshot key.
+    let impostor = PublicKey {
+        key_id: KeyId::parse("b5043e70f9a75cde").expect("key id"),
+        key: imagegen_standin::mirror::test_secret_key().public_key().key,
+    };
+    std::fs::write(&mirror.public_key, impostor.to_file_text()).expect("write key");
+    let run = fleet.run(&["lock"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "key id `b5043e70f9a75cde` already names an official OpenWrt key with a different public key"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!fleet.path().join("imagegen.lock").exists());
+}

@@ -161,6 +161,7 @@ fn lock_file_round_trips_through_disk() {
         archive: "openwrt-imagebuilder-23.05.4-x86-64.Linux-x86_64.tar.xz".into(),
         archive_sha256: "a".repeat(64),
         key_id: Some("b5043e70f9a75cde".into()),
+        key_fingerprint: None,
         version_code: "r24012-d8dd03c46f".into(),
         profiles_json_sha256: "b".repeat(64),
         mirror: "https://downloads.openwrt.org".into(),

@@ -30,6 +30,7 @@ fn write_lock(fleet: &TestFleet, archive_sha: &str) {
             ),
             archive_sha256: archive_sha.into(),
             key_id: Some("b5043e70f9a75cde".into()),
+            key_fingerprint: None,
             version_code: "r24012-d8dd03c46f".into(),
             profiles_json_sha256: "00".repeat(32),
             mirror: "https://downloads.openwrt.org".into(),

@@ -59,6 +59,35 @@ SERVICES = {
 }
 
 
+# The rootfs's /etc/rc.common: the part of upstream's that image builds use. prepare_rootfs
+# runs it as `bash ./etc/rc.common <init script> enable|disable` with IPKG_INSTROOT set; like
+# upstream it sources the init script, so that script's top-level code runs too.
+RC_COMMON = """#!/bin/sh
+# stand-in rc.common (imagegen): enable/disable only
+initscript=$1
+action=${2:-help}
+START=
+STOP=
+. "$initscript"
+name=${initscript##*/}
+
+disable() {
+	rm -f "$IPKG_INSTROOT"/etc/rc.d/S??"$name" "$IPKG_INSTROOT"/etc/rc.d/K??"$name"
+}
+
+enable() {
+	disable
+	[ -z "$START" ] || ln -s "../init.d/$name" "$IPKG_INSTROOT/etc/rc.d/S$START$name"
+	[ -z "$STOP" ] || ln -s "../init.d/$name" "$IPKG_INSTROOT/etc/rc.d/K$STOP$name"
+}
+
+case "$action" in
+enable|disable) "$action" ;;
+*) echo "rc.common: unsupported action: $action" >&2; exit 1 ;;
+esac
+"""
+
+
 def fail(message):
     sys.stderr.write(message + "\n")
     sys.exit(1)
@@ -284,7 +313,7 @@ def install_base_files(root, meta):
     ]))
     write_file(root, "/etc/openwrt_version", revision + "\n")
     write_file(root, "/etc/banner", "OpenWrt %s, %s (stand-in)\n" % (release, revision))
-    write_file(root, "/etc/rc.common", "#!/bin/sh\n# stand-in rc.common\n", 0o755)
+    write_file(root, "/etc/rc.common", RC_COMMON, 0o755)
     write_file(root, "/etc/passwd", "root:x:0:0:root:/root:/bin/ash\n")
     write_file(root, "/etc/shadow", "root:::0:99999:7:::\n", 0o600)
     write_file(root, "/etc/config/system",
@@ -354,44 +383,6 @@ def copy_overlay(source, root):
                 shutil.copy2(src, dest)
 
 
-def parse_init_script(path):
-    with open(path, "rb") as f:
-        text = f.read().decode("utf-8", "replace")
-    if "#!/bin/sh /etc/rc.common" not in text:
-        return None
-    values = {}
-    for line in text.splitlines():
-        for key in ("START", "STOP"):
-            if line.startswith(key + "="):
-                values[key] = line[len(key) + 1:].strip().strip("'\"")
-    return values.get("START"), values.get("STOP")
-
-
-def apply_services(root, disabled):
-    """Enable every rc.common init script except the disabled ones (prepare_rootfs)."""
-    init_dir = os.path.join(root, "etc", "init.d")
-    rc_dir = os.path.join(root, "etc", "rc.d")
-    if not os.path.isdir(init_dir):
-        return
-    for name in sorted(os.listdir(init_dir)):
-        parsed = parse_init_script(os.path.join(init_dir, name))
-        if parsed is None:
-            continue
-        os.makedirs(rc_dir, exist_ok=True)
-        for entry in os.listdir(rc_dir):
-            if entry[:1] in "SK" and entry[3:] == name:
-                os.remove(os.path.join(rc_dir, entry))
-        if name in disabled:
-            print("Disabling", name)
-            continue
-        start, stop = parsed
-        if start is not None:
-            os.symlink("../init.d/" + name, os.path.join(rc_dir, "S%02d%s" % (int(start), name)))
-        if stop is not None:
-            os.symlink("../init.d/" + name, os.path.join(rc_dir, "K%02d%s" % (int(stop), name)))
-        print("Enabling", name)
-
-
 # ---------------------------------------------------------------- commands
 
 
@@ -448,7 +439,6 @@ def cmd_prepare_rootfs():
         source = files if os.path.isabs(files) else os.path.join(TOPDIR, files)
         if os.path.isdir(source):
             copy_overlay(source, root)
-    apply_services(root, set(env("DISABLED_SERVICES").split()))
     partsize = env("CONFIG_TARGET_ROOTFS_PARTSIZE") or config.get("CONFIG_TARGET_ROOTFS_PARTSIZE", "")
     write_file(root, "/usr/lib/standin/build", "".join("%s=%s\n" % pair for pair in [
         ("profile", profile_id()),
