@@ -25,7 +25,8 @@
 //!    stacked, system or read-only disks; partitions), then reads it back around the page
 //!    cache and compares SHA-256 digests.
 //! 9. [`ops`] is every operation a frontend offers, over the stages above, taking typed
-//!    options and returning `Serialize` reports. [`cli`] is the command-line frontend: it
+//!    options and returning `Serialize` reports (the flash operations also record every
+//!    attempt in [`state`] around the engine). [`cli`] is the command-line frontend: it
 //!    parses arguments, calls one operation and renders the result as text or JSON.
 //!    Nothing below it knows about clap. [`mcp`] is the MCP server for AI agents
 //!    (`imagegen mcp`) and [`server`] (`imagegen serve`) the HTTP API and dashboard, over

@@ -160,9 +160,10 @@ pub enum Command {
     /// Serve the fleet's operations to AI agents over MCP (Model Context Protocol) on stdio
     ///
     /// Tools: list_profiles, get_profile, validate, plan, build_image, build_images_batch,
-    /// apply, list_builds, get_build_log, list_artifacts, list_builders, ensure_builder. The
-    /// fleet's files are read-only resources. Only protocol messages go to stdout; logs go
-    /// to stderr.
+    /// apply, list_builds, get_build_log, list_artifacts, list_builders, ensure_builder,
+    /// flash_artifact (a dry run unless the call says `force: true` and the server has
+    /// --allow-flash). The fleet's files are read-only resources. Only protocol messages go
+    /// to stdout; logs go to stderr.
     Mcp(McpArgs),
     /// Serve the HTTP API and the fleet dashboard (docs/api.md)
     ///
@@ -284,8 +285,19 @@ pub enum FlashCommand {
     ///
     /// Refuses partitions, mounted, stacked (device-mapper, md, LVM), system and read-only
     /// disks, and images larger than the disk. Asks for the device name typed back unless
-    /// --force; without a terminal, --force is required.
+    /// --force; without a terminal, --force is required. Every attempt is recorded
+    /// (`imagegen flash list`).
     Image(FlashImageArgs),
+    /// Write a stored artifact to a whole disk and read it back
+    ///
+    /// ARTIFACT is a sha256 prefix (at least 6 hex digits, `imagegen artifacts list`) or
+    /// PROFILE:KIND, the KIND image (`factory`, `sysupgrade`, `combined`, ...) of the
+    /// profile's current build, such as `lab.rpi4.sd:factory`. The same checks, confirmation
+    /// and records as `flash image`.
+    Write(FlashWriteArgs),
+    /// Recorded flashes, newest first, and each device's state (flashed, did not complete,
+    /// partial image, suspect)
+    List(FlashListArgs),
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +306,22 @@ pub struct FlashImageArgs {
     pub image: PathBuf,
     /// The whole disk: `/dev/sdX`, `/dev/mmcblkN` or a `/dev/disk/by-id/...` link
     pub device: PathBuf,
+    #[command(flatten)]
+    pub options: FlashOptionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FlashWriteArgs {
+    /// A sha256 prefix, or PROFILE:KIND (e.g. `lab.rpi4.sd:factory`)
+    pub artifact: String,
+    /// The whole disk: `/dev/sdX`, `/dev/mmcblkN` or a `/dev/disk/by-id/...` link
+    pub device: PathBuf,
+    #[command(flatten)]
+    pub options: FlashOptionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FlashOptionArgs {
     /// Check everything and show what would be written, without writing
     #[arg(long)]
     pub dry_run: bool,
@@ -306,6 +334,16 @@ pub struct FlashImageArgs {
     /// Read-back verification: `full`, `prefix:<MiB>` or `none`
     #[arg(long, value_name = "MODE", default_value = "full", value_parser = parse_verify)]
     pub verify: crate::flash::VerifyMode,
+}
+
+#[derive(Debug, Args)]
+pub struct FlashListArgs {
+    /// Only this device: a fleet device id, a device key, a serial or a path
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// At most this many flashes, the newest
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
 }
 
 fn parse_verify(text: &str) -> Result<crate::flash::VerifyMode, String> {

@@ -10,6 +10,7 @@ mod display;
 mod explain;
 mod fetching;
 mod flash;
+mod flash_observer;
 mod mcp;
 mod records;
 pub(crate) mod report;

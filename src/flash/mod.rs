@@ -7,8 +7,8 @@
 //! refuses unsafe disks (facts from `device` and `mounts`); `source` recognises and streams
 //! the image (`size` reads recorded sizes); `plan` describes what will happen; `target`
 //! opens the disk exclusively for direct I/O; `run` drives `write` (wipe, write) and
-//! `verify` (read back, compare). This module never touches the state store and never
-//! unmounts anything.
+//! `verify` (read back, compare). This module never touches the state store (the flash
+//! operations in `ops::flash` record each attempt around it) and never unmounts anything.
 
 mod device;
 mod mounts;
@@ -117,6 +117,10 @@ pub trait FlashObserver {
     /// first byte is written. An error aborts the flash with nothing written.
     fn confirm(&mut self, plan: &FlashPlan) -> Result<()>;
 
+    /// Called once after a successful [`FlashObserver::confirm`], right before the first
+    /// byte is written (progress displays start here).
+    fn started(&mut self, _plan: &FlashPlan) {}
+
     /// Called after every block and at each phase change, on the calling thread.
     fn progress(&mut self, _progress: &FlashProgress) {}
 
@@ -148,6 +152,13 @@ pub fn list_devices(host: &Host) -> Vec<DeviceCandidate> {
         .collect()
 }
 
+/// What a flash would find out about an image file before writing: its format and, when
+/// recorded, its decompressed size. Refuses files a flash would refuse (missing, not a
+/// regular file, empty, an unsupported compression).
+pub fn inspect_image(path: &std::path::Path) -> Result<ImageInfo> {
+    source::inspect(path)
+}
+
 /// Flashes `options.image` onto `options.device`: pre-flight checks, confirmation, optional
 /// wipe, streamed write, fsync, read-back verification.
 pub fn flash(
@@ -176,6 +187,7 @@ pub fn flash(
     check_size(&image, &target)?;
     let plan = plan::describe(options, &target, &image);
     observer.confirm(&plan)?;
+    observer.started(&plan);
     let done = run::execute(&device, options, &image, observer)?;
     device.reread_partitions();
     Ok(run::report(plan, false, done, started))

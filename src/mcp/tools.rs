@@ -3,9 +3,9 @@
 //! and renders the report with [`reply`]; the only code here is that wiring and the
 //! one-paragraph summaries. The doc comment of each tool is its description for agents.
 //!
-//! Adding a tool (`flash_artifact` once the flash operation exists): an arguments type in
-//! `params.rs`, one `#[tool]` method below that calls the operation; it is listed and
-//! routed automatically. The server's `allow_flash` says whether `--allow-flash` was given.
+//! Adding a tool: an arguments type in `params.rs`, one `#[tool]` method below that calls
+//! the operation; it is listed and routed automatically. `flash_artifact` lives in
+//! [`super::flash`] with its own router, combined in `ImagegenServer::new`.
 
 use std::sync::Arc;
 

@@ -12,6 +12,7 @@ mod builders;
 mod check;
 mod explain;
 mod files;
+mod flash;
 mod plan;
 mod profiles;
 mod records;
@@ -36,6 +37,10 @@ pub use builders::{
 pub use check::{SkippedCheck, ValidateReport, ValidateRequest, validate};
 pub use explain::{ActionDetail, GraphReport, graph, show};
 pub use files::{FleetFile, FleetFileId, FleetFileText, fleet_files, read_fleet_file};
+pub use flash::{
+    ArtifactSpec, FlashEntry, FlashFilter, FlashListing, FlashOutcome, FlashRequest, FlashSource,
+    devices, flash_artifact, flash_image, flash_list,
+};
 pub use plan::{PlanRequest, check_saved_plan, plan, read_saved_plan, save_plan};
 pub use profiles::{
     ExportReport, PROFILES_DIR, ProfileDetail, ProfileSummary, ProfileWritten, WriteMode,

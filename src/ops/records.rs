@@ -173,25 +173,31 @@ pub struct ArtifactDetail {
 pub fn artifact_show(workspace: &Workspace, sha256: &str) -> Result<ArtifactDetail> {
     let records = workspace.store("imagegen artifacts")?.read()?.artifacts()?;
     let cas = Cas::open(&workspace.settings.artifacts_dir.value)?;
+    let artifact = find_artifact(records, sha256)?;
+    Ok(ArtifactDetail {
+        path: cas.blob_path(&artifact.sha256),
+        present: cas.contains(&artifact.sha256),
+        artifact,
+    })
+}
+
+/// The one record whose sha256 starts with `prefix`.
+pub(crate) fn find_artifact(records: Vec<ArtifactRecord>, prefix: &str) -> Result<ArtifactRecord> {
     let matches: Vec<_> = records
         .into_iter()
-        .filter(|record| record.sha256.starts_with(sha256))
+        .filter(|record| record.sha256.starts_with(prefix))
         .collect();
     match <[ArtifactRecord; 1]>::try_from(matches) {
-        Ok([artifact]) => Ok(ArtifactDetail {
-            path: cas.blob_path(&artifact.sha256),
-            present: cas.contains(&artifact.sha256),
-            artifact,
-        }),
+        Ok([artifact]) => Ok(artifact),
         Err(matches) if matches.is_empty() => Err(Error::new(
             ErrorCode::ArtifactNotFound,
-            format!("no artifact `{sha256}`"),
+            format!("no artifact `{prefix}`"),
         )
         .with_help("`imagegen artifacts list` shows the artifacts")),
         Err(matches) => Err(Error::new(
             ErrorCode::Validation,
             format!(
-                "`{sha256}` matches {} artifacts; give more digits",
+                "`{prefix}` matches {} artifacts; give more digits",
                 matches.len()
             ),
         )),

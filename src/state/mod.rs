@@ -31,7 +31,8 @@ pub use lock::LockHolder;
 pub use reader::Reader;
 pub use records::{
     AppliedBy, ArtifactRecord, ArtifactRef, BuildRecord, BuildStatus, BuilderRecord, BuilderStatus,
-    DeviceIdentity, DevicePointer, FlashRecord, ProfilePointer,
+    DeviceIdentity, DevicePointer, DeviceRecord, FlashRecord, FlashStatus, FlashedArtifact,
+    ProfilePointer, RecordedError, VerifyResult, disk_device_key, fleet_device_key,
 };
 pub use tables::SCHEMA_VERSION;
 pub use writer::Writer;

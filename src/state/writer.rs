@@ -7,12 +7,13 @@ use serde::de::DeserializeOwned;
 
 use super::reader::get_record;
 use super::records::{
-    ArtifactRecord, BuildRecord, BuilderRecord, DevicePointer, FlashRecord, ProfilePointer,
+    ArtifactRecord, BuildRecord, BuilderRecord, DevicePointer, DeviceRecord, FlashRecord,
+    ProfilePointer,
 };
 use super::tables::{
-    ARTIFACT_SHA256_TO_ARTIFACT, BUILD_KEY_TO_BUILD, BUILDER_KEY_TO_BUILDER, FLASH_ID_TO_FLASH,
-    FLEET_DEVICE_TO_POINTER, FLEET_PROFILE_TO_POINTER, META, PATH_TO_FILE_HASH, SCHEMA_VERSION,
-    SCHEMA_VERSION_KEY,
+    ARTIFACT_SHA256_TO_ARTIFACT, BUILD_KEY_TO_BUILD, BUILDER_KEY_TO_BUILDER, DEVICE_KEY_TO_DEVICE,
+    FLASH_ID_TO_FLASH, FLEET_DEVICE_TO_POINTER, FLEET_PROFILE_TO_POINTER, META, PATH_TO_FILE_HASH,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY,
 };
 use super::{database_error, encode, guarded};
 use crate::error::Result;
@@ -118,6 +119,24 @@ impl Writer {
         Ok(id)
     }
 
+    pub fn flash(&self, id: u64) -> Result<Option<FlashRecord>> {
+        self.get(FLASH_ID_TO_FLASH, id)
+    }
+
+    /// Replaces the record of an attempt [`Writer::add_flash`] recorded (its end).
+    pub fn put_flash(&mut self, record: &FlashRecord) -> Result<()> {
+        self.put(FLASH_ID_TO_FLASH, record.id, record)
+    }
+
+    pub fn device(&self, key: &str) -> Result<Option<DeviceRecord>> {
+        self.get(DEVICE_KEY_TO_DEVICE, key)
+    }
+
+    /// Inserts or replaces the record of its device key.
+    pub fn put_device(&mut self, record: &DeviceRecord) -> Result<()> {
+        self.put(DEVICE_KEY_TO_DEVICE, record.key.as_str(), record)
+    }
+
     pub fn set_profile_pointer(
         &mut self,
         fleet: &str,
@@ -138,6 +157,10 @@ impl Writer {
         pointer: &DevicePointer,
     ) -> Result<()> {
         self.put(FLEET_DEVICE_TO_POINTER, (fleet, device_id), pointer)
+    }
+
+    pub fn remove_device_pointer(&mut self, fleet: &str, device_id: &str) -> Result<bool> {
+        self.remove(FLEET_DEVICE_TO_POINTER, (fleet, device_id))
     }
 
     /// Stores the overlay module's opaque bytes per absolute path.
@@ -249,6 +272,7 @@ pub(crate) fn initialise(db: &Database) -> Result<()> {
     writer.open(BUILD_KEY_TO_BUILD)?;
     writer.open(ARTIFACT_SHA256_TO_ARTIFACT)?;
     writer.open(FLASH_ID_TO_FLASH)?;
+    writer.open(DEVICE_KEY_TO_DEVICE)?;
     writer.open(FLEET_PROFILE_TO_POINTER)?;
     writer.open(FLEET_DEVICE_TO_POINTER)?;
     writer.open(PATH_TO_FILE_HASH)?;

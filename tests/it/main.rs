@@ -10,6 +10,7 @@ mod exec;
 mod fetch;
 mod first_hour;
 mod flash;
+mod flash_records;
 mod fuzz_corpus;
 mod hostile_files;
 mod hostile_names;
