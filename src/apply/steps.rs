@@ -347,15 +347,19 @@ fn prepare_workdirs(
     context: &StepContext,
 ) -> Result<Workdirs> {
     let triple = loaded.profile.triple();
-    let pristine =
-        crate::imagebuilder::cache::ready_path(shared.store, shared.pinned(&triple), &triple)?
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::Precondition,
-                    format!("Image Builder {triple} is not in the cache"),
-                )
-                .with_help(format!("run `imagegen builders ensure {triple}`"))
-            })?;
+    let pristine = crate::imagebuilder::cache::ready_path(
+        shared.store,
+        shared.pinned(&triple),
+        &triple,
+        shared.settings.verify_signatures.value,
+    )?
+    .ok_or_else(|| {
+        Error::new(
+            ErrorCode::Precondition,
+            format!("Image Builder {triple} is not in the cache"),
+        )
+        .with_help(format!("run `imagegen builders ensure {triple}`"))
+    })?;
     let work = &shared.settings.tmp_dir.value;
     crate::fsutil::ensure_private_dir(work)?;
     let slot = context.slot();

@@ -438,6 +438,9 @@ pub enum BuildersCommand {
     Info { address: String },
     /// Fetch (verify, unpack) the pinned Image Builders the fleet uses, or the ones given
     Ensure { addresses: Vec<String> },
+    /// Re-hash every file of the cached Image Builders (all, or the ones given) against the
+    /// digest recorded when they were fetched; a changed one is marked broken and fetched again
+    Verify { addresses: Vec<String> },
     /// Remove cached Image Builders that no recorded build uses
     Prune {
         /// Also remove builders that recorded builds use

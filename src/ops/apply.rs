@@ -477,6 +477,7 @@ fn run(
     hooks: &RunHooks,
 ) -> Result<ApplyReport> {
     (hooks.on_plan)(plan);
+    warn_unverified_builders(store, plan)?;
     let options = ApplyOptions {
         keep_going,
         rebuild,
@@ -490,6 +491,30 @@ fn run(
         &options,
         hooks.reporter,
     )
+}
+
+/// Every run that builds with an Image Builder nobody verified says so (only possible while
+/// `verify_signatures` is off: otherwise such a builder is verified first).
+fn warn_unverified_builders(store: &Store, plan: &Plan) -> Result<()> {
+    let reader = store.read()?;
+    let builders: BTreeSet<&crate::triple::Triple> = plan
+        .actions
+        .iter()
+        .filter(|action| action.resource == Resource::Build && action.action.is_change())
+        .filter_map(|action| action.inputs.as_ref().map(|inputs| &inputs.builder.triple))
+        .collect();
+    for triple in builders {
+        if reader
+            .builder(triple)?
+            .is_some_and(|record| record.key_id.is_none())
+        {
+            tracing::warn!(
+                builder = %triple,
+                "building with an Image Builder whose signature was never verified"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Adds lock entries for Image Builders the fleet uses but `imagegen.lock` does not pin yet.

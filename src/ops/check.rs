@@ -87,12 +87,17 @@ pub fn validate(workspace: &Workspace, request: &ValidateRequest) -> Result<Vali
         devices: fleet.devices.len(),
         valid: true,
         skipped,
-        notices: notices(fleet, &prepared),
+        notices: notices(fleet, &prepared, settings),
     })
 }
 
-fn notices(fleet: &crate::manifest::Fleet, prepared: &Prepared) -> Vec<String> {
+fn notices(
+    fleet: &crate::manifest::Fleet,
+    prepared: &Prepared,
+    settings: &crate::settings::Settings,
+) -> Vec<String> {
     let mut notices = prepared.upstream.moved_notices();
+    notices.extend(plan::verification_notice(settings));
     if fleet.profiles.is_empty() {
         notices.push(
             "the fleet has no profiles yet (its profile directories are empty); add one with `imagegen profiles import FILE`"

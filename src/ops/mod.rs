@@ -32,7 +32,8 @@ pub use apply::{
     ProfileBuild, ProfileImages, RunHooks, apply, build, run_failure, select_profiles,
 };
 pub use builders::{
-    BuilderInfo, PruneReport, builder_info, ensure_builders, list_builders, lock, prune_builders,
+    BuilderInfo, BuilderVerification, PruneReport, TreeState, builder_info, ensure_builders,
+    list_builders, lock, prune_builders, verify_builders,
 };
 pub use check::{SkippedCheck, ValidateReport, ValidateRequest, validate};
 pub use explain::{ActionDetail, GraphReport, graph, show};

@@ -100,7 +100,13 @@ pub fn compute_with(
         .iter()
         .filter_map(|build| build.inputs.key().map(|key| key.0))
         .collect();
-    let recorded = recorded_state(&fleet.name, &reader, &cas, &wanted)?;
+    let recorded = recorded_state(
+        &fleet.name,
+        &reader,
+        &cas,
+        &wanted,
+        settings.verify_signatures.value,
+    )?;
     let fingerprint = Fingerprint {
         fleet: fleet_fingerprint(fleet),
         lock: lock_fingerprint(fleet)?,
@@ -111,6 +117,9 @@ pub fn compute_with(
     PlanGraph::new(&plan)?;
     select(&mut plan, fleet, &options.selection)?;
     plan.notices = upstream_notices(&upstream, lock.is_some());
+    if let Some(notice) = verification_notice(settings) {
+        plan.notices.push(notice);
+    }
     if options.offline {
         plan.offline_needs = plan
             .actions
@@ -128,6 +137,13 @@ pub fn compute_with(
             .collect();
     }
     Ok(plan)
+}
+
+/// Said on every plan (and validate) while signature verification is off.
+pub fn verification_notice(settings: &Settings) -> Option<String> {
+    (!settings.verify_signatures.value).then(|| {
+        "signature verification is OFF (`verify_signatures = false`): Image Builders fetched now are trusted on the mirror's word alone, and builders fetched this way are verified before use once it is back on".to_string()
+    })
 }
 
 fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {

@@ -54,6 +54,8 @@ pub struct Desired {
 pub struct RecordedBuilder {
     pub archive_sha256: String,
     pub ready: bool,
+    /// Why a cached builder must be fetched (or verified) again before use, if it must.
+    pub trouble: Option<String>,
 }
 
 /// The build a fleet profile last applied.
@@ -219,6 +221,10 @@ fn builder_action(builder: &DesiredBuilder, recorded: &Recorded) -> Action {
                 short_hash(sha),
                 short_hash(&record.archive_sha256)
             ),
+        ),
+        (Some(_), Some(record)) if record.trouble.is_some() => (
+            ActionKind::Replace,
+            record.trouble.clone().unwrap_or_default(),
         ),
         (Some(_), Some(record)) if !record.ready => (
             ActionKind::Create,
@@ -453,6 +459,7 @@ mod tests {
                     .clone()
                     .unwrap_or_default(),
                 ready: true,
+                trouble: None,
             },
         );
         recorded.builds.insert(

@@ -20,7 +20,7 @@ pub use bin_dir::{bin_dir_error, bin_dir_problems, resolve_bin_dir};
 pub use capability::refused_fields;
 pub use desired::{
     PlanOptions, Prepared, build_inputs, compute, compute_with, overlay_input, prepare,
-    validate_overlays,
+    validate_overlays, verification_notice,
 };
 pub use diff::{
     Desired, DesiredBuild, DesiredBuilder, DesiredFlash, Recorded, RecordedBuild, RecordedBuilder,

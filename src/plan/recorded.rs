@@ -16,15 +16,28 @@ pub(super) fn recorded_state(
     reader: &Reader,
     cas: &crate::cas::Cas,
     wanted: &BTreeSet<String>,
+    require_verified: bool,
 ) -> Result<Recorded> {
     let mut recorded = Recorded::default();
     for builder in reader.builders()? {
         let ready = builder.status == crate::state::BuilderStatus::Ready;
+        let trouble = match (&builder.status, &builder.key_id) {
+            (crate::state::BuilderStatus::Broken, _) => Some(format!(
+                "the cached tree is damaged ({}); it is fetched again",
+                builder.error.as_deref().unwrap_or("it changed since it was fetched")
+            )),
+            (_, None) if require_verified && ready => Some(
+                "fetched while signature verification was off; its signed sha256sums is checked before use"
+                    .to_string(),
+            ),
+            _ => None,
+        };
         recorded.builders.insert(
             builder.triple,
             RecordedBuilder {
                 archive_sha256: builder.archive_sha256,
                 ready,
+                trouble,
             },
         );
     }

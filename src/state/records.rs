@@ -43,6 +43,10 @@ pub struct BuilderRecord {
     pub first_used: i64,
     pub last_used: i64,
     pub error: Option<String>,
+    /// The content digest of the unpacked tree when it was fetched (`imagebuilder::tree`);
+    /// `None` for trees fetched before imagegen recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -4,6 +4,7 @@
 mod apply;
 mod bin_dir;
 mod build;
+mod builder_trust;
 mod cli;
 mod dashboard;
 mod exec;

@@ -72,6 +72,7 @@ fn record_as_applied(db: &Path, plan: &Plan) {
                         first_used: 0,
                         last_used: 0,
                         error: None,
+                        tree_digest: None,
                     })
                     .expect("put builder");
             }

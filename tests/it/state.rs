@@ -35,6 +35,7 @@ fn builder() -> BuilderRecord {
         first_used: 1_700_000_000,
         last_used: 1_700_000_100,
         error: None,
+        tree_digest: Some("cd".repeat(32)),
     }
 }
 
