@@ -32,7 +32,8 @@
 //!    (`imagegen mcp`) and [`server`] (`imagegen serve`) the HTTP API and dashboard, over
 //!    the same operations.
 //!
-//! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.
+//! [`fsutil`] holds the small file-system helpers every stage shares: the whole-file-or-nothing
+//! write, the private work directory check, reading a stream in full blocks.
 
 pub mod apply;
 pub mod build;

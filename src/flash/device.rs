@@ -207,15 +207,7 @@ pub(crate) fn parent_disk_name(partition_dir: &Path) -> Option<String> {
 
 /// Every whole disk with media (size > 0), sorted by name, described with `usage`.
 pub(crate) fn list_disks(host: &Host, usage: &Usage) -> Vec<DeviceInfo> {
-    let Ok(entries) = fs::read_dir(host.path("/sys/block")) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    list_names(&host.path("/sys/block"))
         .iter()
         .filter_map(|name| describe_disk(host, name, usage))
         // Empty card readers and unused loop devices have no medium to write; hidden

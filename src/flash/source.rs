@@ -216,19 +216,7 @@ impl<R: BufRead> Read for GzipMembers<R> {
     }
 }
 
-/// Reads until `buffer` is full or the stream ends; returns the bytes read.
-pub(crate) fn read_up_to(reader: &mut dyn Read, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match reader.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(length) => filled += length,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(filled)
-}
+pub(crate) use crate::fsutil::read_up_to;
 
 /// Counts the decompressed bytes of an image whose format does not record them (gzip),
 /// for `--dry-run`, which may read the image but must not write anything.

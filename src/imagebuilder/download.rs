@@ -264,7 +264,7 @@ fn pipelined_extract(
         // decompression bomb must not keep the CPU busy. The caller hashes the compressed rest.
         let decoded = loop {
             let mut chunk = vec![0u8; PIPE_CHUNK];
-            match read_up_to(decoder, &mut chunk) {
+            match crate::fsutil::read_up_to(decoder, &mut chunk) {
                 Ok(0) => break Ok(()),
                 Ok(length) => {
                     chunk.truncate(length);
@@ -289,20 +289,6 @@ fn pipelined_extract(
         })?;
         Ok(extracted)
     })
-}
-
-/// Fills `buffer` as far as the reader allows; 0 only at the end of the stream.
-fn read_up_to(reader: &mut dyn Read, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match reader.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(length) => filled += length,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(filled)
 }
 
 /// The extractor's view of the pipe: a `Read` over the chunks the decoder sends.

@@ -532,6 +532,25 @@ fn lock_missing(workspace: &Workspace) -> Result<Option<LockReport>> {
     Ok((report.count(Change::Added) > 0).then_some(report))
 }
 
+/// The images of the build a profile's fleet pointer names; `build_not_found` when the
+/// profile has none applied yet.
+pub(crate) fn current_images(
+    workspace: &Workspace,
+    store: &Store,
+    profile_id: &str,
+) -> Result<ProfileImages> {
+    let images = images_of(workspace, store, &[profile_id.to_string()])?;
+    images.into_iter().next().ok_or_else(|| {
+        Error::new(
+            ErrorCode::BuildNotFound,
+            format!("profile `{profile_id}` has no applied build yet"),
+        )
+        .with_help(format!(
+            "run `imagegen build {profile_id}` or `imagegen apply` first"
+        ))
+    })
+}
+
 /// The current images of some profiles: the build each one's fleet pointer names.
 pub(crate) fn images_of(
     workspace: &Workspace,

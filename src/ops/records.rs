@@ -346,17 +346,7 @@ pub fn artifacts_export(
         return Err(super::profiles::not_found(fleet, profile_id));
     }
     let store = workspace.store("imagegen artifacts export")?;
-    let images = super::apply::images_of(workspace, &store, &[profile_id.to_string()])?;
-    let Some(images) = images.into_iter().next() else {
-        return Err(Error::new(
-            ErrorCode::BuildNotFound,
-            format!("profile `{profile_id}` has no applied build yet"),
-        )
-        .with_help(format!(
-            "run `imagegen build {profile_id}` or `imagegen apply` first"
-        )));
-    };
-    let selected: Vec<_> = images
+    let selected: Vec<_> = super::apply::current_images(workspace, &store, profile_id)?
         .artifacts
         .into_iter()
         .map(|located| located.artifact)

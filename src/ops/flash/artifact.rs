@@ -140,16 +140,7 @@ fn of_profile(
     let Some(loaded) = fleet.profile(profile_id) else {
         return Err(crate::ops::profiles::not_found(fleet, profile_id));
     };
-    let images = crate::ops::apply::images_of(workspace, store, &[profile_id.to_string()])?;
-    let Some(images) = images.into_iter().next() else {
-        return Err(Error::new(
-            ErrorCode::BuildNotFound,
-            format!("profile `{profile_id}` has no applied build yet"),
-        )
-        .with_help(format!(
-            "run `imagegen build {profile_id}` or `imagegen apply` first"
-        )));
-    };
+    let images = crate::ops::apply::current_images(workspace, store, profile_id)?;
     let artifacts: Vec<ArtifactRef> = images
         .artifacts
         .into_iter()
