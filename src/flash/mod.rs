@@ -7,13 +7,16 @@
 //! refuses unsafe disks (facts from `device` and `mounts`); `source` recognises and streams
 //! the image (`size` reads recorded sizes); `plan` describes what will happen; `target`
 //! opens the disk exclusively for direct I/O; `run` drives `write` (wipe, write) and
-//! `verify` (read back, compare). This module never touches the state store (the flash
-//! operations in `ops::flash` record each attempt around it) and never unmounts anything.
+//! `verify` (read back, compare). This module never touches the state store and never
+//! unmounts anything: `recording` builds the records of an attempt around the engine and
+//! hands them to a [`FlashLedger`] (the flash operations in `ops::flash` write them to the
+//! store, `apply` through the executor's coordinator).
 
 mod device;
 mod mounts;
 mod plan;
 mod preflight;
+mod recording;
 mod run;
 mod size;
 mod source;
@@ -31,11 +34,16 @@ use serde::{Deserialize, Serialize};
 
 pub use device::{DeviceInfo, Host, PartitionInfo, format_size};
 pub use plan::FlashPlan;
+pub use recording::{FlashLedger, FlashSource};
+#[cfg(test)]
+pub(crate) use recording::ended_record;
+pub(crate) use recording::{Recorder, device_key, fleet_devices};
 pub use source::{ImageFormat, ImageInfo};
 pub use verify::Verification;
 pub use verify_mode::VerifyMode;
 
 use crate::error::Result;
+use crate::exec::Transfer;
 use crate::exec::report::ErrorSummary;
 use preflight::Target;
 use target::DeviceFile;
@@ -93,6 +101,18 @@ pub struct FlashProgress {
     pub bytes_per_second: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<f64>,
+}
+
+impl FlashProgress {
+    /// The amounts as a run event carries them.
+    pub fn transfer(&self) -> Transfer {
+        Transfer {
+            bytes: self.bytes,
+            total: self.total,
+            bytes_per_second: self.bytes_per_second,
+            eta_seconds: self.eta_seconds,
+        }
+    }
 }
 
 /// The result of a flash (or of a dry run).

@@ -217,7 +217,7 @@ impl AppState {
             let hooks = RunHooks {
                 cancel: Arc::clone(&worker_job.cancel),
                 reporter: worker_job.events.as_ref(),
-                on_plan: &|_| {},
+                on_plan: &|_| Ok(()),
             };
             worker_job.finish(operation(&workspace, &hooks));
             drop(guard);

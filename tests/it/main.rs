@@ -11,6 +11,7 @@ mod fetch;
 mod first_hour;
 mod flash;
 mod flash_records;
+mod fleet_flash;
 mod fuzz_corpus;
 mod hostile_files;
 mod hostile_names;
