@@ -101,7 +101,9 @@ pub(crate) fn run(shared: &Shared, job: &FlashJob, context: &StepContext) -> Res
                 job.device_id
             ),
         )
-        .with_help("insert the card (or reader); `imagegen devices` lists the disks this machine sees"));
+        .with_help(
+            "insert the card (or reader); `imagegen devices` lists the disks this machine sees",
+        ));
     }
     context.progress("checking the image", None);
     let source = source(shared, job)?;

@@ -5,9 +5,9 @@ use super::args::{ApplyArgs, BuildArgs};
 use std::sync::Arc;
 
 use super::commands::{plural, to_permission, to_selection};
-use super::flash_confirm::confirm_flashes;
 use super::context::Context;
 use super::display::reporter_for;
+use super::flash_confirm::confirm_flashes;
 use crate::apply::ApplyReport;
 use crate::error::{Result, exit, printable};
 use crate::exec::{OutcomeKind, install_interrupt_handler};

@@ -243,6 +243,10 @@ pub struct ServeArgs {
     /// How long a request waits for another imagegen process to release the state store
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub store_wait_ms: u64,
+    /// Let `POST /flash` (with `"force": true`) and applies with a flash permission write
+    /// block devices; without it they are refused (403)
+    #[arg(long)]
+    pub allow_flash: bool,
 }
 
 #[derive(Debug, Args)]

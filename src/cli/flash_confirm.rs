@@ -55,7 +55,10 @@ fn question(action: &Action, disks: &[DeviceCandidate]) -> String {
     let image = action.details.get("image").map_or("", String::as_str);
     let mut text = format!("\nFleet device `{id}`: this DESTROYS everything on `{path}`\n");
     let node = std::fs::canonicalize(path).ok();
-    match disks.iter().find(|disk| Some(&disk.device.node) == node.as_ref()) {
+    match disks
+        .iter()
+        .find(|disk| Some(&disk.device.node) == node.as_ref())
+    {
         Some(disk) => {
             text.push_str(&format!(
                 "  now {}: {}\n",

@@ -31,12 +31,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 pub use device::{DeviceInfo, Host, PartitionInfo, format_size};
 pub use plan::FlashPlan;
-pub use recording::{FlashLedger, FlashSource};
 #[cfg(test)]
 pub(crate) use recording::ended_record;
+pub use recording::{FlashLedger, FlashSource};
 pub(crate) use recording::{Recorder, device_key, fleet_devices};
 pub use source::{ImageFormat, ImageInfo};
 pub use verify::Verification;
@@ -66,7 +67,7 @@ pub struct FlashOptions {
     pub cancel: Option<Arc<AtomicBool>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlashPhase {
     Wiping,
@@ -87,7 +88,7 @@ impl FlashPhase {
 }
 
 /// Where a flash is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashProgress {
     pub phase: FlashPhase,
     /// Bytes done in this phase.
@@ -116,7 +117,7 @@ impl FlashProgress {
 }
 
 /// The result of a flash (or of a dry run).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashReport {
     pub plan: FlashPlan,
     pub dry_run: bool,
@@ -152,7 +153,7 @@ pub trait FlashObserver {
 }
 
 /// A disk `imagegen devices` lists, with the reason a flash would refuse it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceCandidate {
     #[serde(flatten)]
     pub device: DeviceInfo,

@@ -173,7 +173,9 @@ pub fn apply(
                 request.allow_flash.describe()
             ),
         )
-        .with_help("make a new plan with the permission: `imagegen plan --flash DEVICE_ID --out FILE`"));
+        .with_help(
+            "make a new plan with the permission: `imagegen plan --flash DEVICE_ID --out FILE`",
+        ));
     }
     // The store first: while this apply completes the lock, another one must already see
     // the state as taken (and not race it on `imagegen.lock`).

@@ -1,10 +1,10 @@
 //! The pure heart of `plan`: compare desired with recorded and decide every action.
 
-use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 
-pub use super::flash::{DesiredFlash, RecordedDeviceState};
 use super::flash::flash_action;
+pub use super::flash::{DesiredFlash, RecordedDeviceState};
 use super::model::{
     Action, ActionKind, FORMAT_VERSION, Fingerprint, FlashPermission, Plan, Resource,
 };
@@ -137,13 +137,7 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
         .map(|flash| {
             let build_address = build_address(&desired.fleet, &flash.profile_id);
             let build = builds.iter().find(|action| action.address == build_address);
-            flash_action(
-                &desired.fleet,
-                flash,
-                recorded,
-                build,
-                &desired.allow_flash,
-            )
+            flash_action(&desired.fleet, flash, recorded, build, &desired.allow_flash)
         })
         .collect();
     actions.extend(builds);

@@ -39,9 +39,7 @@ pub(super) fn recorded_state(
                     .iter()
                     .all(|artifact| blob_intact(cas, &artifact.sha256, artifact.size))
         });
-        let artifacts = record
-            .map(|record| record.artifacts)
-            .unwrap_or_default();
+        let artifacts = record.map(|record| record.artifacts).unwrap_or_default();
         recorded.builds.insert(
             profile_id,
             RecordedBuild {

@@ -14,9 +14,7 @@ use imagegen::state::FlashStatus;
 use serde_json::Value;
 
 use crate::flash::{LoopDevice, Mounted};
-use crate::flash_records::{
-    Frozen, Killed, gunzip, listing, rpi_fleet, wait_for_blocked_write,
-};
+use crate::flash_records::{Frozen, Killed, gunzip, listing, rpi_fleet, wait_for_blocked_write};
 use crate::support::{Run, TestFleet};
 
 const MIB: usize = 1024 * 1024;
@@ -33,7 +31,11 @@ fn flash_action(plan: &Plan) -> &Action {
 }
 
 fn reasons(action: &Action) -> Vec<&str> {
-    action.reasons.iter().map(|reason| reason.text.as_str()).collect()
+    action
+        .reasons
+        .iter()
+        .map(|reason| reason.text.as_str())
+        .collect()
 }
 
 /// The bytes the device should carry: the stored `factory` image of the plan's key,
@@ -81,7 +83,11 @@ fn apply_writes_a_fleet_device_only_with_its_permission() {
         "{}",
         applied.stdout
     );
-    assert_eq!(pending(&fleet), 0, "a card in a drawer is no pending change");
+    assert_eq!(
+        pending(&fleet),
+        0,
+        "a card in a drawer is no pending change"
+    );
     let before = plan(&fleet, &[]);
     let action = flash_action(&before);
     assert_eq!(action.action, ActionKind::Skip);
@@ -100,9 +106,7 @@ fn apply_writes_a_fleet_device_only_with_its_permission() {
     assert_eq!(flash_action(&allowed).action, ActionKind::Create);
     assert_eq!(allowed.summary.flash, 1);
     assert_eq!(
-        fleet
-            .run(&["plan", "--flash", "--detailed-exitcode"])
-            .code,
+        fleet.run(&["plan", "--flash", "--detailed-exitcode"]).code,
         2
     );
     let run = fleet.run(&["--json", "apply", "--flash", "lab-sd-1"]);
@@ -120,8 +124,12 @@ fn apply_writes_a_fleet_device_only_with_its_permission() {
         .filter(|event| event["transfer"].is_object())
         .collect();
     assert!(!progress.is_empty(), "progress with bytes and rate");
-    assert!(progress.iter().all(|event| event["transfer"]["bytes"].is_u64()
-        && event["transfer"]["bytes_per_second"].is_number()));
+    assert!(
+        progress
+            .iter()
+            .all(|event| event["transfer"]["bytes"].is_u64()
+                && event["transfer"]["bytes_per_second"].is_number())
+    );
     let summary = lines.last().expect("summary");
     let step = summary["report"]["steps"]
         .as_array()
@@ -185,11 +193,18 @@ fn a_saved_plan_writes_exactly_the_devices_it_was_made_with() {
         .success();
     let saved: Value =
         serde_json::from_slice(&std::fs::read(fleet.path().join("flash.json")).unwrap()).unwrap();
-    assert_eq!(saved["allow_flash"], serde_json::json!({"devices": ["lab-sd-1"]}));
+    assert_eq!(
+        saved["allow_flash"],
+        serde_json::json!({"devices": ["lab-sd-1"]})
+    );
     assert_eq!(saved["format_version"], "1.2");
     let refused = fleet.run(&["apply", "flash.json", "--flash"]);
     assert_eq!(refused.code, 3, "{}", refused.stderr);
-    assert!(refused.stderr.contains("cannot change a saved plan"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("cannot change a saved plan"),
+        "{}",
+        refused.stderr
+    );
     fleet.run(&["apply", "flash.json"]).success();
     let sha = flash_action(&plan(&fleet, &[])).key.clone().expect("key");
     assert_carries(&device, &wanted_bytes(&fleet, &sha));
@@ -207,7 +222,11 @@ fn an_absent_device_is_skipped_unless_the_permission_names_it() {
     let everything = plan(&fleet, &["--flash"]);
     let action = flash_action(&everything);
     assert_eq!(action.action, ActionKind::Skip);
-    assert!(reasons(action)[1].contains("does not exist"), "{:?}", action.reasons);
+    assert!(
+        reasons(action)[1].contains("does not exist"),
+        "{:?}",
+        action.reasons
+    );
     let run = fleet.run(&["apply", "--flash"]);
     run.success();
     assert_eq!(
@@ -228,7 +247,11 @@ fn an_absent_device_is_skipped_unless_the_permission_names_it() {
     // A typo in the permission is an error, not a silent "nothing to write".
     let typo = fleet.run(&["plan", "--flash", "lab-sd-2"]);
     assert_eq!(typo.code, 3, "{}", typo.stderr);
-    assert!(typo.stderr.contains("did you mean `lab-sd-1`"), "{}", typo.stderr);
+    assert!(
+        typo.stderr.contains("did you mean `lab-sd-1`"),
+        "{}",
+        typo.stderr
+    );
 }
 
 #[test]
@@ -280,7 +303,10 @@ fn a_failed_read_back_makes_the_device_suspect_until_a_verified_fleet_flash() {
         .iter()
         .find(|record| record.key == "fleet:lab/lab-sd-1")
         .expect("the device");
-    assert_eq!(device_record.suspect_since, None, "a verified flash cleared it");
+    assert_eq!(
+        device_record.suspect_since, None,
+        "a verified flash cleared it"
+    );
     assert_eq!(device_record.last_flash_id, 3);
 }
 
@@ -351,7 +377,10 @@ fn wait_for_event(stdout: &mut impl BufRead, kind: &str, address: &str) {
     loop {
         let mut line = String::new();
         let read = stdout.read_line(&mut line).expect("read stdout");
-        assert!(read > 0, "imagegen ended before {kind} of {address}:\n{seen}");
+        assert!(
+            read > 0,
+            "imagegen ended before {kind} of {address}:\n{seen}"
+        );
         seen.push_str(&line);
         if line.contains(kind) && line.contains(address) {
             return;

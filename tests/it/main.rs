@@ -29,6 +29,7 @@ mod reconcile;
 mod sandbox;
 mod serve_support;
 mod server;
+mod server_flash;
 mod server_schema;
 mod standin;
 mod state;

@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Workspace;
 use crate::cas::Cas;
 use crate::error::{Error, Result};
 use crate::flash::{
-    self, DeviceCandidate, FlashLedger, FlashObserver, FlashOptions, FlashReport, Host,
-    Recorder, VerifyMode,
+    self, DeviceCandidate, FlashLedger, FlashObserver, FlashOptions, FlashReport, Host, Recorder,
+    VerifyMode,
 };
 use crate::state::{FlashRecord, Store};
 
@@ -63,7 +64,7 @@ impl FlashRequest {
 }
 
 /// What a flash (or a dry run) did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashOutcome {
     pub source: FlashSource,
     /// What identifies the device in the records (`docs/flash.md`, "Which device").
@@ -75,6 +76,20 @@ pub struct FlashOutcome {
     /// The attempt as recorded; absent for a dry run, which records nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<FlashRecord>,
+}
+
+impl FlashOutcome {
+    /// The last line of `flash … --json` (and of an HTTP flash job's events):
+    /// `{"event": "summary", "source": …, "report": …, "record": …}`.
+    pub fn summary_event(&self) -> serde_json::Value {
+        let mut line = serde_json::json!({ "event": "summary" });
+        if let (Some(line), Ok(serde_json::Value::Object(fields))) =
+            (line.as_object_mut(), serde_json::to_value(self))
+        {
+            line.extend(fields);
+        }
+        line
+    }
 }
 
 /// Flashes a local image file (raw, `.gz`, `.xz`, `.zst`) and records the attempt.

@@ -96,7 +96,11 @@ fn plan_it(recorded: &Recorded, flash: &DesiredFlash, permission: &FlashPermissi
 fn a_never_flashed_device_wants_the_image_of_its_filesystem() {
     let action = plan_it(&built(), &wanted(), &FlashPermission::all());
     assert_eq!(action.action, ActionKind::Create);
-    assert_eq!(action.key.as_deref(), Some(SHA_A), "the ext4 image, by policy");
+    assert_eq!(
+        action.key.as_deref(),
+        Some(SHA_A),
+        "the ext4 image, by policy"
+    );
     assert_eq!(texts(&action), ["never flashed by this fleet"]);
     assert_eq!(action.depends_on, ["build.lab.pi"]);
     assert_eq!(action.details["verify"], "prefix");
@@ -116,7 +120,10 @@ fn without_permission_a_wanted_flash_is_a_skip_that_says_why() {
         all: false,
         devices: vec!["sd2".into()],
     };
-    assert_eq!(plan_it(&built(), &wanted(), &other).action, ActionKind::Skip);
+    assert_eq!(
+        plan_it(&built(), &wanted(), &other).action,
+        ActionKind::Skip
+    );
 }
 
 #[test]
@@ -133,7 +140,9 @@ fn a_device_carrying_the_image_is_up_to_date_and_a_new_image_replaces_it() {
     assert_eq!(action.previous_key.as_deref(), Some(SHA_B));
     assert_eq!(
         texts(&action),
-        ["its image changed since the last flash: it carries bbbbbbbbbbbb, the fleet wants aaaaaaaaaaaa"]
+        [
+            "its image changed since the last flash: it carries bbbbbbbbbbbb, the fleet wants aaaaaaaaaaaa"
+        ]
     );
 
     // A rebuild: the artifact is known only after the build.
@@ -146,7 +155,10 @@ fn a_device_carrying_the_image_is_up_to_date_and_a_new_image_replaces_it() {
         Some(&rebuild),
         &FlashPermission::all(),
     );
-    assert_eq!((action.action, action.key.clone()), (ActionKind::Replace, None));
+    assert_eq!(
+        (action.action, action.key.clone()),
+        (ActionKind::Replace, None)
+    );
     assert_eq!(
         texts(&action),
         ["its image will be rebuilt (artifact known after build)"]
@@ -204,13 +216,21 @@ fn an_absent_device_is_skipped_unless_named() {
     absent.present = false;
     let action = plan_it(&built(), &absent, &FlashPermission::all());
     assert_eq!(action.action, ActionKind::Skip);
-    assert!(texts(&action)[1].contains("does not exist"), "{:?}", texts(&action));
+    assert!(
+        texts(&action)[1].contains("does not exist"),
+        "{:?}",
+        texts(&action)
+    );
     let named = FlashPermission {
         all: false,
         devices: vec!["sd1".into()],
     };
     let action = plan_it(&built(), &absent, &named);
-    assert_eq!(action.action, ActionKind::Create, "named: it runs and fails");
+    assert_eq!(
+        action.action,
+        ActionKind::Create,
+        "named: it runs and fails"
+    );
     assert!(texts(&action)[1].contains("device_not_found"));
     // An absent device that needs nothing is simply up to date.
     let mut recorded = built();
@@ -227,7 +247,11 @@ fn an_image_kind_the_build_lacks_or_cannot_choose_is_a_skip() {
     unsure.filesystem = None;
     let action = plan_it(&built(), &unsure, &FlashPermission::all());
     assert_eq!(action.action, ActionKind::Skip);
-    assert!(texts(&action)[0].contains("2 `factory` images"), "{:?}", texts(&action));
+    assert!(
+        texts(&action)[0].contains("2 `factory` images"),
+        "{:?}",
+        texts(&action)
+    );
     let mut missing = wanted();
     missing.image = "sysupgrade".into();
     let action = plan_it(&built(), &missing, &FlashPermission::all());
