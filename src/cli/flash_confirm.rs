@@ -40,9 +40,9 @@ pub(crate) fn confirm_flashes(plan: &Plan, yes: bool, cancel: &AtomicBool) -> Re
                 ErrorCode::FlashNotConfirmed,
                 format!("not confirmed: fleet device `{id}` was not written, and nothing was run"),
             )
-            .with_help(format!(
-                "`imagegen apply --flash DEVICE_ID` writes only the devices named; `--yes` writes without asking"
-            )));
+            .with_help(
+                "`imagegen apply --flash DEVICE_ID` writes only the devices named; `--yes` writes without asking",
+            ));
         }
     }
     Ok(())
