@@ -1,6 +1,7 @@
-//! Apply: turns a [`Plan`] into executor steps (fetch → build → forget), runs them with
-//! [`crate::exec`], and records every finished step in the state store from the
-//! coordinator thread (one transaction per step). Workers only read the store.
+//! Apply: turns a [`Plan`] into executor steps (fetch → build → flash → forget), runs them
+//! with [`crate::exec`], and records every finished step in the state store from the
+//! coordinator thread (one transaction per step). Workers only read the store; a flash step
+//! has the coordinator record its attempt before its first byte (a checkpoint).
 //!
 //! The steps come from the plan's dependency graph ([`PlanGraph`], built and cycle-checked
 //! in `plan`), in topological order. One build per key: of the steps that share a build key,
@@ -12,6 +13,7 @@
 //! fetches the release's initramfs image when asked, and stores the artifacts in the CAS
 //! before anything is recorded.
 
+mod flash;
 mod initramfs;
 mod kept;
 mod steps;
@@ -26,14 +28,15 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{
-    self, ExecOptions, OutcomeKind, Pool, Reporter, RunReport, StepOutcome, StepSpec,
+    self, CheckpointValue, ExecOptions, OutcomeKind, Pool, Reporter, RunReport, StepOutcome,
+    StepSpec,
 };
 use crate::key::BuildInputs;
 use crate::lock::LockFile;
 use crate::manifest::{BuildDefaults, Fleet};
 use crate::plan::{Action, ActionKind, Plan, PlanGraph, Resource};
 use crate::settings::Settings;
-use crate::state::{ArtifactRef, Store};
+use crate::state::{ArtifactRef, FlashRecord, Store};
 use crate::triple::Triple;
 
 pub use steps::BuildDone;
@@ -53,6 +56,7 @@ pub struct ApplyOptions {
 pub(crate) enum Payload {
     Builder(Triple),
     Build(Box<BuildJob>),
+    Flash(Box<flash::FlashJob>),
     Forget { profile_id: String },
 }
 
@@ -73,6 +77,8 @@ pub(crate) struct BuildJob {
 pub(crate) enum Done {
     Builder(Box<crate::state::BuilderRecord>),
     Build(Box<BuildDone>),
+    /// The flash's final record.
+    Flash(Box<FlashRecord>),
     Forgot,
 }
 
@@ -92,6 +98,9 @@ pub struct StepSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub kept_build_dir: Option<PathBuf>,
+    /// A flash step's record (what was written where, how it was verified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flash: Option<FlashRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Error>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,7 +165,7 @@ pub fn apply(
         cancel: Arc::clone(&options.cancel),
     };
     let mut summaries: BTreeMap<String, StepSummary> = BTreeMap::new();
-    let run = exec::execute(
+    let run = exec::execute_with_checkpoints(
         specs,
         &exec_options,
         |spec, context| steps::run(&shared, spec, context),
@@ -165,6 +174,7 @@ pub fn apply(
             summaries.insert(spec.address.clone(), summary);
             steps::record(&shared, spec, outcome)
         },
+        |spec, request| checkpoint(&shared, spec, request),
         reporter,
     );
     let steps = run
@@ -187,10 +197,25 @@ pub fn apply(
     })
 }
 
+/// What a running step asked the coordinator to record: only flash steps ask (their attempt,
+/// before the first byte and at the end).
+fn checkpoint(
+    shared: &Shared,
+    spec: &StepSpec<Payload>,
+    request: CheckpointValue,
+) -> Result<CheckpointValue> {
+    match (&spec.payload, request.downcast::<flash::FlashCheckpoint>()) {
+        (Payload::Flash(_), Ok(checkpoint)) => flash::record_checkpoint(shared, *checkpoint),
+        _ => Err(Error::internal(format!(
+            "step `{}` asked to record something it cannot",
+            spec.address
+        ))),
+    }
+}
+
 /// The plan's changes as steps, in the order of the plan's dependency graph, each depending
-/// on what the graph says. Flashes are never part of apply: the plan shows them as `skip`
-/// (writing devices is a separate, explicit operation; docs/decisions.md §5). Unchanged
-/// builds named in `rebuild` run too.
+/// on what the graph says. A flash is a change only when the plan's flash permission allows
+/// it (otherwise the plan shows it as `skip`). Unchanged builds named in `rebuild` run too.
 fn to_steps(
     plan: &Plan,
     fleet: &Fleet,
@@ -217,7 +242,7 @@ fn to_steps(
     let mut specs = Vec::new();
     for action in graph.in_order().filter(|action| runs(action)) {
         let payload = match (action.resource, action.action) {
-            (Resource::Flash, _) => continue,
+            (Resource::Flash, _) => Payload::Flash(Box::new(flash::flash_job(action, fleet)?)),
             (Resource::Builder, _) => {
                 Payload::Builder(required(action.builder.clone(), &action.address)?)
             }
@@ -240,6 +265,7 @@ fn to_steps(
                 }
                 Pool::Build
             }
+            Payload::Flash(job) => Pool::Flash(flash::pool_device(job)),
             _ => Pool::Download,
         };
         specs.push(StepSpec {
@@ -311,12 +337,14 @@ fn summarize(spec: &StepSpec<Payload>, outcome: &StepOutcome<Done>) -> StepSumma
         profile_id: match &spec.payload {
             Payload::Build(job) => Some(job.profile_id.clone()),
             Payload::Forget { profile_id } => Some(profile_id.clone()),
+            Payload::Flash(job) => Some(job.profile_id.clone()),
             Payload::Builder(_) => None,
         },
         cache_hit: false,
         artifacts: Vec::new(),
         log_path: None,
         kept_build_dir: None,
+        flash: None,
         error: None,
         reason: None,
         duration_ms: 0,
@@ -328,6 +356,7 @@ fn summarize(spec: &StepSpec<Payload>, outcome: &StepOutcome<Done>) -> StepSumma
             summary.log_path = done.log_path.clone();
             summary.kept_build_dir = done.kept_build_dir.clone();
         }
+        StepOutcome::Succeeded(Done::Flash(record)) => summary.flash = Some((**record).clone()),
         StepOutcome::Failed(error) => {
             summary.log_path = error.log_path.clone();
             summary.kept_build_dir = steps::kept_dir_of(error);

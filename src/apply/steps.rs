@@ -63,6 +63,7 @@ pub(crate) fn run(
             Ok(Done::Builder(Box::new(record)))
         }
         Payload::Build(job) => build(shared, job, context).map(|done| Done::Build(Box::new(done))),
+        Payload::Flash(job) => super::flash::run(shared, job, context),
         Payload::Forget { .. } => Ok(Done::Forgot),
     }
 }
@@ -90,7 +91,8 @@ pub(crate) fn record(
         {
             record_failed_build(shared, job, error)
         }
-        // Cancelled and skipped steps, failed fetches: nothing is a fact worth keeping.
+        // Flash steps recorded their attempts through checkpoints already. Cancelled and
+        // skipped steps, failed fetches: nothing is a fact worth keeping.
         _ => Ok(()),
     }
 }

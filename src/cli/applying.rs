@@ -2,9 +2,12 @@
 //! terminal's event display, then print where the images are.
 
 use super::args::{ApplyArgs, BuildArgs};
-use super::commands::{plural, to_selection};
+use std::sync::Arc;
+
+use super::commands::{plural, to_permission, to_selection};
 use super::context::Context;
 use super::display::reporter_for;
+use super::flash_confirm::confirm_flashes;
 use crate::apply::ApplyReport;
 use crate::error::{Result, exit, printable};
 use crate::exec::{OutcomeKind, install_interrupt_handler};
@@ -23,19 +26,21 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
         locked: args.locked,
         keep_going: args.keep_going,
         selection: to_selection(&args.selection, &[]),
+        allow_flash: to_permission(&args.flash),
     };
     let reporter = reporter_for(context.json());
+    let cancel = install_interrupt_handler()?;
     let show_plan = |plan: &Plan| {
-        if context.json() {
-            return;
+        if !context.json() {
+            match args.verbose {
+                true => print!("{}", printable(&plan::render_text(plan, false))),
+                false => println!("{}", plan::summary_line(plan)),
+            }
         }
-        match args.verbose {
-            true => print!("{}", printable(&plan::render_text(plan, false))),
-            false => println!("{}", plan::summary_line(plan)),
-        }
+        confirm_flashes(plan, args.yes, &cancel)
     };
     let hooks = RunHooks {
-        cancel: install_interrupt_handler()?,
+        cancel: Arc::clone(&cancel),
         reporter: reporter.as_ref(),
         on_plan: &show_plan,
     };
@@ -57,7 +62,7 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
     if context.json() {
         print_summary_event(&outcome.summary_event());
     } else {
-        print_report(report, &outcome.images);
+        print_report(report, &outcome.images, &outcome.plan);
     }
     Ok(report.run.exit_code())
 }
@@ -87,7 +92,7 @@ pub(crate) fn build(context: &Context, args: &BuildArgs) -> Result<i32> {
     let hooks = RunHooks {
         cancel: install_interrupt_handler()?,
         reporter: reporter.as_ref(),
-        on_plan: &|_| {},
+        on_plan: &|_| Ok(()),
     };
     let outcome = ops::build(&workspace, &request, &hooks)?;
     drop(reporter);
@@ -123,7 +128,7 @@ pub(crate) fn build(context: &Context, args: &BuildArgs) -> Result<i32> {
         .map_or(exit::OK, |report| report.run.exit_code()))
 }
 
-fn print_report(report: &ApplyReport, images: &[ProfileImages]) {
+fn print_report(report: &ApplyReport, images: &[ProfileImages], plan: &Plan) {
     println!("\nSummary for fleet `{}`:", report.fleet);
     for step in &report.steps {
         let outcome = match (step.outcome, step.cache_hit) {
@@ -142,6 +147,9 @@ fn print_report(report: &ApplyReport, images: &[ProfileImages]) {
                 let path = located.bin_dir_path.as_ref().unwrap_or(&located.store_path);
                 println!("      {:<12} {}", located.artifact.kind, path.display());
             }
+        }
+        if let Some(record) = &step.flash {
+            println!("      {}", flashed_line(record));
         }
         if let Some(error) = &step.error {
             println!("      error[{}]: {}", error.code, error.message);
@@ -180,4 +188,31 @@ fn print_report(report: &ApplyReport, images: &[ProfileImages]) {
             "Images are in the store (paths above); `imagegen artifacts export PROFILE --out DIR` copies them out by name."
         );
     }
+    let skipped_flashes = plan
+        .actions
+        .iter()
+        .filter(|action| {
+            action.resource == plan::Resource::Flash && action.action == plan::ActionKind::Skip
+        })
+        .count();
+    if skipped_flashes > 0 {
+        println!(
+            "{} skipped (see the plan); `imagegen apply --flash DEVICE_ID` writes a device.",
+            plural(skipped_flashes, "device flash")
+        );
+    }
+}
+
+/// `wrote 12.0 MiB to /dev/loop3 (verified 12.0 MiB); flash #4`.
+fn flashed_line(record: &crate::state::FlashRecord) -> String {
+    let verified = match &record.verification {
+        Some(result) => format!("verified {}", crate::flash::format_size(result.bytes)),
+        None => "not verified".to_string(),
+    };
+    format!(
+        "wrote {} to {} ({verified}); flash #{}",
+        crate::flash::format_size(record.bytes_written),
+        record.device_node.display(),
+        record.id
+    )
 }

@@ -12,6 +12,7 @@ Typical session:
   imagegen plan                     show what would be fetched, built and flashed, and why
   imagegen plan --detailed-exitcode exit 2 when changes are pending (for CI gates)
   imagegen apply                    fetch, build and record what the plan shows
+  imagegen apply --flash lab-sd-1   also write that fleet device (--flash alone: every device)
   imagegen plan --target build.home.ap   one action and what it depends on (also apply, build)
   imagegen show build.home.ap       everything about one action: inputs, key, reasons, last result
   imagegen graph | dot -Tsvg > g.svg  the plan's dependency graph
@@ -242,6 +243,10 @@ pub struct ServeArgs {
     /// How long a request waits for another imagegen process to release the state store
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub store_wait_ms: u64,
+    /// Let `POST /flash` (with `"force": true`) and applies with a flash permission write
+    /// block devices; without it they are refused (403)
+    #[arg(long)]
+    pub allow_flash: bool,
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +262,12 @@ pub struct PlanArgs {
     /// Save the plan as JSON to FILE, for `imagegen apply FILE`
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Plan writing fleet devices (kept in a saved plan): every device that needs a flash,
+    /// or with DEVICE_ID (repeatable) only those. Without it, wanted flashes are skipped and
+    /// are no pending change
+    #[arg(long = "flash", value_name = "DEVICE_ID", num_args = 0..=1, default_missing_value = "")]
+    pub flash: Vec<String>,
+
     /// Also list unchanged actions
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -274,6 +285,15 @@ pub struct ApplyArgs {
     /// Fail instead of adding missing imagegen.lock entries
     #[arg(long)]
     pub locked: bool,
+    /// Let apply write fleet devices: every device of the plan that needs a flash, or with
+    /// DEVICE_ID (repeatable) only those. Without it, wanted flashes are skipped and are no
+    /// pending change
+    #[arg(long = "flash", value_name = "DEVICE_ID", num_args = 0..=1, default_missing_value = "")]
+    pub flash: Vec<String>,
+    /// Write the devices without asking for each device id typed back (on a terminal;
+    /// without one, `--flash` alone is the consent)
+    #[arg(long)]
+    pub yes: bool,
     /// Print the whole plan before running it (default: its summary line)
     #[arg(long, short = 'v')]
     pub verbose: bool,

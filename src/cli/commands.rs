@@ -9,7 +9,7 @@ use super::context::Context;
 use crate::error::{Error, Result, exit, printable};
 use crate::manifest::{self, ProfileFilter};
 use crate::ops::{self, PlanRequest, ValidateRequest};
-use crate::plan::{self, Selection};
+use crate::plan::{self, FlashPermission, Selection};
 use crate::source::Format;
 
 /// Prints a `Serialize` value as pretty JSON on stdout.
@@ -72,6 +72,7 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
     let request = PlanRequest {
         locked: args.locked,
         selection: to_selection(&args.selection, &[]),
+        allow_flash: to_permission(&args.flash),
     };
     let plan = ops::plan(&workspace, &request)?;
     if let Some(out) = &args.out {
@@ -97,6 +98,20 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
 }
 
 /// The selection options, plus profile ids given as positional arguments (`build`).
+/// `--flash` (alone: every device) and `--flash DEVICE_ID` (repeatable).
+pub(crate) fn to_permission(flags: &[String]) -> FlashPermission {
+    if flags.iter().any(String::is_empty) {
+        return FlashPermission::all();
+    }
+    let mut devices = flags.to_vec();
+    devices.sort();
+    devices.dedup();
+    FlashPermission {
+        all: false,
+        devices,
+    }
+}
+
 pub(crate) fn to_selection(args: &SelectionArgs, profiles: &[String]) -> Selection {
     let mut ids = profiles.to_vec();
     ids.extend(args.profiles.iter().cloned());

@@ -12,6 +12,7 @@ pub(crate) fn graph(context: &Context, args: &GraphArgs) -> Result<i32> {
     let request = PlanRequest {
         locked: false,
         selection: to_selection(&args.selection, &[]),
+        ..PlanRequest::default()
     };
     let report = ops::graph(&workspace, &request)?;
     if context.json() {

@@ -158,7 +158,7 @@ fn ask(plan: &FlashPlan, cancel: &AtomicBool) -> Result<()> {
 
 /// Reads one line from stdin, or `None` when Ctrl-C comes first. The signal handler only
 /// sets a flag (reads restart after it), so stdin is polled with a short timeout.
-fn read_answer(cancel: &AtomicBool) -> Result<Option<String>> {
+pub(crate) fn read_answer(cancel: &AtomicBool) -> Result<Option<String>> {
     let mut stdin = libc::pollfd {
         fd: std::io::stdin().as_raw_fd(),
         events: libc::POLLIN,
@@ -248,6 +248,7 @@ impl Display {
                 address: self.address.clone(),
                 message: format!("{} {amounts}", progress.phase.as_str()),
                 fraction: progress.fraction,
+                transfer: Some(progress.transfer()),
             });
         }
     }

@@ -10,6 +10,7 @@ mod display;
 mod explain;
 mod fetching;
 mod flash;
+mod flash_confirm;
 mod flash_observer;
 mod mcp;
 mod records;

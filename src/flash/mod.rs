@@ -7,13 +7,16 @@
 //! refuses unsafe disks (facts from `device` and `mounts`); `source` recognises and streams
 //! the image (`size` reads recorded sizes); `plan` describes what will happen; `target`
 //! opens the disk exclusively for direct I/O; `run` drives `write` (wipe, write) and
-//! `verify` (read back, compare). This module never touches the state store (the flash
-//! operations in `ops::flash` record each attempt around it) and never unmounts anything.
+//! `verify` (read back, compare). This module never touches the state store and never
+//! unmounts anything: `recording` builds the records of an attempt around the engine and
+//! hands them to a [`FlashLedger`] (the flash operations in `ops::flash` write them to the
+//! store, `apply` through the executor's coordinator).
 
 mod device;
 mod mounts;
 mod plan;
 mod preflight;
+mod recording;
 mod run;
 mod size;
 mod source;
@@ -28,14 +31,20 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 pub use device::{DeviceInfo, Host, PartitionInfo, format_size};
 pub use plan::FlashPlan;
+#[cfg(test)]
+pub(crate) use recording::ended_record;
+pub use recording::{FlashLedger, FlashSource};
+pub(crate) use recording::{Recorder, device_key, fleet_devices};
 pub use source::{ImageFormat, ImageInfo};
 pub use verify::Verification;
 pub use verify_mode::VerifyMode;
 
 use crate::error::Result;
+use crate::exec::Transfer;
 use crate::exec::report::ErrorSummary;
 use preflight::Target;
 use target::DeviceFile;
@@ -58,7 +67,7 @@ pub struct FlashOptions {
     pub cancel: Option<Arc<AtomicBool>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlashPhase {
     Wiping,
@@ -79,7 +88,7 @@ impl FlashPhase {
 }
 
 /// Where a flash is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashProgress {
     pub phase: FlashPhase,
     /// Bytes done in this phase.
@@ -95,8 +104,20 @@ pub struct FlashProgress {
     pub eta_seconds: Option<f64>,
 }
 
+impl FlashProgress {
+    /// The amounts as a run event carries them.
+    pub fn transfer(&self) -> Transfer {
+        Transfer {
+            bytes: self.bytes,
+            total: self.total,
+            bytes_per_second: self.bytes_per_second,
+            eta_seconds: self.eta_seconds,
+        }
+    }
+}
+
 /// The result of a flash (or of a dry run).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashReport {
     pub plan: FlashPlan,
     pub dry_run: bool,
@@ -132,7 +153,7 @@ pub trait FlashObserver {
 }
 
 /// A disk `imagegen devices` lists, with the reason a flash would refuse it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceCandidate {
     #[serde(flatten)]
     pub device: DeviceInfo,

@@ -152,6 +152,7 @@ impl FlashObserver for McpObserver<'_> {
                 format_size(progress.bytes)
             ),
             fraction: progress.fraction,
+            transfer: Some(progress.transfer()),
         });
     }
 }

@@ -389,7 +389,7 @@ impl ImagegenServer {
                 let hooks = RunHooks {
                     cancel: flag,
                     reporter: &forwarder,
-                    on_plan: &|_| {},
+                    on_plan: &|_| Ok(()),
                 };
                 operation(workspace, &hooks, &forwarder)
             })

@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{OutcomeKind, Reporter};
 use crate::lock::{self, Change, LockFile, LockReport, Upgrade};
 use crate::manifest::ProfileFilter;
-use crate::plan::{ActionKind, Plan, Resource, Selection};
+use crate::plan::{ActionKind, FlashPermission, Plan, Resource, Selection};
 use crate::state::{ArtifactRef, Store};
 
 /// How a frontend follows and steers a run: the cancel flag (Ctrl-C, an HTTP cancel), the
@@ -24,8 +24,10 @@ use crate::state::{ArtifactRef, Store};
 pub struct RunHooks<'a> {
     pub cancel: Arc<AtomicBool>,
     pub reporter: &'a dyn Reporter,
-    /// Called once with the plan about to run (not called when nothing needs to run).
-    pub on_plan: &'a dyn Fn(&Plan),
+    /// Called once with the plan about to run (not called when nothing needs to run); an
+    /// error stops the run before any step starts. The CLI shows the plan here and, on a
+    /// terminal, asks before a run writes devices.
+    pub on_plan: &'a dyn Fn(&Plan) -> Result<()>,
 }
 
 impl<'a> RunHooks<'a> {
@@ -34,7 +36,7 @@ impl<'a> RunHooks<'a> {
         RunHooks {
             cancel: Arc::new(AtomicBool::new(false)),
             reporter,
-            on_plan: &|_| {},
+            on_plan: &|_| Ok(()),
         }
     }
 }
@@ -54,6 +56,20 @@ pub struct ApplyRequest {
     /// Apply only part of the fleet (`--target`, `--profile`, ...); a saved plan carries its
     /// own selection, so both together are refused.
     pub selection: Selection,
+    /// Which fleet devices the run may write (`apply --flash [DEVICE_ID]`); none by default,
+    /// so wanted flashes stay `skip`. A saved plan carries its own; both together are
+    /// refused. A server refuses it unless started with `--allow-flash`.
+    pub allow_flash: FlashPermission,
+}
+
+impl ApplyRequest {
+    /// The devices this run may write: the saved plan's permission, else the request's.
+    pub fn flash_permission(&self) -> &FlashPermission {
+        match &self.saved_plan {
+            Some(saved) => &saved.allow_flash,
+            None => &self.allow_flash,
+        }
+    }
 }
 
 /// What `apply` did.
@@ -149,6 +165,18 @@ pub fn apply(
         Some(saved) => saved.selection.clone().unwrap_or_default(),
         None => request.selection.clone(),
     };
+    if request.saved_plan.is_some() && !request.allow_flash.is_none() {
+        return Err(Error::new(
+            ErrorCode::Validation,
+            format!(
+                "`{}` cannot change a saved plan: it writes exactly the devices it was made with",
+                request.allow_flash.describe()
+            ),
+        )
+        .with_help(
+            "make a new plan with the permission: `imagegen plan --flash DEVICE_ID --out FILE`",
+        ));
+    }
     // The store first: while this apply completes the lock, another one must already see
     // the state as taken (and not race it on `imagegen.lock`).
     let store = workspace.store("imagegen apply")?;
@@ -159,6 +187,7 @@ pub fn apply(
     let plan_request = PlanRequest {
         locked: request.locked || request.saved_plan.is_some(),
         selection,
+        allow_flash: request.flash_permission().clone(),
     };
     let current = plan_with(workspace, &plan_request, &store)?;
     if let Some(saved) = &request.saved_plan {
@@ -371,6 +400,7 @@ pub fn build(
     let plan_request = PlanRequest {
         locked: false,
         selection,
+        allow_flash: FlashPermission::default(),
     };
     let mut plan = plan_with(workspace, &plan_request, &store)?;
     plan.actions
@@ -476,7 +506,7 @@ fn run(
     rebuild: BTreeSet<String>,
     hooks: &RunHooks,
 ) -> Result<ApplyReport> {
-    (hooks.on_plan)(plan);
+    (hooks.on_plan)(plan)?;
     warn_unverified_builders(store, plan)?;
     let options = ApplyOptions {
         keep_going,

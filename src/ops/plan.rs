@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::Workspace;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fsutil::write_atomically;
-use crate::plan::{self, ActionKind, Plan, PlanOptions, Selection};
+use crate::plan::{self, ActionKind, FlashPermission, Plan, PlanOptions, Selection};
 use crate::state::Store;
 
 /// Options of `plan`.
@@ -22,6 +22,9 @@ pub struct PlanRequest {
     /// The part of the fleet to plan (`--target`, `--profile`, ...); empty: all of it.
     #[serde(flatten)]
     pub selection: Selection,
+    /// Which fleet devices the plan's `apply` may write (`--flash`); recorded in the plan.
+    #[serde(default, skip_serializing_if = "FlashPermission::is_none")]
+    pub allow_flash: FlashPermission,
 }
 
 /// Computes the plan of the workspace's fleet against its state store.
@@ -40,6 +43,7 @@ pub(crate) fn plan_with(
         locked: request.locked,
         offline: workspace.settings.offline.value,
         selection: request.selection.clone(),
+        allow_flash: request.allow_flash.clone(),
     };
     plan::compute_with(workspace.fleet()?, &workspace.settings, &options, store)
 }
@@ -104,6 +108,7 @@ pub fn check_saved_plan(saved: &Plan, current: &Plan) -> Result<()> {
     if shape(saved) == shape(current)
         && saved.fleet == current.fleet
         && saved.selection == current.selection
+        && saved.allow_flash == current.allow_flash
     {
         return Ok(());
     }

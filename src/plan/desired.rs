@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use super::capability;
 use super::diff::{Desired, DesiredBuild, DesiredBuilder, DesiredFlash, diff};
 use super::graph::PlanGraph;
-use super::model::{Fingerprint, Plan};
+use super::model::{Fingerprint, FlashPermission, Plan};
 use super::recorded::{recorded_state, state_fingerprint};
 use super::select::{Selection, select};
 use super::upstream::{UpstreamCheck, check_upstream};
@@ -36,6 +36,8 @@ pub struct PlanOptions {
     pub offline: bool,
     /// The part of the fleet to plan; empty: all of it.
     pub selection: Selection,
+    /// Which fleet devices the run may write (`--flash`); default: none.
+    pub allow_flash: FlashPermission,
 }
 
 /// Computes the plan of a fleet against the state store named by `settings`.
@@ -91,8 +93,10 @@ pub fn compute_with(
     store: &Store,
 ) -> Result<Plan> {
     let Prepared { lock, upstream } = prepare(fleet, settings, options)?;
+    check_flash_permission(fleet, &options.allow_flash)?;
     let digests = overlay_digests(fleet, store)?;
-    let desired = desired_state(fleet, lock.as_ref(), &digests, &upstream)?;
+    let mut desired = desired_state(fleet, lock.as_ref(), &digests, &upstream)?;
+    desired.allow_flash = options.allow_flash.clone();
     let reader = store.read()?;
     let cas = crate::cas::Cas::open(&settings.artifacts_dir.value)?;
     let wanted: BTreeSet<String> = desired
@@ -100,12 +104,18 @@ pub fn compute_with(
         .iter()
         .filter_map(|build| build.inputs.key().map(|key| key.0))
         .collect();
+    let devices: Vec<&str> = desired
+        .flashes
+        .iter()
+        .map(|flash| flash.device_id.as_str())
+        .collect();
     let recorded = recorded_state(
         &fleet.name,
         &reader,
         &cas,
         &wanted,
         settings.verify_signatures.value,
+        &devices,
     )?;
     let fingerprint = Fingerprint {
         fleet: fleet_fingerprint(fleet),
@@ -144,6 +154,35 @@ pub fn verification_notice(settings: &Settings) -> Option<String> {
     (!settings.verify_signatures.value).then(|| {
         "signature verification is OFF (`verify_signatures = false`): Image Builders fetched now are trusted on the mirror's word alone, and builders fetched this way are verified before use once it is back on".to_string()
     })
+}
+
+/// Every device a flash permission names must be a fleet device with a `flash` entry: a
+/// typo must not silently write nothing (or, worse, be read as "all").
+fn check_flash_permission(fleet: &Fleet, permission: &FlashPermission) -> Result<()> {
+    let flashable: Vec<&str> = fleet
+        .devices
+        .iter()
+        .filter(|device| device.flash.is_some())
+        .map(|device| device.id.as_str())
+        .collect();
+    for named in &permission.devices {
+        if flashable.contains(&named.as_str()) {
+            continue;
+        }
+        let what = match fleet.devices.iter().any(|device| &device.id == named) {
+            true => format!("device `{named}` has no `flash` entry in imagegen.toml"),
+            false => format!("`--flash {named}` names no device of the fleet"),
+        };
+        let help = match crate::source::suggest(named, flashable.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None if flashable.is_empty() => {
+                "no device of the fleet has a `flash` entry".to_string()
+            }
+            None => format!("devices that can be flashed: {}", flashable.join(", ")),
+        };
+        return Err(Error::new(ErrorCode::Validation, what).with_help(help));
+    }
+    Ok(())
 }
 
 fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {
@@ -312,11 +351,20 @@ fn desired_state(
         .iter()
         .filter_map(|device| {
             let flash = device.flash.as_ref()?;
+            let filesystem = fleet
+                .profile(&device.profile)
+                .and_then(|loaded| loaded.profile.policies.filesystem)
+                .map(|filesystem| filesystem.as_str().to_string());
             Some(DesiredFlash {
                 device_id: device.id.clone(),
                 profile_id: device.profile.clone(),
                 path: flash.path.clone(),
                 image: flash.image.clone(),
+                filesystem,
+                verify: flash.verify,
+                wipe: flash.wipe,
+                // Following links: a `/dev/disk/by-id/` link exists only while the card does.
+                present: std::fs::metadata(&flash.path).is_ok(),
             })
         })
         .collect();
@@ -325,7 +373,7 @@ fn desired_state(
         builders: builders.into_values().collect(),
         builds,
         flashes,
-        allow_flash: false,
+        allow_flash: FlashPermission::default(),
     })
 }
 

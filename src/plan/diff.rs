@@ -1,12 +1,15 @@
 //! The pure heart of `plan`: compare desired with recorded and decide every action.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::model::{Action, ActionKind, FORMAT_VERSION, Fingerprint, Plan, Resource};
+use super::flash::flash_action;
+pub use super::flash::{DesiredFlash, RecordedDeviceState};
+use super::model::{
+    Action, ActionKind, FORMAT_VERSION, Fingerprint, FlashPermission, Plan, Resource,
+};
 use crate::key::{BuildInputs, BuilderPin, Reason, short_hash};
+use crate::state::ArtifactRef;
 use crate::triple::Triple;
 
 /// An Image Builder the fleet needs.
@@ -28,25 +31,15 @@ pub struct DesiredBuild {
     pub rebuild_if_cached: bool,
 }
 
-/// A fleet device that should carry its profile's image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredFlash {
-    pub device_id: String,
-    pub profile_id: String,
-    pub path: PathBuf,
-    /// The image type to write (`combined`, `sysupgrade`, `sdcard`, ...).
-    pub image: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Desired {
     pub fleet: String,
     pub builders: Vec<DesiredBuilder>,
     pub builds: Vec<DesiredBuild>,
     pub flashes: Vec<DesiredFlash>,
-    /// Whether this run may write to devices. Without it, wanted flashes are `skip`
-    /// (shown with their reason) and do not count as pending changes.
-    pub allow_flash: bool,
+    /// Which devices this run may write. A wanted flash it does not allow is `skip` (shown
+    /// with its reason) and does not count as a pending change.
+    pub allow_flash: FlashPermission,
 }
 
 /// An Image Builder as the state store knows it.
@@ -66,8 +59,8 @@ pub struct RecordedBuild {
     pub inputs: Option<BuildInputs>,
     /// The build succeeded and every artifact is still in the store.
     pub usable: bool,
-    /// Artifacts of the build: (image type, sha256).
-    pub artifacts: Vec<(String, String)>,
+    /// Artifacts of the build.
+    pub artifacts: Vec<ArtifactRef>,
 }
 
 /// What a device last received.
@@ -84,6 +77,8 @@ pub struct Recorded {
     pub builds: BTreeMap<String, RecordedBuild>,
     /// Keyed by device id (this fleet's pointers).
     pub devices: BTreeMap<String, RecordedDevice>,
+    /// Keyed by device id: the device records of the fleet's devices (`fleet:<fleet>/<id>`).
+    pub device_states: BTreeMap<String, RecordedDeviceState>,
     /// Keys of successful recorded builds (of any profile or fleet) whose artifacts are in
     /// the store, among the keys the fleet wants: a changed profile with such a key reuses it.
     pub reusable: BTreeSet<String>,
@@ -142,13 +137,9 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
         .flashes
         .iter()
         .map(|flash| {
-            flash_action(
-                &desired.fleet,
-                flash,
-                recorded,
-                &builds,
-                desired.allow_flash,
-            )
+            let build_address = build_address(&desired.fleet, &flash.profile_id);
+            let build = builds.iter().find(|action| action.address == build_address);
+            flash_action(&desired.fleet, flash, recorded, build, &desired.allow_flash)
         })
         .collect();
     actions.extend(builds);
@@ -164,6 +155,7 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
         offline_needs: Vec::new(),
         notices: Vec::new(),
         selection: None,
+        allow_flash: desired.allow_flash.clone(),
     }
 }
 
@@ -305,76 +297,6 @@ fn explain_rebuild(build: &DesiredBuild, old: &RecordedBuild) -> Vec<Reason> {
     }
 }
 
-fn flash_action(
-    fleet: &str,
-    flash: &DesiredFlash,
-    recorded: &Recorded,
-    builds: &[Action],
-    allow_flash: bool,
-) -> Action {
-    let build_address = build_address(fleet, &flash.profile_id);
-    let build = builds.iter().find(|action| action.address == build_address);
-    let build_changes = build.is_none_or(|action| action.action != ActionKind::NoOp);
-    let artifact = if build_changes {
-        None
-    } else {
-        recorded.builds.get(&flash.profile_id).and_then(|old| {
-            old.artifacts
-                .iter()
-                .find(|(kind, _)| kind == &flash.image)
-                .map(|(_, sha)| sha.clone())
-        })
-    };
-    let previous = recorded.devices.get(&flash.device_id);
-    let (kind, why) = match (previous, &artifact) {
-        (None, _) => (
-            ActionKind::Create,
-            "never flashed by this fleet".to_string(),
-        ),
-        (Some(_), None) if build_changes => (
-            ActionKind::Replace,
-            "its image will be rebuilt (artifact known after build)".to_string(),
-        ),
-        (Some(_), None) => (
-            ActionKind::Skip,
-            format!("the build has no `{}` image", flash.image),
-        ),
-        (Some(old), Some(sha)) if &old.artifact_sha256 != sha => (
-            ActionKind::Replace,
-            format!(
-                "carries {}; the fleet wants {}",
-                short_hash(&old.artifact_sha256),
-                short_hash(sha)
-            ),
-        ),
-        (Some(_), Some(_)) => (ActionKind::NoOp, String::new()),
-    };
-    let (kind, why) = if kind.is_change() && !allow_flash {
-        (
-            ActionKind::Skip,
-            format!("{why}; writing devices needs an explicit flash run (not part of apply)"),
-        )
-    } else {
-        (kind, why)
-    };
-    let mut result = action(flash_address(&flash.device_id), Resource::Flash, kind);
-    result.key = artifact;
-    result.previous_key = previous.map(|old| old.artifact_sha256.clone());
-    if !why.is_empty() {
-        result.reasons.push(reason("device", why));
-    }
-    result.profile_id = Some(flash.profile_id.clone());
-    result.device_id = Some(flash.device_id.clone());
-    result
-        .details
-        .insert("path".into(), flash.path.display().to_string());
-    result.details.insert("image".into(), flash.image.clone());
-    if build.is_some() {
-        result.depends_on.push(build_address);
-    }
-    result
-}
-
 /// Pointers recorded for profiles that left the fleet: forget them (artifacts stay until gc).
 fn removals(desired: &Desired, recorded: &Recorded) -> Vec<Action> {
     recorded
@@ -441,8 +363,12 @@ mod tests {
                 profile_id: "ap".into(),
                 path: "/dev/sdz".into(),
                 image: "sysupgrade".into(),
+                filesystem: None,
+                verify: crate::manifest::VerifyMode::Full,
+                wipe: false,
+                present: true,
             }],
-            allow_flash: true,
+            allow_flash: FlashPermission::all(),
         }
     }
 
@@ -468,7 +394,13 @@ mod tests {
                 key: build.inputs.key().map(|key| key.0).unwrap_or_default(),
                 inputs: Some(build.inputs.clone()),
                 usable: true,
-                artifacts: vec![("sysupgrade".into(), "ab".repeat(32))],
+                artifacts: vec![ArtifactRef {
+                    sha256: "ab".repeat(32),
+                    name: "ap-sysupgrade.bin".into(),
+                    kind: "sysupgrade".into(),
+                    filesystem: Some("squashfs".into()),
+                    size: 1,
+                }],
             },
         );
         recorded.devices.insert(
@@ -629,7 +561,7 @@ mod tests {
     #[test]
     fn flashes_are_skipped_unless_allowed() {
         let mut wanted = desired(Some(&"11".repeat(32)), &["luci"]);
-        wanted.allow_flash = false;
+        wanted.allow_flash = FlashPermission::default();
         let plan = diff(&wanted, &Recorded::default(), Fingerprint::default());
         let flash = plan.action("flash.sd1").expect("flash");
         assert_eq!(flash.action, ActionKind::Skip);

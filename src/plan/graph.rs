@@ -329,6 +329,7 @@ mod tests {
             offline_needs: Vec::new(),
             notices: Vec::new(),
             selection: None,
+            allow_flash: Default::default(),
         }
     }
 

@@ -9,7 +9,9 @@ mod bin_dir;
 mod capability;
 mod desired;
 mod diff;
+mod flash;
 mod graph;
+mod image;
 mod model;
 mod recorded;
 mod render;
@@ -24,10 +26,13 @@ pub use desired::{
 };
 pub use diff::{
     Desired, DesiredBuild, DesiredBuilder, DesiredFlash, Recorded, RecordedBuild, RecordedBuilder,
-    RecordedDevice, diff,
+    RecordedDevice, RecordedDeviceState, diff,
 };
 pub use graph::{GraphEdge, GraphJson, GraphNode, PlanGraph};
-pub use model::{Action, ActionKind, FORMAT_VERSION, Fingerprint, Plan, Resource, Summary};
+pub use image::choose_image;
+pub use model::{
+    Action, ActionKind, FORMAT_VERSION, Fingerprint, FlashPermission, Plan, Resource, Summary,
+};
 pub use render::{render_text, summary_line};
 pub use select::{Selection, select};
 pub use upstream::{Moved, UpstreamCheck, check_upstream};

@@ -11,7 +11,7 @@ use crate::triple::Triple;
 
 /// Version of the plan JSON format: the minor number grows with additive changes, the major
 /// number when a field changes meaning or disappears (docs/plan-json.md).
-pub const FORMAT_VERSION: &str = "1.1";
+pub const FORMAT_VERSION: &str = "1.2";
 
 /// What kind of thing an action is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -120,6 +120,59 @@ pub struct Fingerprint {
     pub state: String,
 }
 
+/// Which fleet devices a run may write: `plan|apply --flash` (all of them) or
+/// `--flash DEVICE_ID` (repeatable). Part of a saved plan, so `apply PLANFILE` writes exactly
+/// what the reviewed plan said. Without it, a wanted flash is `skip` and no pending change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlashPermission {
+    /// Every fleet device in the plan (`--flash` without a device).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub all: bool,
+    /// These fleet devices (`--flash DEVICE_ID`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+}
+
+impl FlashPermission {
+    /// Every fleet device.
+    pub fn all() -> FlashPermission {
+        FlashPermission {
+            all: true,
+            devices: Vec::new(),
+        }
+    }
+
+    /// No device may be written (the default).
+    pub fn is_none(&self) -> bool {
+        !self.all && self.devices.is_empty()
+    }
+
+    /// Whether the run may write `device_id`.
+    pub fn allows(&self, device_id: &str) -> bool {
+        self.all || self.names(device_id)
+    }
+
+    /// Whether `device_id` was named explicitly (`--flash DEVICE_ID`): then a missing
+    /// device is an error rather than a skip.
+    pub fn names(&self, device_id: &str) -> bool {
+        self.devices.iter().any(|named| named == device_id)
+    }
+
+    /// The command-line spelling, for messages: `--flash`, `--flash a --flash b`.
+    pub fn describe(&self) -> String {
+        if self.all {
+            return "--flash".to_string();
+        }
+        let words: Vec<String> = self
+            .devices
+            .iter()
+            .map(|device| format!("--flash {device}"))
+            .collect();
+        words.join(" ")
+    }
+}
+
 /// The result of `imagegen plan`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Plan {
@@ -139,6 +192,10 @@ pub struct Plan {
     /// covers the whole fleet. `apply PLANFILE` applies exactly this selection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<Selection>,
+    /// Which fleet devices `apply` may write (`--flash`); absent: none, so every wanted
+    /// flash is `skip`. `apply PLANFILE` uses exactly this.
+    #[serde(default, skip_serializing_if = "FlashPermission::is_none")]
+    pub allow_flash: FlashPermission,
 }
 
 impl Plan {

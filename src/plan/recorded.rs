@@ -5,18 +5,19 @@
 
 use std::collections::BTreeSet;
 
-use super::diff::{Recorded, RecordedBuild, RecordedBuilder, RecordedDevice};
+use super::diff::{Recorded, RecordedBuild, RecordedBuilder, RecordedDevice, RecordedDeviceState};
 use crate::error::Result;
-use crate::state::{BuildStatus, Reader};
+use crate::state::{BuildStatus, Reader, fleet_device_key};
 
-/// What the store recorded for the fleet, and which of the `wanted` keys (that no pointer of
-/// the fleet names yet) a recorded build could serve.
+/// What the store recorded for the fleet, which of the `wanted` keys (that no pointer of the
+/// fleet names yet) a recorded build could serve, and how their last flashes left `devices`.
 pub(super) fn recorded_state(
     fleet: &str,
     reader: &Reader,
     cas: &crate::cas::Cas,
     wanted: &BTreeSet<String>,
     require_verified: bool,
+    devices: &[&str],
 ) -> Result<Recorded> {
     let mut recorded = Recorded::default();
     for builder in reader.builders()? {
@@ -51,15 +52,7 @@ pub(super) fn recorded_state(
                     .iter()
                     .all(|artifact| blob_intact(cas, &artifact.sha256, artifact.size))
         });
-        let artifacts = record
-            .map(|record| {
-                record
-                    .artifacts
-                    .into_iter()
-                    .map(|artifact| (artifact.kind, artifact.sha256))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let artifacts = record.map(|record| record.artifacts).unwrap_or_default();
         recorded.builds.insert(
             profile_id,
             RecordedBuild {
@@ -102,6 +95,18 @@ pub(super) fn recorded_state(
             },
         );
     }
+    for device_id in devices {
+        if let Some(device) = reader.device(&fleet_device_key(fleet, device_id))? {
+            recorded.device_states.insert(
+                device_id.to_string(),
+                RecordedDeviceState {
+                    last_flash_id: device.last_flash_id,
+                    last_status: device.last_status,
+                    suspect_since: device.suspect_since,
+                },
+            );
+        }
+    }
     Ok(recorded)
 }
 
@@ -128,6 +133,15 @@ pub(super) fn state_fingerprint(recorded: &Recorded) -> String {
     }
     for (device, flashed) in &recorded.devices {
         hasher.update(format!("device {device} {}\n", flashed.artifact_sha256).as_bytes());
+    }
+    for (device, state) in &recorded.device_states {
+        hasher.update(
+            format!(
+                "device-state {device} {} {:?} {:?}\n",
+                state.last_flash_id, state.last_status, state.suspect_since
+            )
+            .as_bytes(),
+        );
     }
     hasher.finalize().to_hex().to_string()
 }

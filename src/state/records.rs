@@ -150,7 +150,7 @@ pub struct ArtifactRecord {
 }
 
 /// What a block device said about itself when it was flashed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceIdentity {
     pub model: Option<String>,
     pub serial: Option<String>,
@@ -162,7 +162,7 @@ pub struct DeviceIdentity {
 }
 
 /// Where a flash attempt is, or how it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlashStatus {
     /// Recorded before the first byte is written. The flashing process holds the state lock
@@ -194,7 +194,7 @@ impl FlashStatus {
 }
 
 /// The stored artifact a flash wrote, and where it came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashedArtifact {
     pub sha256: String,
     pub name: String,
@@ -206,7 +206,7 @@ pub struct FlashedArtifact {
 }
 
 /// What the read-back found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyResult {
     /// Bytes read back and compared (for a mismatch: the bytes that were to be compared).
     pub bytes: u64,
@@ -218,7 +218,7 @@ pub struct VerifyResult {
 }
 
 /// The error that ended a flash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RecordedError {
     /// The stable error code (`flash_hash_mismatch`, `interrupted`, …).
     pub code: String,
@@ -228,7 +228,7 @@ pub struct RecordedError {
 /// One flash attempt that got past the checks and the confirmation: written as
 /// `in_progress` before the first byte reaches the device, then rewritten with how it
 /// ended. Dry runs and refusals write nothing to the device and are not recorded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashRecord {
     /// Assigned by `Writer::add_flash`.
     pub id: u64,
@@ -239,11 +239,14 @@ pub struct FlashRecord {
     pub fleet: Option<String>,
     pub device_id: Option<String>,
     /// The device path as given (`/dev/disk/by-id/...`).
+    #[schema(value_type = String)]
     pub device_path: PathBuf,
     /// The disk node it resolved to (`/dev/sdb`).
+    #[schema(value_type = String)]
     pub device_node: PathBuf,
     pub identity: DeviceIdentity,
     /// The file read: an artifact's blob in the store, or the image file given.
+    #[schema(value_type = String)]
     pub image_path: PathBuf,
     /// SHA-256 of that file as it was before writing (compressed, when it is).
     pub image_sha256: String,
@@ -267,13 +270,14 @@ pub struct FlashRecord {
 }
 
 /// One device as its flashes left it, keyed by its device key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceRecord {
     pub key: String,
     pub fleet: Option<String>,
     pub device_id: Option<String>,
     pub identity: DeviceIdentity,
     /// The node it had at its last flash.
+    #[schema(value_type = String)]
     pub node: PathBuf,
     pub last_flash_id: u64,
     /// How its last flash ended (`in_progress`: it did not complete).

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use super::reader::get_record;
 use super::records::{
     ArtifactRecord, BuildRecord, BuilderRecord, DevicePointer, DeviceRecord, FlashRecord,
-    ProfilePointer,
+    FlashStatus, ProfilePointer,
 };
 use super::tables::{
     ARTIFACT_SHA256_TO_ARTIFACT, BUILD_KEY_TO_BUILD, BUILDER_KEY_TO_BUILDER, DEVICE_KEY_TO_DEVICE,
@@ -130,6 +130,47 @@ impl Writer {
 
     pub fn device(&self, key: &str) -> Result<Option<DeviceRecord>> {
         self.get(DEVICE_KEY_TO_DEVICE, key)
+    }
+
+    /// A flash attempt starts (before its first byte): stores it under the next free id,
+    /// marks its device as being flashed and drops the fleet's pointer to what the device
+    /// held, which is about to be destroyed. Returns the record with its id.
+    pub fn start_flash(&mut self, record: &FlashRecord) -> Result<FlashRecord> {
+        let id = self.add_flash(record)?;
+        let record = FlashRecord {
+            id,
+            ..record.clone()
+        };
+        let previous = self.device(&record.device_key)?;
+        self.put_device(&DeviceRecord::after_flash(previous.as_ref(), &record))?;
+        if let (Some(fleet), Some(device)) = (&record.fleet, &record.device_id) {
+            self.remove_device_pointer(fleet, device)?;
+        }
+        Ok(record)
+    }
+
+    /// A flash attempt ended: its record, its device's state, and for a fleet device that
+    /// now holds the image, the fleet's pointer to it (the artifact, else the image file).
+    pub fn end_flash(&mut self, record: &FlashRecord) -> Result<()> {
+        self.put_flash(record)?;
+        let previous = self.device(&record.device_key)?;
+        self.put_device(&DeviceRecord::after_flash(previous.as_ref(), record))?;
+        if let (FlashStatus::Succeeded, Some(fleet), Some(device)) =
+            (record.status, &record.fleet, &record.device_id)
+        {
+            let artifact_sha256 = record
+                .artifact
+                .as_ref()
+                .map_or(&record.image_sha256, |artifact| &artifact.sha256)
+                .clone();
+            let pointer = DevicePointer {
+                artifact_sha256,
+                flash_id: record.id,
+                flashed_at: record.finished_at.unwrap_or(record.started_at),
+            };
+            self.set_device_pointer(fleet, device, &pointer)?;
+        }
+        Ok(())
     }
 
     /// Inserts or replaces the record of its device key.

@@ -18,7 +18,7 @@ use crate::support::{Run, TestFleet, upstream_data};
 
 const MIB: usize = 1024 * 1024;
 
-fn listing(fleet: &TestFleet) -> FlashListing {
+pub(crate) fn listing(fleet: &TestFleet) -> FlashListing {
     let run = fleet.run(&["flash", "list", "--json"]);
     serde_json::from_str(&run.success().stdout).expect("flash list JSON")
 }
@@ -30,10 +30,10 @@ fn flashed(run: &Run) -> FlashOutcome {
 
 /// A frozen filesystem (`fsfreeze`): writes to files on it block until it is thawed, on
 /// drop.
-struct Frozen(PathBuf);
+pub(crate) struct Frozen(PathBuf);
 
 impl Frozen {
-    fn freeze(test: &str, point: &Path) -> Option<Frozen> {
+    pub(crate) fn freeze(test: &str, point: &Path) -> Option<Frozen> {
         let text = point.to_str().expect("utf-8 mount point");
         match run_tool("fsfreeze", &["-f", text]) {
             Ok(_) => Some(Frozen(point.to_path_buf())),
@@ -52,7 +52,7 @@ impl Drop for Frozen {
 }
 
 /// Kills the child on drop, so a failing test never leaves it blocked.
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -64,7 +64,7 @@ impl Drop for Killed {
 /// Waits until a thread of `pid` sleeps uninterruptibly (`D`) in a system call on a
 /// descriptor open on `node`: a write to the device that the frozen filesystem holds up.
 /// The deadline only keeps a broken test from hanging.
-fn wait_for_blocked_write(pid: u32, node: &Path) {
+pub(crate) fn wait_for_blocked_write(pid: u32, node: &Path) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if blocked_on(pid, node) {
@@ -211,7 +211,7 @@ fn kill_9_during_a_write_leaves_a_record_that_says_the_flash_did_not_complete() 
 
 /// A one-profile fleet (Raspberry Pi 4, ext4 images only) on a fresh stand-in mirror whose
 /// device `lab-sd-1` is flashed at `device`.
-fn rpi_fleet(device: &str) -> TestFleet {
+pub(crate) fn rpi_fleet(device: &str) -> TestFleet {
     let fleet = TestFleet::empty();
     let mirror = demo::write_mirror(
         &fleet.path().join("mirror"),
@@ -235,7 +235,7 @@ fn rpi_fleet(device: &str) -> TestFleet {
     fleet
 }
 
-fn gunzip(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
     flate2::read::GzDecoder::new(bytes)
         .read_to_end(&mut data)

@@ -69,40 +69,7 @@ pub(crate) fn resolve(
             of_profile(workspace, store, profile_id, kind)?
         }
     };
-    let path = cas.blob_path(&artifact.sha256);
-    if !cas.contains(&artifact.sha256) {
-        return Err(Error::new(
-            ErrorCode::ArtifactNotFound,
-            format!(
-                "artifact `{}` ({}) is missing from the store",
-                artifact.name,
-                short(&artifact.sha256)
-            ),
-        )
-        .with_help("run `imagegen artifacts verify`, then `imagegen apply` to rebuild it"));
-    }
-    let (sha256, size) = crate::cas::sha256_file(&path)?;
-    if sha256 != artifact.sha256 {
-        return Err(Error::new(
-            ErrorCode::InternalError,
-            format!(
-                "stored artifact `{}` is damaged: its bytes no longer hash to {}",
-                artifact.name,
-                short(&artifact.sha256)
-            ),
-        )
-        .with_help("run `imagegen artifacts verify`, then `imagegen apply` to rebuild it"));
-    }
-    Ok(FlashSource {
-        path,
-        sha256,
-        size,
-        artifact: Some(artifact),
-    })
-}
-
-fn short(sha256: &str) -> &str {
-    sha256.get(..12).unwrap_or(sha256)
+    FlashSource::stored(cas, artifact)
 }
 
 fn by_prefix(store: &Store, prefix: &str) -> Result<FlashedArtifact> {
@@ -147,7 +114,7 @@ fn of_profile(
         .map(|located| located.artifact)
         .collect();
     let filesystem = loaded.profile.policies.filesystem.map(|fs| fs.as_str());
-    let chosen = select(&artifacts, kind, filesystem).map_err(|error| {
+    let chosen = crate::plan::choose_image(&artifacts, kind, filesystem).map_err(|error| {
         error.with_help(format!(
             "`imagegen artifacts list --profile {profile_id}` shows them; name one by its sha256 prefix"
         ))
@@ -159,52 +126,4 @@ fn of_profile(
         build_key: Some(images.build_key),
         profile_id: Some(profile_id.to_string()),
     })
-}
-
-/// The one artifact of `kind`; among several (an ext4 and a squashfs `factory` image), the
-/// one of the profile's `policies.filesystem`. Never a guess: still several is an error.
-pub(crate) fn select<'a>(
-    artifacts: &'a [ArtifactRef],
-    kind: &str,
-    filesystem: Option<&str>,
-) -> Result<&'a ArtifactRef> {
-    let of_kind: Vec<&ArtifactRef> = artifacts.iter().filter(|a| a.kind == kind).collect();
-    let of_filesystem: Vec<&ArtifactRef> = of_kind
-        .iter()
-        .copied()
-        .filter(|artifact| filesystem.is_some() && artifact.filesystem.as_deref() == filesystem)
-        .collect();
-    let candidates = match (of_kind.len(), of_filesystem.len()) {
-        (2.., 1..) => of_filesystem,
-        _ => of_kind,
-    };
-    match candidates.as_slice() {
-        [one] => Ok(one),
-        [] => {
-            let mut kinds: Vec<&str> = artifacts.iter().map(|a| a.kind.as_str()).collect();
-            kinds.sort_unstable();
-            kinds.dedup();
-            Err(Error::new(
-                ErrorCode::ArtifactNotFound,
-                format!(
-                    "the build has no `{kind}` image (it has: {})",
-                    kinds.join(", ")
-                ),
-            ))
-        }
-        several => {
-            let names: Vec<String> = several
-                .iter()
-                .map(|a| format!("{} ({})", a.name, short(&a.sha256)))
-                .collect();
-            Err(Error::new(
-                ErrorCode::Validation,
-                format!(
-                    "the build has {} `{kind}` images: {}",
-                    several.len(),
-                    names.join(", ")
-                ),
-            ))
-        }
-    }
 }

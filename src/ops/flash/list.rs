@@ -6,13 +6,15 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::Result;
 use crate::ops::Workspace;
 use crate::state::{DeviceRecord, FlashRecord, FlashStatus};
 
 /// Which records `flash list` shows.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FlashFilter {
     /// Only this device: a fleet device id, a device key, a serial, or a path (given or
     /// resolved, e.g. `/dev/sdb` or a `/dev/disk/by-id/` link).
@@ -24,7 +26,7 @@ pub struct FlashFilter {
 }
 
 /// One recorded attempt and what became of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashEntry {
     #[serde(flatten)]
     pub record: FlashRecord,
@@ -37,7 +39,7 @@ pub struct FlashEntry {
 }
 
 /// The devices flashes saw and the attempts, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashListing {
     pub devices: Vec<DeviceRecord>,
     pub flashes: Vec<FlashEntry>,

@@ -10,21 +10,24 @@
 
 mod artifact;
 mod list;
-mod recording;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Workspace;
 use crate::cas::Cas;
 use crate::error::{Error, Result};
 use crate::flash::{
-    self, DeviceCandidate, FlashObserver, FlashOptions, FlashReport, Host, VerifyMode,
+    self, DeviceCandidate, FlashLedger, FlashObserver, FlashOptions, FlashReport, Host, Recorder,
+    VerifyMode,
 };
-use crate::state::{FlashRecord, FlashedArtifact, Store};
+use crate::state::{FlashRecord, Store};
+
+pub use crate::flash::FlashSource;
 
 pub use artifact::ArtifactSpec;
 pub use list::{FlashEntry, FlashFilter, FlashListing, flash_list};
@@ -60,22 +63,8 @@ impl FlashRequest {
     }
 }
 
-/// The file a flash reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FlashSource {
-    /// The artifact's blob in the store, or the image file given.
-    pub path: PathBuf,
-    /// SHA-256 of the file (compressed, when it is), taken before writing.
-    pub sha256: String,
-    /// Bytes of the file.
-    pub size: u64,
-    /// Set when the image is a stored artifact.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact: Option<FlashedArtifact>,
-}
-
 /// What a flash (or a dry run) did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashOutcome {
     pub source: FlashSource,
     /// What identifies the device in the records (`docs/flash.md`, "Which device").
@@ -87,6 +76,20 @@ pub struct FlashOutcome {
     /// The attempt as recorded; absent for a dry run, which records nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<FlashRecord>,
+}
+
+impl FlashOutcome {
+    /// The last line of `flash … --json` (and of an HTTP flash job's events):
+    /// `{"event": "summary", "source": …, "report": …, "record": …}`.
+    pub fn summary_event(&self) -> serde_json::Value {
+        let mut line = serde_json::json!({ "event": "summary" });
+        if let (Some(line), Ok(serde_json::Value::Object(fields))) =
+            (line.as_object_mut(), serde_json::to_value(self))
+        {
+            line.extend(fields);
+        }
+        line
+    }
 }
 
 /// Flashes a local image file (raw, `.gz`, `.xz`, `.zst`) and records the attempt.
@@ -186,10 +189,10 @@ pub(crate) fn run(
         allow_regular_file: target.allow_regular_file,
         cancel: request.cancel.clone(),
     };
-    let fleet_devices = recording::fleet_devices(workspace);
+    let fleet_devices = flash::fleet_devices(workspace.fleet.as_ref());
     let Some(store) = store else {
         let report = flash::flash(&target.host, &options, &mut Unconfirmed)?;
-        let (device_key, fleet_device) = recording::device_key(&report.plan.device, &fleet_devices);
+        let (device_key, fleet_device) = flash::device_key(&report.plan.device, &fleet_devices);
         return Ok(FlashOutcome {
             source,
             device_key,
@@ -198,7 +201,15 @@ pub(crate) fn run(
             record: None,
         });
     };
-    let mut recorder = recording::Recorder::new(store, observer, request, &source, fleet_devices);
+    let mut ledger = StoreLedger(store);
+    let mut recorder = Recorder::new(
+        &mut ledger,
+        observer,
+        request.force,
+        request.verify,
+        &source,
+        fleet_devices,
+    );
     let result = flash::flash(&target.host, &options, &mut recorder);
     let (report, record) = recorder.finish(result)?;
     Ok(FlashOutcome {
@@ -208,6 +219,24 @@ pub(crate) fn run(
         report,
         record: Some(record),
     })
+}
+
+/// A flash's records, each in a transaction of its own on the store this operation holds.
+struct StoreLedger<'a>(&'a Store);
+
+impl FlashLedger for StoreLedger<'_> {
+    fn start(&mut self, record: FlashRecord) -> Result<FlashRecord> {
+        let mut writer = self.0.write()?;
+        let record = writer.start_flash(&record)?;
+        writer.commit()?;
+        Ok(record)
+    }
+
+    fn end(&mut self, record: &FlashRecord) -> Result<()> {
+        let mut writer = self.0.write()?;
+        writer.end_flash(record)?;
+        writer.commit()
+    }
 }
 
 /// The observer of a dry run, which never reaches the confirmation.

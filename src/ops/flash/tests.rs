@@ -459,7 +459,7 @@ fn the_listing_marks_unfinished_and_superseded_attempts_and_filters_by_device() 
 fn ended_records_say_how_the_flash_ended() {
     let started = record(7, "k", FlashStatus::InProgress);
     let error = Error::new(ErrorCode::DeviceError, "I/O error writing `/dev/sdb`");
-    let ended = recording::ended_record(started.clone(), &Err(error), VerifyMode::Full, 3, 99);
+    let ended = crate::flash::ended_record(started.clone(), &Err(error), VerifyMode::Full, 3, 99);
     assert_eq!(ended.status, FlashStatus::Failed);
     assert_eq!(ended.bytes_written, 3);
     assert_eq!(ended.finished_at, Some(99));
@@ -472,7 +472,7 @@ fn ended_records_say_how_the_flash_ended() {
     let mismatch = Error::new(ErrorCode::FlashHashMismatch, "differs")
         .with_details(serde_json::json!({ "offset": 8_388_608 }));
     let prefix = VerifyMode::Prefix(4 * MIB as u64);
-    let ended = recording::ended_record(started, &Err(mismatch), prefix, 10 * MIB as u64, 99);
+    let ended = crate::flash::ended_record(started, &Err(mismatch), prefix, 10 * MIB as u64, 99);
     assert_eq!(ended.status, FlashStatus::VerifyFailed);
     let verification = ended.verification.expect("verification");
     assert_eq!(
@@ -524,7 +524,7 @@ fn several_images_of_a_kind_are_told_apart_by_the_filesystem_policy_or_refused()
         artifact("squashfs-factory.img.gz", "factory", "squashfs"),
         artifact("squashfs-sysupgrade.img.gz", "sysupgrade", "squashfs"),
     ];
-    let select = artifact::select;
+    let select = crate::plan::choose_image;
     assert_eq!(
         select(&built, "sysupgrade", None).unwrap().name,
         "squashfs-sysupgrade.img.gz"

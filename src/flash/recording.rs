@@ -1,19 +1,85 @@
-//! The records of one flash: which device it is, the `in_progress` record written after the
-//! confirmation and before the first byte, and the record of how it ended. The
-//! [`Recorder`] sits between the engine and the frontend's observer.
+//! The records of one flash attempt: which device it is, the `in_progress` record made
+//! after the checks and the confirmation and before the first byte, and the record of how it
+//! ended. The [`Recorder`] sits between the engine and the frontend's observer and hands the
+//! records to a [`FlashLedger`], which makes them durable: the flash operations write them
+//! to the state store in a transaction of their own, `apply` has the executor's coordinator
+//! write them. The engine itself never touches the store, and neither does this module.
 
 use std::path::PathBuf;
 
-use super::{FlashRequest, FlashSource};
-use crate::error::{Error, ErrorCode, Result};
-use crate::flash::{
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{
     DeviceInfo, FlashObserver, FlashPhase, FlashPlan, FlashProgress, FlashReport, VerifyMode,
 };
-use crate::ops::Workspace;
+use crate::cas::Cas;
+use crate::error::{Error, ErrorCode, Result};
+use crate::manifest::Fleet;
 use crate::state::{
-    DeviceIdentity, DevicePointer, DeviceRecord, FlashRecord, FlashStatus, RecordedError, Store,
-    VerifyResult, disk_device_key, fleet_device_key, unix_now,
+    DeviceIdentity, FlashRecord, FlashStatus, FlashedArtifact, RecordedError, VerifyResult,
+    disk_device_key, fleet_device_key, unix_now,
 };
+
+/// The file a flash reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FlashSource {
+    /// The artifact's blob in the store, or the image file given.
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+    /// SHA-256 of the file (compressed, when it is), taken before writing.
+    pub sha256: String,
+    /// Bytes of the file.
+    pub size: u64,
+    /// Set when the image is a stored artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<FlashedArtifact>,
+}
+
+impl FlashSource {
+    /// A stored artifact's blob, re-hashed first: a missing blob is `artifact_not_found`, a
+    /// damaged one (its bytes no longer hash to its name) is never written to a device.
+    pub fn stored(cas: &Cas, artifact: FlashedArtifact) -> Result<FlashSource> {
+        let short = artifact.sha256.get(..12).unwrap_or(&artifact.sha256);
+        let path = cas.blob_path(&artifact.sha256);
+        if !cas.contains(&artifact.sha256) {
+            return Err(Error::new(
+                ErrorCode::ArtifactNotFound,
+                format!(
+                    "artifact `{}` ({short}) is missing from the store",
+                    artifact.name
+                ),
+            )
+            .with_help("run `imagegen artifacts verify`, then `imagegen apply` to rebuild it"));
+        }
+        let (sha256, size) = crate::cas::sha256_file(&path)?;
+        if sha256 != artifact.sha256 {
+            return Err(Error::new(
+                ErrorCode::InternalError,
+                format!(
+                    "stored artifact `{}` is damaged: its bytes no longer hash to {short}",
+                    artifact.name
+                ),
+            )
+            .with_help("run `imagegen artifacts verify`, then `imagegen apply` to rebuild it"));
+        }
+        Ok(FlashSource {
+            path,
+            sha256,
+            size,
+            artifact: Some(artifact),
+        })
+    }
+}
+
+/// Makes a flash's records durable. Both calls must have committed when they return: the
+/// engine writes the first byte only after [`FlashLedger::start`] returned.
+pub trait FlashLedger {
+    /// Stores the attempt about to write (assigning its id) and returns it as stored.
+    fn start(&mut self, record: FlashRecord) -> Result<FlashRecord>;
+    /// Stores how the attempt ended.
+    fn end(&mut self, record: &FlashRecord) -> Result<()>;
+}
 
 /// A fleet device with a `flash.path` that exists on this machine.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +92,8 @@ pub(crate) struct FleetDevice {
 
 /// The fleet's devices whose `flash.path` resolves here (none without a fleet). A path that
 /// does not exist names a card that is not inserted: no disk here is that device.
-pub(crate) fn fleet_devices(workspace: &Workspace) -> Vec<FleetDevice> {
-    let Some(fleet) = &workspace.fleet else {
+pub(crate) fn fleet_devices(fleet: Option<&Fleet>) -> Vec<FleetDevice> {
+    let Some(fleet) = fleet else {
         return Vec::new();
     };
     fleet
@@ -159,50 +225,10 @@ pub(crate) fn ended_record(
     record
 }
 
-/// Stores a started attempt (assigning its id), marks its device as being flashed and
-/// drops the fleet's pointer to what the device held: it is about to be destroyed.
-fn record_start(store: &Store, record: FlashRecord) -> Result<FlashRecord> {
-    let mut writer = store.write()?;
-    let id = writer.add_flash(&record)?;
-    let record = FlashRecord { id, ..record };
-    let previous = writer.device(&record.device_key)?;
-    writer.put_device(&DeviceRecord::after_flash(previous.as_ref(), &record))?;
-    if let (Some(fleet), Some(device)) = (&record.fleet, &record.device_id) {
-        writer.remove_device_pointer(fleet, device)?;
-    }
-    writer.commit()?;
-    Ok(record)
-}
-
-/// Stores how an attempt ended, its device's state, and for a fleet device that now holds
-/// the image, the fleet's pointer to it.
-fn record_end(store: &Store, record: &FlashRecord) -> Result<()> {
-    let mut writer = store.write()?;
-    writer.put_flash(record)?;
-    let previous = writer.device(&record.device_key)?;
-    writer.put_device(&DeviceRecord::after_flash(previous.as_ref(), record))?;
-    if let (FlashStatus::Succeeded, Some(fleet), Some(device)) =
-        (record.status, &record.fleet, &record.device_id)
-    {
-        let artifact_sha256 = record
-            .artifact
-            .as_ref()
-            .map_or(&record.image_sha256, |artifact| &artifact.sha256)
-            .clone();
-        let pointer = DevicePointer {
-            artifact_sha256,
-            flash_id: record.id,
-            flashed_at: record.finished_at.unwrap_or(record.started_at),
-        };
-        writer.set_device_pointer(fleet, device, &pointer)?;
-    }
-    writer.commit()
-}
-
 /// Records the attempt around the engine, and passes everything else on to the frontend's
 /// observer.
 pub(crate) struct Recorder<'a> {
-    store: &'a Store,
+    ledger: &'a mut dyn FlashLedger,
     inner: &'a mut dyn FlashObserver,
     force: bool,
     verify: VerifyMode,
@@ -213,18 +239,21 @@ pub(crate) struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
+    /// `force`: write without calling the inner observer's `confirm` (the caller has the
+    /// user's consent already).
     pub(crate) fn new(
-        store: &'a Store,
+        ledger: &'a mut dyn FlashLedger,
         inner: &'a mut dyn FlashObserver,
-        request: &FlashRequest,
+        force: bool,
+        verify: VerifyMode,
         source: &FlashSource,
         fleet_devices: Vec<FleetDevice>,
     ) -> Recorder<'a> {
         Recorder {
-            store,
+            ledger,
             inner,
-            force: request.force,
-            verify: request.verify,
+            force,
+            verify,
             source: source.clone(),
             fleet_devices,
             record: None,
@@ -243,7 +272,7 @@ impl<'a> Recorder<'a> {
             };
         };
         let ended = ended_record(started, &result, self.verify, self.bytes_seen, unix_now());
-        let recorded = record_end(self.store, &ended);
+        let recorded = self.ledger.end(&ended);
         match (result, recorded) {
             (Ok(report), Ok(())) => Ok((report, ended)),
             (Ok(_), Err(error)) => Err(Error::new(
@@ -274,7 +303,7 @@ impl FlashObserver for Recorder<'_> {
             self.inner.confirm(plan)?;
         }
         let record = started_record(plan, &self.source, &self.fleet_devices, unix_now());
-        self.record = Some(record_start(self.store, record)?);
+        self.record = Some(self.ledger.start(record)?);
         Ok(())
     }
 
