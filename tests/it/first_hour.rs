@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 
-use crate::support::TestFleet;
+use crate::support::{TestFleet, crate_root};
 
 /// A loopback port with nothing listening on it (bound, then released).
 fn refused_mirror() -> String {
@@ -194,4 +194,70 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
         "{:?}",
         output.status
     );
+}
+
+/// The crate's own manifest, parsed.
+fn cargo_toml() -> toml::Table {
+    let text = std::fs::read_to_string(crate_root().join("Cargo.toml")).expect("Cargo.toml");
+    text.parse().expect("Cargo.toml parses")
+}
+
+/// Every dependency costs every newcomer compile time: each one the crate declares is used
+/// by its code (`thiserror` and `miniz_oxide` once were not).
+#[test]
+fn every_declared_dependency_is_used() {
+    let manifest = cargo_toml();
+    let root = crate_root();
+    let mut sources = String::new();
+    for dir in ["src", "examples"] {
+        for path in rust_files(&root.join(dir)) {
+            sources.push_str(&std::fs::read_to_string(path).expect("source"));
+        }
+    }
+    let dependencies = manifest["dependencies"].as_table().expect("[dependencies]");
+    let unused: Vec<&String> = dependencies
+        .keys()
+        .filter(|name| {
+            let ident = name.replace('-', "_");
+            ![format!("{ident}::"), format!("use {ident}")]
+                .iter()
+                .any(|pattern| sources.contains(pattern.as_str()))
+        })
+        .collect();
+    assert!(unused.is_empty(), "unused dependencies: {unused:?}");
+}
+
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("source dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// The README's two commands share one dev build of every dependency (the demo is not a
+/// release build), dev builds carry line tables only, and release binaries ship stripped
+/// (docs/build-times.md has the measurements behind these choices).
+#[test]
+fn the_build_profiles_keep_the_first_hour_short() {
+    let readme = std::fs::read_to_string(crate_root().join("README.md")).expect("README.md");
+    let demo = readme
+        .lines()
+        .find(|line| line.starts_with("cargo run") && line.contains("--example demo"))
+        .expect("the demo command");
+    assert!(!demo.contains("--release"), "{demo}");
+    let manifest = cargo_toml();
+    let profile = manifest["profile"].as_table().expect("[profile]");
+    assert_eq!(profile["dev"]["debug"].as_str(), Some("line-tables-only"));
+    assert_eq!(
+        profile["dev"]["package"]["*"]["debug"].as_bool(),
+        Some(false)
+    );
+    assert_eq!(profile["release"]["strip"].as_str(), Some("symbols"));
+    assert!(profile["release"].get("debug").is_none());
 }
