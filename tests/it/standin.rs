@@ -20,11 +20,15 @@ struct Standin {
 }
 
 impl Standin {
+    /// A tree whose `repositories.conf` points at a `file://` mirror holding its feeds.
     fn new(target: &str, subtarget: &str, tweak: impl FnOnce(&mut ib::StandinSpec)) -> Standin {
         let mut spec =
             ib::spec_from_data(data_dir().as_path(), "23.05.4", target, subtarget).expect("spec");
         tweak(&mut spec);
         let dir = tempfile::tempdir().expect("temp dir");
+        spec.mirror_url =
+            imagegen_standin::feeds::write_local_mirror(&spec, &dir.path().join("mirror"))
+                .expect("feeds");
         let root = ib::write_tree(&spec, dir.path()).expect("tree");
         Standin { dir, root }
     }
@@ -445,9 +449,10 @@ fn snapshot_apk_image_has_versionless_names_and_apk_files() {
         "openwrt-imagebuilder-ath79-generic.Linux-x86_64"
     );
     let repositories = fs::read_to_string(standin.root.join("repositories")).expect("repos");
-    assert!(repositories.starts_with(
-        "https://downloads.openwrt.org/snapshots/targets/ath79/generic/packages/packages.adb\n"
-    ));
+    let mirror = format!("file://{}", standin.dir.path().join("mirror").display());
+    assert!(repositories.starts_with(&format!(
+        "{mirror}/snapshots/targets/ath79/generic/packages/packages.adb\n"
+    )));
     assert!(repositories.contains("/kmods/"));
     let bin_dir = standin.bin_dir("out");
     let output = standin.make(&[
