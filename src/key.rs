@@ -4,8 +4,9 @@
 //!
 //! Inputs are everything that changes the image (DESIGN §4): the pinned Image Builder
 //! archive sha256, the Image Builder profile, the normalized package set, the overlay tree
-//! hash, the options that change output, and [`ACTION_SCHEMA_VERSION`]. Force flags and
-//! output locations (`bin_dir`) are deliberately not inputs.
+//! hash, the options that change output, the pinned package feed indexes (DESIGN §8), and
+//! [`ACTION_SCHEMA_VERSION`]. Force flags and output locations (`bin_dir`) are deliberately
+//! not inputs.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,6 +74,13 @@ pub struct ImageOptions {
     pub provenance: bool,
 }
 
+/// A package feed a build installs from: its name and the sha256 of the index the lock pins.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct FeedDigest {
+    pub name: String,
+    pub sha256: String,
+}
+
 /// Everything that determines one image, normalized.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BuildInputs {
@@ -85,6 +93,10 @@ pub struct BuildInputs {
     pub packages_remove: Vec<String>,
     pub overlay: OverlayInputs,
     pub options: ImageOptions,
+    /// Every feed of the Image Builder with its pinned index (any of them can change what
+    /// opkg picks); empty when the lock pins no feeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedDigest>,
 }
 
 /// Sorts and de-duplicates a package (or service) list, dropping blank names.
@@ -146,6 +158,15 @@ impl BuildInputs {
             field("options.add_local_key", json!(options.add_local_key)),
             field("options.filesystem", json!(options.filesystem)),
             field("options.provenance", json!(options.provenance)),
+            field(
+                "feeds",
+                Value::Object(
+                    self.feeds
+                        .iter()
+                        .map(|feed| (feed.name.clone(), json!(feed.sha256)))
+                        .collect(),
+                ),
+            ),
         ]
     }
 
@@ -154,6 +175,10 @@ impl BuildInputs {
     pub fn canonical(&self) -> String {
         let mut text = String::from(KEY_HEADER);
         for KeyField { name, value } in self.fields() {
+            // Feeds came after keys: without pinned feeds a key stays what it always was.
+            if name == "feeds" && value.as_object().is_some_and(|feeds| feeds.is_empty()) {
+                continue;
+            }
             text.push_str(name);
             text.push('=');
             text.push_str(&value.to_string());
@@ -219,6 +244,7 @@ fn describe(
             list_diff(&old.packages_remove, &new.packages_remove)
         ),
         "overlay" => describe_overlay(&old.overlay, &new.overlay),
+        "feeds" => describe_feeds(&old.feeds, &new.feeds),
         "options.disabled_services" => format!(
             "disabled services: {}",
             list_diff(
@@ -262,6 +288,28 @@ fn describe_builder(old: &BuilderPin, new: &BuilderPin) -> String {
             short_hash(new_sha)
         ),
     }
+}
+
+fn describe_feeds(old: &[FeedDigest], new: &[FeedDigest]) -> String {
+    let mut changes = Vec::new();
+    for feed in new {
+        match old.iter().find(|previous| previous.name == feed.name) {
+            None => changes.push(format!("{} pinned", feed.name)),
+            Some(previous) if previous.sha256 == feed.sha256 => {}
+            Some(previous) => changes.push(format!(
+                "{} re-published (index {} → {})",
+                feed.name,
+                short_hash(&previous.sha256),
+                short_hash(&feed.sha256)
+            )),
+        }
+    }
+    for feed in old {
+        if !new.iter().any(|current| current.name == feed.name) {
+            changes.push(format!("{} no longer pinned", feed.name));
+        }
+    }
+    format!("package feeds: {}", changes.join("; "))
 }
 
 fn describe_overlay(old: &OverlayInputs, new: &OverlayInputs) -> String {
@@ -379,6 +427,7 @@ mod tests {
                 filesystem: None,
                 provenance: true,
             },
+            feeds: Vec::new(),
         }
     }
 
@@ -457,6 +506,15 @@ mod tests {
                 "options.provenance",
                 Box::new(|i| i.options.provenance = false),
             ),
+            (
+                "feeds",
+                Box::new(|i| {
+                    i.feeds = vec![FeedDigest {
+                        name: "openwrt_base".into(),
+                        sha256: "33".repeat(32),
+                    }]
+                }),
+            ),
         ];
         for (name, mutate) in mutations {
             let mut changed = base.clone();
@@ -503,6 +561,29 @@ mod tests {
                 "packages: +tcpdump -luci",
                 "overlay: /etc/banner changed, mode 0644 → 0600; /etc/motd added",
             ]
+        );
+    }
+
+    #[test]
+    fn a_re_published_feed_changes_the_key_and_says_which() {
+        let feed = |sha: &str| FeedDigest {
+            name: "openwrt_packages".into(),
+            sha256: sha.repeat(32),
+        };
+        let mut old = sample();
+        old.feeds = vec![feed("44")];
+        let mut new = old.clone();
+        new.feeds = vec![feed("55")];
+        assert_ne!(old.key(), new.key());
+        let reasons = new.explain_against(&old);
+        assert_eq!(
+            reasons[0].text,
+            "package feeds: openwrt_packages re-published (index 444444444444 → 555555555555)"
+        );
+        // The key of a build without pinned feeds is what it was before feeds existed.
+        assert_eq!(
+            sample().key().map(|key| key.0),
+            Some("bf087b49ebd8d60f9843b4db1daf3cf96f46e615a1f205fbd5f8c916df60f57b".into())
         );
     }
 

@@ -217,6 +217,9 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
             })?;
     let work = &shared.settings.tmp_dir.value;
     crate::fsutil::ensure_private_dir(work)?;
+    context.progress("package files", None);
+    let lock_entry = shared.lock.and_then(|lock| lock.get(&triple));
+    let feeds = crate::feeds::prepare::for_build(shared.settings, lock_entry, &job.inputs)?;
     let slot = context.slot();
     let stage_dir = fresh_dir(&work.join("stage").join(format!("slot-{slot}")))?;
     let mut scratch = Scratch(vec![stage_dir.clone()]);
@@ -263,6 +266,7 @@ fn build(shared: &Shared, job: &BuildJob, context: &StepContext) -> Result<Build
         timeout: std::time::Duration::from_secs(shared.settings.build_timeout.value),
         cancel: context.cancel_flag(),
         sandbox: sandbox_mode(shared)?,
+        feeds: feeds.as_ref(),
     })?;
     verify_slot(&slot_dir)?;
     context.progress("storing artifacts", None);

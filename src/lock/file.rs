@@ -1,6 +1,8 @@
 //! The `imagegen.lock` file format: the upstream facts pinned per Image Builder ([`Triple`])
-//! — archive and its sha256, the signing key, the revision and the `profiles.json` hash.
-//! Reads and writes the file; decides nothing about whether an entry is current.
+//! — archive and its sha256, the signing key, the revision, the `profiles.json` hash, and
+//! each package feed's index (`[[builder.feed]]`: path, sha256, signing key). Reads and
+//! writes the file; decides nothing about whether an entry is current. Files written before
+//! feeds were pinned read as entries without feeds.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Problem, Problems, Result};
+use crate::feeds::FeedPin;
 use crate::source::{self, Containment, Format, MapReader, SourceFile, Spanned};
 use crate::triple::Triple;
 
@@ -30,7 +33,11 @@ const ENTRY_FIELDS: &[&str] = &[
     "profiles_json_sha256",
     "mirror",
     "locked_at",
+    "feed",
 ];
+const FEED_FIELDS: &[&str] = &["name", "index", "sha256", "key_id", "key_fingerprint"];
+/// More feeds than any Image Builder lists; a bound for hostile files.
+const MAX_FEEDS: usize = 64;
 
 /// Every pinned Image Builder.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -58,6 +65,10 @@ pub struct LockEntry {
     pub mirror: String,
     /// RFC 3339.
     pub locked_at: String,
+    /// The package feeds the builder installs from, in repository-list order; empty in lock
+    /// files written before feeds were pinned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedPin>,
 }
 
 impl LockFile {
@@ -133,6 +144,21 @@ impl LockFile {
             field("profiles_json_sha256", &entry.profiles_json_sha256);
             field("mirror", &entry.mirror);
             field("locked_at", &entry.locked_at);
+            for feed in &entry.feeds {
+                out.push_str("\n[[builder.feed]]\n");
+                let mut field = |name: &str, value: &str| {
+                    let _ = writeln!(out, "{name} = {}", toml_string(value));
+                };
+                field("name", &feed.name);
+                field("index", &feed.index);
+                field("sha256", &feed.sha256);
+                if let Some(key_id) = &feed.key_id {
+                    field("key_id", key_id);
+                }
+                if let Some(fingerprint) = &feed.key_fingerprint {
+                    field("key_fingerprint", fingerprint);
+                }
+            }
         }
         out
     }
@@ -193,6 +219,7 @@ fn read_entry(mut reader: MapReader<'_, '_>) -> Option<LockEntry> {
     let profiles_json_sha256 = text(&mut reader, "profiles_json_sha256");
     let mirror = text(&mut reader, "mirror");
     let locked_at = text(&mut reader, "locked_at");
+    let feeds = read_feeds(&mut reader);
     for (field, value, length) in [
         ("archive_sha256", &archive_sha256, 64),
         ("profiles_json_sha256", &profiles_json_sha256, 64),
@@ -214,7 +241,74 @@ fn read_entry(mut reader: MapReader<'_, '_>) -> Option<LockEntry> {
         profiles_json_sha256: profiles_json_sha256?.value,
         mirror: mirror?.value,
         locked_at: locked_at?.value,
+        feeds,
     })
+}
+
+fn read_feeds(reader: &mut MapReader<'_, '_>) -> Vec<FeedPin> {
+    let items = reader.opt_list_up_to("feed", MAX_FEEDS).unwrap_or_default();
+    let mut feeds: Vec<FeedPin> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let path = format!("feed[{index}]");
+        let Some(mut feed) = reader.reader_for(item, &path) else {
+            continue;
+        };
+        let name = feed.string("name");
+        let index_path = feed.string("index");
+        let sha256 = feed.string("sha256");
+        let key_id = feed.opt_string("key_id");
+        let key_fingerprint = feed.opt_string("key_fingerprint");
+        for (field, value, length) in [
+            ("sha256", &sha256, 64),
+            ("key_id", &key_id, 16),
+            ("key_fingerprint", &key_fingerprint, 64),
+        ] {
+            if let Some(value) = value {
+                check_hex(&mut feed, field, value, length);
+            }
+        }
+        if let Some(index_path) = &index_path
+            && !is_mirror_path(&index_path.value)
+        {
+            let message = format!(
+                "`{}` must be a path below the mirror root, not `{}`",
+                feed.path_of("index"),
+                index_path.value
+            );
+            feed.invalid(index_path.span.clone(), message, "not a mirror path");
+        }
+        feed.finish(FEED_FIELDS);
+        let (Some(name), Some(index_path), Some(sha256)) = (name, index_path, sha256) else {
+            continue;
+        };
+        if feeds.iter().any(|known| known.name == name.value) {
+            let message = format!("feed `{}` is pinned twice", name.value);
+            reader.invalid(name.span.clone(), message, "duplicate feed");
+            continue;
+        }
+        feeds.push(FeedPin {
+            name: name.value,
+            index: index_path.value,
+            sha256: sha256.value,
+            key_id: key_id.map(|key| key.value),
+            key_fingerprint: key_fingerprint.map(|fingerprint| fingerprint.value),
+        });
+    }
+    feeds
+}
+
+/// A relative path of plain components (the lock names files on the mirror; a hostile lock
+/// must not make imagegen fetch `../` or absolute URLs).
+fn is_mirror_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-+~".contains(c))
+        })
 }
 
 fn check_hex(reader: &mut MapReader<'_, '_>, field: &str, value: &Spanned<String>, length: usize) {
@@ -253,6 +347,7 @@ mod tests {
             profiles_json_sha256: "fedcba9876543210".repeat(4),
             mirror: "https://downloads.openwrt.org".into(),
             locked_at: "2026-11-25T18:00:00Z".into(),
+            feeds: Vec::new(),
         }
     }
 

@@ -65,12 +65,8 @@ pub fn prepare(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
         problems.extend(bin_dirs);
         problems.finish((), "invalid profiles")?;
     }
-    if options.locked && !upstream.moved.is_empty() {
-        let moved: Vec<String> = upstream
-            .moved
-            .iter()
-            .map(|moved| moved.describe())
-            .collect();
+    let moved = upstream.lock_outdated();
+    if options.locked && !moved.is_empty() {
         return Err(Error::new(
             ErrorCode::StalePlan,
             format!("imagegen.lock is outdated: {}", moved.join("; ")),
@@ -100,27 +96,61 @@ pub fn compute_with(
     };
     let mut plan = diff(&desired, &recorded, fingerprint);
     plan.notices = upstream_notices(&upstream, lock.is_some());
+    attach_packages(&mut plan, &upstream);
     if options.offline {
-        plan.offline_needs = plan
-            .actions
-            .iter()
-            .filter(|action| {
-                action.resource == super::Resource::Builder && action.action.is_change()
-            })
-            .map(|action| {
-                action
-                    .details
-                    .get("archive")
-                    .cloned()
-                    .unwrap_or_else(|| action.address.clone())
-            })
-            .collect();
+        plan.offline_needs = offline_needs(&plan, &upstream);
     }
     Ok(plan)
 }
 
+/// Each build action carries its profile's resolved packages (when its feeds could be read).
+fn attach_packages(plan: &mut Plan, upstream: &UpstreamCheck) {
+    for action in &mut plan.actions {
+        if action.resource != super::Resource::Build {
+            continue;
+        }
+        if let Some(packages) = action
+            .profile_id
+            .as_ref()
+            .and_then(|profile| upstream.packages.get(profile))
+        {
+            action.packages = Some(packages.clone());
+        }
+    }
+}
+
+/// What apply would download first: Image Builder archives, then package files (each once).
+fn offline_needs(plan: &Plan, upstream: &UpstreamCheck) -> Vec<String> {
+    let mut needs: Vec<String> = plan
+        .actions
+        .iter()
+        .filter(|action| action.resource == super::Resource::Builder && action.action.is_change())
+        .map(|action| {
+            action
+                .details
+                .get("archive")
+                .cloned()
+                .unwrap_or_else(|| action.address.clone())
+        })
+        .collect();
+    let mut packages = std::collections::BTreeSet::new();
+    for action in &plan.actions {
+        if action.resource == super::Resource::Build && action.action.is_change() {
+            let missing = action
+                .profile_id
+                .as_ref()
+                .and_then(|profile| upstream.missing_packages.get(profile))
+                .into_iter()
+                .flatten();
+            packages.extend(missing.map(|file| format!("package {file}")));
+        }
+    }
+    needs.extend(packages);
+    needs
+}
+
 fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {
-    let mut notices = upstream.moved_notices();
+    let mut notices = upstream.notices();
     if let Some(reason) = &upstream.unreachable {
         let from = if locked {
             "planned from imagegen.lock without checking upstream"
@@ -134,6 +164,11 @@ fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {
         notices.push(format!(
             "Image Builder profiles not checked against upstream profiles.json (not cached offline): {}",
             unchecked.join(", ")
+        ));
+    }
+    for (triple, why) in &upstream.packages_unchecked {
+        notices.push(format!(
+            "packages of {triple} not checked against its feeds: {why}"
         ));
     }
     notices
@@ -153,6 +188,22 @@ fn check_locked(fleet: &Fleet, lock: Option<&LockFile>) -> Result<()> {
         .filter(|triple| lock.get(triple).is_none())
         .map(|triple| triple.to_string())
         .collect();
+    let without_feeds: Vec<String> = fleet
+        .triples()
+        .into_iter()
+        .filter(|triple| lock.get(triple).is_some_and(|entry| entry.feeds.is_empty()))
+        .map(|triple| triple.to_string())
+        .collect();
+    if missing.is_empty() && !without_feeds.is_empty() {
+        return Err(Error::new(
+            ErrorCode::StalePlan,
+            format!(
+                "imagegen.lock does not pin the package feeds of {}",
+                without_feeds.join(", ")
+            ),
+        )
+        .with_help("run `imagegen lock` (it adds the feeds) and commit imagegen.lock"));
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -267,7 +318,10 @@ fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDiges
         builds.push(DesiredBuild {
             profile_id: profile.profile_id.clone(),
             device_id: profile.device_id.clone(),
-            inputs: build_inputs(loaded, pin, digest),
+            inputs: BuildInputs {
+                feeds: feed_digests(entry),
+                ..build_inputs(loaded, pin, digest)
+            },
         });
     }
     let flashes = fleet
@@ -333,7 +387,24 @@ pub fn build_inputs(
                 .map(|filesystem| filesystem.as_str().to_string()),
             provenance: profile.provenance,
         },
+        feeds: Vec::new(),
     }
+}
+
+/// The feed digests a build's key includes: every feed the lock pins for its builder.
+fn feed_digests(entry: Option<&crate::lock::LockEntry>) -> Vec<crate::key::FeedDigest> {
+    entry
+        .map(|entry| {
+            entry
+                .feeds
+                .iter()
+                .map(|feed| crate::key::FeedDigest {
+                    name: feed.name.clone(),
+                    sha256: feed.sha256.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn entry_kind_name(kind: EntryKind) -> &'static str {

@@ -7,6 +7,7 @@ mod bin_dir;
 mod desired;
 mod diff;
 mod model;
+mod packages;
 mod render;
 mod upstream;
 
@@ -21,4 +22,4 @@ pub use diff::{
 };
 pub use model::{Action, ActionKind, FORMAT_VERSION, Fingerprint, Plan, Resource, Summary};
 pub use render::{render_text, summary_line};
-pub use upstream::{Moved, UpstreamCheck, check_upstream};
+pub use upstream::{Moved, MovedFeed, UpstreamCheck, check_upstream};

@@ -74,6 +74,10 @@ pub struct Action {
     /// Free-form facts for display (archive name, flash path, image type).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, String>,
+    /// A build's packages resolved against its pinned feeds: what the image will contain,
+    /// its installed size and the flash budget (docs/plan-json.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<crate::feeds::ProfilePackages>,
 }
 
 /// Counts per resource and action.

@@ -32,7 +32,7 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
         );
     }
     for action in shown {
-        render_action(&mut out, action);
+        render_action(&mut out, action, verbose);
     }
     if !plan.offline_needs.is_empty() {
         let _ = writeln!(out, "Offline: apply would first need to download:");
@@ -55,7 +55,7 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
     out
 }
 
-fn render_action(out: &mut String, action: &Action) {
+fn render_action(out: &mut String, action: &Action, verbose: bool) {
     let symbol = match action.action {
         ActionKind::Create => "+",
         ActionKind::Replace => "~",
@@ -68,6 +68,9 @@ fn render_action(out: &mut String, action: &Action) {
         let _ = writeln!(out, "      {name}: {value}");
     }
     let _ = writeln!(out, "      key: {}", key_text(action));
+    if let Some(packages) = &action.packages {
+        render_packages(out, packages, verbose);
+    }
     for reason in &action.reasons {
         let _ = writeln!(out, "      because {}", reason.text);
     }
@@ -75,6 +78,33 @@ fn render_action(out: &mut String, action: &Action) {
         let _ = writeln!(out, "      after {}", action.depends_on.join(", "));
     }
     out.push('\n');
+}
+
+/// One line of sizes; `-v` adds the resolved packages, one per line.
+fn render_packages(out: &mut String, packages: &crate::feeds::ProfilePackages, verbose: bool) {
+    let budget = packages
+        .max_image_size
+        .map(|limit| format!(", budget {}", super::packages::human(limit)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "      packages: {} (installed {}, download {}{budget})",
+        packages.packages.len(),
+        super::packages::human(packages.installed_size),
+        super::packages::human(packages.download_size)
+    );
+    if verbose {
+        for package in &packages.packages {
+            let _ = writeln!(
+                out,
+                "        {} {}  {}  {}",
+                package.name,
+                package.version,
+                package.feed,
+                super::packages::human(package.installed_size)
+            );
+        }
+    }
 }
 
 fn verb(action: &Action) -> &'static str {

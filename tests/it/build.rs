@@ -160,6 +160,7 @@ fn inputs(profile: &str, packages: &[&str], options: ImageOptions) -> BuildInput
         packages_remove: vec!["dropbear".into()],
         overlay: OverlayInputs::default(),
         options,
+        feeds: Vec::new(),
     }
 }
 
@@ -232,6 +233,7 @@ fn build(
         timeout,
         cancel,
         sandbox: fixture.sandbox,
+        feeds: None,
     })
 }
 

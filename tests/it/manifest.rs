@@ -166,6 +166,7 @@ fn lock_file_round_trips_through_disk() {
         profiles_json_sha256: "b".repeat(64),
         mirror: "https://downloads.openwrt.org".into(),
         locked_at: "2026-11-25T18:00:00Z".into(),
+        feeds: Vec::new(),
     });
     lock.write(&path).expect("write lock");
     let read = LockFile::read(&path).expect("read lock");

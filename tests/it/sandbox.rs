@@ -515,6 +515,7 @@ impl Standin {
             packages_remove: Vec::new(),
             overlay: OverlayInputs::default(),
             options: ImageOptions::default(),
+            feeds: Vec::new(),
         };
         run_build(&BuildRequest {
             inputs: &inputs,
@@ -527,6 +528,7 @@ impl Standin {
             timeout,
             cancel: &AtomicBool::new(false),
             sandbox: mode,
+            feeds: None,
         })
     }
 

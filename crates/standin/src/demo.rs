@@ -40,8 +40,6 @@ pub fn write_mirror(
     for (release, target, subtarget) in triples {
         let mut spec = standin_ib::spec_from_data(data_dir, release, target, subtarget)?;
         spec.build_cpu_seconds = build_cpu_seconds;
-        // Until imagegen installs from the feeds, the Image Builders carry their packages.
-        spec.local_packages = true;
         specs.push(spec);
         if !releases.contains(release) {
             releases.push(release);

@@ -162,7 +162,7 @@ def _compare_part(a, b):
 
 
 def _split_version(version):
-    epoch, _, rest = version.rpartition(":") if ":" in version else ("0", "", version)
+    epoch, _, rest = version.partition(":") if ":" in version else ("0", "", version)
     upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
     try:
         epoch = int(epoch or "0")
@@ -328,7 +328,10 @@ def read_config_flag(name):
 
 
 def local_path(url):
-    """The file a `file:` URL names (relative ones against the tree), or None."""
+    """The file a `file:` URL or an absolute path names (relative ones against the tree), or
+    None for anything that would need the network."""
+    if url.startswith("/"):
+        return url
     if url.startswith("file://"):
         return url[len("file://"):]
     if url.startswith("file:"):
@@ -492,17 +495,17 @@ def resolve(universe, requested, apk):
 def check_conflicts(chosen, apk):
     provided = {}
     for package in chosen.values():
-        provided.setdefault(package["Package"], package["Package"])
+        provided.setdefault(package["Package"], []).append(package["Package"])
         for name in package.get("Provides", "").split(","):
             name = parse_relation(name)[0]
             if name:
-                provided.setdefault(name, package["Package"])
+                provided.setdefault(name, []).append(package["Package"])
     for package in chosen.values():
         for entry in package.get("Conflicts", "").split(","):
-            name = parse_relation(entry)[0]
-            other = provided.get(name)
-            if name and other and other != package["Package"]:
-                report_conflict(package, chosen[other], apk)
+            name, op, wanted = parse_relation(entry)
+            for other in provided.get(name, []) if name else []:
+                if other != package["Package"] and satisfies(chosen[other]["Version"], op, wanted):
+                    report_conflict(package, chosen[other], apk)
 
 
 def report_missing(missing, apk):
