@@ -109,7 +109,7 @@ fn write_fixture(root: &Path) {
 
 /// A digest of everything a build could change in a tree: paths, types, modes, sizes,
 /// mtimes, contents and link targets (not ctimes: hardlinking moves those).
-fn tree_digest(root: &Path) -> String {
+pub(crate) fn tree_digest(root: &Path) -> String {
     hex::encode(Sha256::digest(format!("{:?}", tree_entries(root))))
 }
 

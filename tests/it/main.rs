@@ -7,6 +7,7 @@ mod build;
 mod cli;
 mod dashboard;
 mod exec;
+mod feeds;
 mod fetch;
 mod first_hour;
 mod flash;
