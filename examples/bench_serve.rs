@@ -151,6 +151,8 @@ fn record_builds(db: &Path, count: usize) {
                 manifest_path: None,
                 artifacts,
                 error: None,
+                applied_by: Vec::new(),
+                kept_build_dir: None,
             })
             .expect("build");
     }

@@ -84,6 +84,21 @@ pub fn ensure_private_dir(path: &Path) -> Result<()> {
     ))
 }
 
+/// Reads until `buffer` is full or the stream ends; returns the bytes read (0 only at the
+/// end of the stream).
+pub fn read_up_to(reader: &mut dyn std::io::Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(length) => filled += length,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,3 +138,4 @@ mod tests {
         assert!(error.message.ends_with("(mode 1777)"), "{}", error.message);
     }
 }
+

@@ -4,9 +4,11 @@
 //!
 //! Inputs are everything that changes the image (DESIGN §4): the pinned Image Builder
 //! archive sha256, the Image Builder profile, the normalized package set, the overlay tree
-//! hash, the options that change output, the pinned package feed indexes (DESIGN §8), and
+//! hash, the options that change output, the pinned package feed indexes (docs/feeds.md), and
 //! [`ACTION_SCHEMA_VERSION`]. Force flags and output locations (`bin_dir`) are deliberately
-//! not inputs.
+//! not inputs. An image is a function of its key alone: the provenance file it carries holds
+//! only these inputs ([`BuildInputs::provenance`]), never the profile, device or fleet commit
+//! that asked for it (docs/decisions.md).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,7 +21,14 @@ use crate::triple::Triple;
 
 /// Bump when the meaning of a build changes (how inputs map to `make image`), so every
 /// recorded build is rebuilt once instead of being wrongly reused.
-pub const ACTION_SCHEMA_VERSION: u32 = 1;
+///
+/// 1: first release. 2: the provenance file holds only key inputs (schema 1 images named
+/// the profile, device and fleet commit, so one key could give different bytes); the
+/// initramfs image is an input.
+pub const ACTION_SCHEMA_VERSION: u32 = 2;
+
+/// The version of the provenance file's layout (`/etc/imagegen/build.json`).
+pub const PROVENANCE_FORMAT: u32 = 1;
 
 /// The domain-separation header hashed in front of the fields.
 const KEY_HEADER: &str = "imagegen-build-key-v1\n";
@@ -72,6 +81,18 @@ pub struct ImageOptions {
     pub add_local_key: bool,
     pub filesystem: Option<String>,
     pub provenance: bool,
+    /// The release's prebuilt initramfs image of the device, fetched as an artifact of the
+    /// build (`build_defaults.initramfs`), pinned by the sha256 the pinned `profiles.json`
+    /// lists for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<InitramfsImage>,
+}
+
+/// One upstream initramfs image: its file name in the target directory and its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InitramfsImage {
+    pub name: String,
+    pub sha256: String,
 }
 
 /// A package feed a build installs from: its name and the sha256 of the index the lock pins.
@@ -158,6 +179,7 @@ impl BuildInputs {
             field("options.add_local_key", json!(options.add_local_key)),
             field("options.filesystem", json!(options.filesystem)),
             field("options.provenance", json!(options.provenance)),
+            field("options.initramfs", json!(options.initramfs)),
             field(
                 "feeds",
                 Value::Object(
@@ -170,15 +192,37 @@ impl BuildInputs {
         ]
     }
 
+    /// The fields that are hashed: [`Self::fields`] less an empty `feeds` (feeds came after
+    /// keys: without pinned feeds a key, and the provenance an image carries, stay what they
+    /// always were).
+    fn hashed_fields(&self) -> Vec<KeyField> {
+        let mut fields = self.fields();
+        fields.retain(|field| {
+            !(field.name == "feeds" && field.value.as_object().is_some_and(|f| f.is_empty()))
+        });
+        fields
+    }
+
+    /// What `/etc/imagegen/build.json` holds: the key and every key input, from the same
+    /// walk as the key, so two images with one key carry byte-identical provenance.
+    pub fn provenance(&self, key: &BuildKey) -> Value {
+        let inputs: serde_json::Map<String, Value> = self
+            .hashed_fields()
+            .into_iter()
+            .map(|KeyField { name, value }| (name.to_string(), value))
+            .collect();
+        json!({
+            "format": PROVENANCE_FORMAT,
+            "build_key": key.0,
+            "key_inputs": inputs,
+        })
+    }
+
     /// The canonical serialization: a header, then `name=<canonical JSON>` lines.
     /// serde_json maps are sorted by key, so the JSON of a value is canonical.
     pub fn canonical(&self) -> String {
         let mut text = String::from(KEY_HEADER);
-        for KeyField { name, value } in self.fields() {
-            // Feeds came after keys: without pinned feeds a key stays what it always was.
-            if name == "feeds" && value.as_object().is_some_and(|feeds| feeds.is_empty()) {
-                continue;
-            }
+        for KeyField { name, value } in self.hashed_fields() {
             text.push_str(name);
             text.push('=');
             text.push_str(&value.to_string());
@@ -244,6 +288,11 @@ fn describe(
             list_diff(&old.packages_remove, &new.packages_remove)
         ),
         "overlay" => describe_overlay(&old.overlay, &new.overlay),
+        "options.initramfs" => format!(
+            "initramfs image: {} → {}",
+            initramfs_text(&old.options.initramfs),
+            initramfs_text(&new.options.initramfs)
+        ),
         "feeds" => describe_feeds(&old.feeds, &new.feeds),
         "options.disabled_services" => format!(
             "disabled services: {}",
@@ -264,6 +313,13 @@ fn describe(
         text,
         old: old_value,
         new: new_value,
+    }
+}
+
+fn initramfs_text(image: &Option<InitramfsImage>) -> String {
+    match image {
+        Some(image) => format!("{} ({})", image.name, short_hash(&image.sha256)),
+        None => "none".to_string(),
     }
 }
 
@@ -426,6 +482,7 @@ mod tests {
                 add_local_key: false,
                 filesystem: None,
                 provenance: true,
+                initramfs: None,
             },
             feeds: Vec::new(),
         }
@@ -438,7 +495,7 @@ mod tests {
         let key = sample().key().expect("pinned builder");
         assert_eq!(
             key.0,
-            "bf087b49ebd8d60f9843b4db1daf3cf96f46e615a1f205fbd5f8c916df60f57b"
+            "7a378df7167460e216df59824a4ecba65b7f6d30577d0a04e7220c21fdc7fc1b"
         );
     }
 
@@ -515,6 +572,15 @@ mod tests {
                     }]
                 }),
             ),
+            (
+                "options.initramfs",
+                Box::new(|i| {
+                    i.options.initramfs = Some(InitramfsImage {
+                        name: "x-initramfs-kernel.bin".into(),
+                        sha256: "ee".repeat(32),
+                    })
+                }),
+            ),
         ];
         for (name, mutate) in mutations {
             let mut changed = base.clone();
@@ -583,7 +649,44 @@ mod tests {
         // The key of a build without pinned feeds is what it was before feeds existed.
         assert_eq!(
             sample().key().map(|key| key.0),
-            Some("bf087b49ebd8d60f9843b4db1daf3cf96f46e615a1f205fbd5f8c916df60f57b".into())
+            Some("7a378df7167460e216df59824a4ecba65b7f6d30577d0a04e7220c21fdc7fc1b".into())
+        );
+    }
+
+    #[test]
+    fn provenance_is_the_key_inputs_and_nothing_else() {
+        let inputs = sample();
+        let key = inputs.key().expect("pinned builder");
+        let provenance = inputs.provenance(&key);
+        assert_eq!(provenance["build_key"], key.0.as_str());
+        let recorded = provenance["key_inputs"].as_object().expect("inputs");
+        let names: Vec<&str> = inputs
+            .hashed_fields()
+            .iter()
+            .map(|field| field.name)
+            .collect();
+        let mut keys: Vec<&str> = recorded.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected = names.clone();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        let text = provenance.to_string();
+        assert!(
+            !text.contains("profile_id") && !text.contains("fleet"),
+            "{text}"
+        );
+        // The same inputs give the same bytes, whoever asks.
+        assert_eq!(provenance, sample().provenance(&key));
+        // Pinned feeds are key inputs, so they are in the provenance too.
+        let mut pinned = sample();
+        pinned.feeds = vec![FeedDigest {
+            name: "openwrt_core".into(),
+            sha256: "66".repeat(32),
+        }];
+        let key = pinned.key().expect("pinned builder");
+        assert_eq!(
+            pinned.provenance(&key)["key_inputs"]["feeds"]["openwrt_core"],
+            "66".repeat(32).as_str()
         );
     }
 

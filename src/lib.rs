@@ -13,7 +13,8 @@
 //!    build key, and the human explanation of what changed, from the same walk.
 //! 5. [`plan`] checks the fleet against upstream metadata and compares the desired state
 //!    with what [`state`] (the redb store) recorded: a `Plan` of actions with addresses,
-//!    reasons and dependencies.
+//!    reasons and dependencies, whose dependency graph (`PlanGraph`, petgraph) orders the
+//!    run; a `Selection` narrows it to part of the fleet.
 //! 6. [`imagebuilder`] fetches, verifies (usign) and safely unpacks official Image Builders,
 //!    and keeps them and their metadata in its cache. (Stand-in Image Builders and mirrors
 //!    for tests and the offline demo live in the `imagegen-standin` crate, not here.)
@@ -24,13 +25,15 @@
 //!    stacked, system or read-only disks; partitions), then reads it back around the page
 //!    cache and compares SHA-256 digests.
 //! 9. [`ops`] is every operation a frontend offers, over the stages above, taking typed
-//!    options and returning `Serialize` reports. [`cli`] is the command-line frontend: it
+//!    options and returning `Serialize` reports (the flash operations also record every
+//!    attempt in [`state`] around the engine). [`cli`] is the command-line frontend: it
 //!    parses arguments, calls one operation and renders the result as text or JSON.
 //!    Nothing below it knows about clap. [`mcp`] is the MCP server for AI agents
 //!    (`imagegen mcp`) and [`server`] (`imagegen serve`) the HTTP API and dashboard, over
 //!    the same operations.
 //!
-//! [`fsutil`] holds the one whole-file-or-nothing write every stage uses.
+//! [`fsutil`] holds the small file-system helpers every stage shares: the whole-file-or-nothing
+//! write, the private work directory check, reading a stream in full blocks.
 
 pub mod apply;
 pub mod build;

@@ -427,6 +427,7 @@ mod tests {
             add_local_key: true,
             filesystem: Some("ext4".into()),
             provenance: true,
+            initramfs: None,
         };
         let arguments = make_arguments(
             &inputs(options),

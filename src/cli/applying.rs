@@ -2,11 +2,14 @@
 //! terminal's event display, then print where the images are.
 
 use super::args::{ApplyArgs, BuildArgs};
-use super::commands::{plural, to_filter};
+use std::sync::Arc;
+
+use super::commands::{plural, to_permission, to_selection};
 use super::context::Context;
 use super::display::reporter_for;
+use super::flash_confirm::confirm_flashes;
 use crate::apply::ApplyReport;
-use crate::error::{Result, exit};
+use crate::error::{Result, exit, printable};
 use crate::exec::{OutcomeKind, install_interrupt_handler};
 use crate::lock::{Change, LockReport};
 use crate::ops::{self, ApplyRequest, BuildRequest, ProfileImages, RunHooks};
@@ -22,19 +25,22 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
             .transpose()?,
         locked: args.locked,
         keep_going: args.keep_going,
+        selection: to_selection(&args.selection, &[]),
+        allow_flash: to_permission(&args.flash),
     };
     let reporter = reporter_for(context.json());
+    let cancel = install_interrupt_handler()?;
     let show_plan = |plan: &Plan| {
-        if context.json() {
-            return;
+        if !context.json() {
+            match args.verbose {
+                true => print!("{}", printable(&plan::render_text(plan, false))),
+                false => println!("{}", plan::summary_line(plan)),
+            }
         }
-        match args.verbose {
-            true => print!("{}", plan::render_text(plan, false)),
-            false => println!("{}", plan::summary_line(plan)),
-        }
+        confirm_flashes(plan, args.yes, &cancel)
     };
     let hooks = RunHooks {
-        cancel: install_interrupt_handler()?,
+        cancel: Arc::clone(&cancel),
         reporter: reporter.as_ref(),
         on_plan: &show_plan,
     };
@@ -49,14 +55,14 @@ pub(crate) fn apply(context: &Context, args: &ApplyArgs) -> Result<i32> {
         if context.json() {
             print_summary_event(&outcome.summary_event());
         } else {
-            print!("{}", plan::render_text(&outcome.plan, false));
+            print!("{}", printable(&plan::render_text(&outcome.plan, false)));
         }
         return Ok(exit::OK);
     };
     if context.json() {
         print_summary_event(&outcome.summary_event());
     } else {
-        print_report(report, &outcome.images);
+        print_report(report, &outcome.images, &outcome.plan);
     }
     Ok(report.run.exit_code())
 }
@@ -77,16 +83,16 @@ fn print_locked(report: &LockReport) {
 pub(crate) fn build(context: &Context, args: &BuildArgs) -> Result<i32> {
     let workspace = context.workspace()?;
     let request = BuildRequest {
-        profiles: args.profiles.clone(),
-        filter: to_filter(&args.filter),
+        selection: to_selection(&args.selection, &args.profile_ids),
         force: args.force,
         keep_going: args.keep_going,
+        ..BuildRequest::default()
     };
     let reporter = reporter_for(context.json());
     let hooks = RunHooks {
         cancel: install_interrupt_handler()?,
         reporter: reporter.as_ref(),
-        on_plan: &|_| {},
+        on_plan: &|_| Ok(()),
     };
     let outcome = ops::build(&workspace, &request, &hooks)?;
     drop(reporter);
@@ -122,7 +128,7 @@ pub(crate) fn build(context: &Context, args: &BuildArgs) -> Result<i32> {
         .map_or(exit::OK, |report| report.run.exit_code()))
 }
 
-fn print_report(report: &ApplyReport, images: &[ProfileImages]) {
+fn print_report(report: &ApplyReport, images: &[ProfileImages], plan: &Plan) {
     println!("\nSummary for fleet `{}`:", report.fleet);
     for step in &report.steps {
         let outcome = match (step.outcome, step.cache_hit) {
@@ -142,11 +148,17 @@ fn print_report(report: &ApplyReport, images: &[ProfileImages]) {
                 println!("      {:<12} {}", located.artifact.kind, path.display());
             }
         }
+        if let Some(record) = &step.flash {
+            println!("      {}", flashed_line(record));
+        }
         if let Some(error) = &step.error {
             println!("      error[{}]: {}", error.code, error.message);
         }
         if let Some(reason) = &step.reason {
             println!("      {reason}");
+        }
+        if let Some(kept) = &step.kept_build_dir {
+            println!("      build tree kept in {}", kept.display());
         }
         if let Some(log) = &step.log_path
             && step.outcome != OutcomeKind::Succeeded
@@ -176,4 +188,31 @@ fn print_report(report: &ApplyReport, images: &[ProfileImages]) {
             "Images are in the store (paths above); `imagegen artifacts export PROFILE --out DIR` copies them out by name."
         );
     }
+    let skipped_flashes = plan
+        .actions
+        .iter()
+        .filter(|action| {
+            action.resource == plan::Resource::Flash && action.action == plan::ActionKind::Skip
+        })
+        .count();
+    if skipped_flashes > 0 {
+        println!(
+            "{} skipped (see the plan); `imagegen apply --flash DEVICE_ID` writes a device.",
+            plural(skipped_flashes, "device flash")
+        );
+    }
+}
+
+/// `wrote 12.0 MiB to /dev/loop3 (verified 12.0 MiB); flash #4`.
+fn flashed_line(record: &crate::state::FlashRecord) -> String {
+    let verified = match &record.verification {
+        Some(result) => format!("verified {}", crate::flash::format_size(result.bytes)),
+        None => "not verified".to_string(),
+    };
+    format!(
+        "wrote {} to {} ({verified}); flash #{}",
+        crate::flash::format_size(record.bytes_written),
+        record.device_node.display(),
+        record.id
+    )
 }

@@ -12,11 +12,17 @@ Typical session:
   imagegen plan                     show what would be fetched, built and flashed, and why
   imagegen plan --detailed-exitcode exit 2 when changes are pending (for CI gates)
   imagegen apply                    fetch, build and record what the plan shows
+  imagegen apply --flash lab-sd-1   also write that fleet device (--flash alone: every device)
+  imagegen plan --target build.home.ap   one action and what it depends on (also apply, build)
+  imagegen show build.home.ap       everything about one action: inputs, key, reasons, last result
+  imagegen graph | dot -Tsvg > g.svg  the plan's dependency graph
 
 Settings come from flags > OWRT_IMG_* environment > imagegen.toml [settings] > defaults;
 `imagegen config` shows each effective value and where it came from.
 Exit codes: 0 ok, 1 a step failed, 2 changes pending (--detailed-exitcode), 3 invalid input,
-4 stale plan or lock, 5 state locked, 64 usage error, 70 internal error, 130 interrupted.";
+4 stale plan or lock, 5 state locked, 64 usage error, 70 internal error, 130 interrupted.
+A run's code: 130 if interrupted, else the run's own error (recording failed: 70), else 1 if
+any step failed, was skipped or cancelled, else 0.";
 
 /// Declarative fleet manager for custom OpenWrt firmware.
 ///
@@ -118,6 +124,13 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Build (or reuse) the images of the given profiles now
     Build(BuildArgs),
+    /// Explain one action of the plan in full: inputs, key, reasons, dependencies, last result
+    Show(ShowArgs),
+    /// Print the plan's dependency graph as Graphviz DOT (or nodes and edges with --json)
+    ///
+    /// Like `terraform graph`: `imagegen graph | dot -Tsvg > graph.svg` draws it. Edges point
+    /// from an action to what it depends on; unchanged actions are dashed.
+    Graph(GraphArgs),
     /// Recorded builds: list, show one, print its log
     #[command(subcommand)]
     Builds(BuildsCommand),
@@ -148,9 +161,10 @@ pub enum Command {
     /// Serve the fleet's operations to AI agents over MCP (Model Context Protocol) on stdio
     ///
     /// Tools: list_profiles, get_profile, validate, plan, build_image, build_images_batch,
-    /// apply, list_builds, get_build_log, list_artifacts, list_builders, ensure_builder. The
-    /// fleet's files are read-only resources. Only protocol messages go to stdout; logs go
-    /// to stderr.
+    /// apply, list_builds, get_build_log, list_artifacts, list_builders, ensure_builder,
+    /// flash_artifact (a dry run unless the call says `force: true` and the server has
+    /// --allow-flash). The fleet's files are read-only resources. Only protocol messages go
+    /// to stdout; logs go to stderr.
     Mcp(McpArgs),
     /// Serve the HTTP API and the fleet dashboard (docs/api.md)
     ///
@@ -182,6 +196,39 @@ pub struct ValidateArgs {
     pub strict: bool,
 }
 
+/// Which part of the fleet a command covers; every option may be repeated or combined.
+#[derive(Debug, Args, Default, Clone)]
+pub struct SelectionArgs {
+    /// Only this action and what it depends on (repeatable), like Terraform's -target:
+    /// `build.FLEET.PROFILE`, `builder.RELEASE/TARGET/SUBTARGET`, `flash.DEVICE`
+    #[arg(long = "target", value_name = "ADDRESS")]
+    pub targets: Vec<String>,
+    /// Only this profile (repeatable)
+    #[arg(long = "profile", value_name = "ID")]
+    pub profiles: Vec<String>,
+    /// Only profiles with this tag (repeatable: any of them)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only profiles of this OpenWrt release
+    #[arg(long, value_name = "RELEASE")]
+    pub release: Option<String>,
+    /// Only profiles built with this Image Builder
+    #[arg(long, value_name = "RELEASE/TARGET/SUBTARGET")]
+    pub builder: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The action's address, as `imagegen plan` prints it
+    pub address: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The address to listen on (port 0 picks a free port; the first line printed names it)
@@ -196,10 +243,16 @@ pub struct ServeArgs {
     /// How long a request waits for another imagegen process to release the state store
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub store_wait_ms: u64,
+    /// Let `POST /flash` (with `"force": true`) and applies with a flash permission write
+    /// block devices; without it they are refused (403)
+    #[arg(long)]
+    pub allow_flash: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Exit 0 when there are no changes, 2 when there are (errors stay non-zero)
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -209,6 +262,12 @@ pub struct PlanArgs {
     /// Save the plan as JSON to FILE, for `imagegen apply FILE`
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Plan writing fleet devices (kept in a saved plan): every device that needs a flash,
+    /// or with DEVICE_ID (repeatable) only those. Without it, wanted flashes are skipped and
+    /// are no pending change
+    #[arg(long = "flash", value_name = "DEVICE_ID", num_args = 0..=1, default_missing_value = "")]
+    pub flash: Vec<String>,
+
     /// Also list unchanged actions
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -216,14 +275,25 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// A plan saved with `imagegen plan --out FILE`
+    /// A plan saved with `imagegen plan --out FILE` (applied with the selection it was made with)
     pub plan_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Run everything that does not depend on a failed step
     #[arg(long)]
     pub keep_going: bool,
     /// Fail instead of adding missing imagegen.lock entries
     #[arg(long)]
     pub locked: bool,
+    /// Let apply write fleet devices: every device of the plan that needs a flash, or with
+    /// DEVICE_ID (repeatable) only those. Without it, wanted flashes are skipped and are no
+    /// pending change
+    #[arg(long = "flash", value_name = "DEVICE_ID", num_args = 0..=1, default_missing_value = "")]
+    pub flash: Vec<String>,
+    /// Write the devices without asking for each device id typed back (on a terminal;
+    /// without one, `--flash` alone is the consent)
+    #[arg(long)]
+    pub yes: bool,
     /// Print the whole plan before running it (default: its summary line)
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -235,8 +305,19 @@ pub enum FlashCommand {
     ///
     /// Refuses partitions, mounted, stacked (device-mapper, md, LVM), system and read-only
     /// disks, and images larger than the disk. Asks for the device name typed back unless
-    /// --force; without a terminal, --force is required.
+    /// --force; without a terminal, --force is required. Every attempt is recorded
+    /// (`imagegen flash list`).
     Image(FlashImageArgs),
+    /// Write a stored artifact to a whole disk and read it back
+    ///
+    /// ARTIFACT is a sha256 prefix (at least 6 hex digits, `imagegen artifacts list`) or
+    /// PROFILE:KIND, the KIND image (`factory`, `sysupgrade`, `combined`, ...) of the
+    /// profile's current build, such as `lab.rpi4.sd:factory`. The same checks, confirmation
+    /// and records as `flash image`.
+    Write(FlashWriteArgs),
+    /// Recorded flashes, newest first, and each device's state (flashed, did not complete,
+    /// partial image, suspect)
+    List(FlashListArgs),
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +326,22 @@ pub struct FlashImageArgs {
     pub image: PathBuf,
     /// The whole disk: `/dev/sdX`, `/dev/mmcblkN` or a `/dev/disk/by-id/...` link
     pub device: PathBuf,
+    #[command(flatten)]
+    pub options: FlashOptionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FlashWriteArgs {
+    /// A sha256 prefix, or PROFILE:KIND (e.g. `lab.rpi4.sd:factory`)
+    pub artifact: String,
+    /// The whole disk: `/dev/sdX`, `/dev/mmcblkN` or a `/dev/disk/by-id/...` link
+    pub device: PathBuf,
+    #[command(flatten)]
+    pub options: FlashOptionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FlashOptionArgs {
     /// Check everything and show what would be written, without writing
     #[arg(long)]
     pub dry_run: bool,
@@ -259,6 +356,16 @@ pub struct FlashImageArgs {
     pub verify: crate::flash::VerifyMode,
 }
 
+#[derive(Debug, Args)]
+pub struct FlashListArgs {
+    /// Only this device: a fleet device id, a device key, a serial or a path
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// At most this many flashes, the newest
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
 fn parse_verify(text: &str) -> Result<crate::flash::VerifyMode, String> {
     text.parse()
         .map_err(|error: crate::error::Error| match error.help {
@@ -269,10 +376,11 @@ fn parse_verify(text: &str) -> Result<crate::flash::VerifyMode, String> {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Profile ids (or select with the filters below)
-    pub profiles: Vec<String>,
+    /// Profile ids (or select with the options below)
+    #[arg(value_name = "PROFILE")]
+    pub profile_ids: Vec<String>,
     #[command(flatten)]
-    pub filter: ProfileFilterArgs,
+    pub selection: SelectionArgs,
     /// Rebuild even when a recorded build with the same key exists
     #[arg(long)]
     pub force: bool,
@@ -350,6 +458,9 @@ pub enum BuildersCommand {
     Info { address: String },
     /// Fetch (verify, unpack) the pinned Image Builders the fleet uses, or the ones given
     Ensure { addresses: Vec<String> },
+    /// Re-hash every file of the cached Image Builders (all, or the ones given) against the
+    /// digest recorded when they were fetched; a changed one is marked broken and fetched again
+    Verify { addresses: Vec<String> },
     /// Remove cached Image Builders that no recorded build uses
     Prune {
         /// Also remove builders that recorded builds use

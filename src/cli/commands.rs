@@ -2,12 +2,14 @@
 
 use serde::Serialize;
 
-use super::args::{FormatArg, PlanArgs, ProfileFilterArgs, ProfilesCommand, ValidateArgs};
+use super::args::{
+    FormatArg, PlanArgs, ProfileFilterArgs, ProfilesCommand, SelectionArgs, ValidateArgs,
+};
 use super::context::Context;
-use crate::error::{Error, Result, exit};
+use crate::error::{Error, Result, exit, printable};
 use crate::manifest::{self, ProfileFilter};
 use crate::ops::{self, PlanRequest, ValidateRequest};
-use crate::plan;
+use crate::plan::{self, FlashPermission, Selection};
 use crate::source::Format;
 
 /// Prints a `Serialize` value as pretty JSON on stdout.
@@ -69,6 +71,8 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
     let workspace = context.workspace()?;
     let request = PlanRequest {
         locked: args.locked,
+        selection: to_selection(&args.selection, &[]),
+        allow_flash: to_permission(&args.flash),
     };
     let plan = ops::plan(&workspace, &request)?;
     if let Some(out) = &args.out {
@@ -77,7 +81,7 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
     if context.json() {
         print_json(&plan)?;
     } else {
-        print!("{}", plan::render_text(&plan, args.verbose));
+        print!("{}", printable(&plan::render_text(&plan, args.verbose)));
         if let Some(out) = &args.out {
             println!(
                 "\nSaved the plan to `{}`; run `imagegen apply {}` to carry it out.",
@@ -91,6 +95,33 @@ pub(crate) fn plan(context: &Context, args: &PlanArgs) -> Result<i32> {
     } else {
         exit::OK
     })
+}
+
+/// The selection options, plus profile ids given as positional arguments (`build`).
+/// `--flash` (alone: every device) and `--flash DEVICE_ID` (repeatable).
+pub(crate) fn to_permission(flags: &[String]) -> FlashPermission {
+    if flags.iter().any(String::is_empty) {
+        return FlashPermission::all();
+    }
+    let mut devices = flags.to_vec();
+    devices.sort();
+    devices.dedup();
+    FlashPermission {
+        all: false,
+        devices,
+    }
+}
+
+pub(crate) fn to_selection(args: &SelectionArgs, profiles: &[String]) -> Selection {
+    let mut ids = profiles.to_vec();
+    ids.extend(args.profiles.iter().cloned());
+    Selection {
+        targets: args.targets.clone(),
+        profiles: ids,
+        tags: args.tags.clone(),
+        release: args.release.clone(),
+        builder: args.builder.clone(),
+    }
 }
 
 pub(crate) fn config(context: &Context) -> Result<i32> {
@@ -227,10 +258,11 @@ fn profiles_list(context: &Context, filter: &ProfileFilterArgs) -> Result<i32> {
     );
     for row in &rows {
         let target = format!("{}/{}", row.target, row.subtarget);
-        println!(
+        let line = format!(
             "{:id_width$}  {:12}  {:24}  {}",
             row.profile_id, row.openwrt_release, target, row.imagebuilder_profile
         );
+        println!("{}", printable(&line));
     }
     Ok(exit::OK)
 }
@@ -242,10 +274,8 @@ fn profiles_show(context: &Context, profile_id: &str) -> Result<i32> {
         print_json(&detail.profile)?;
     } else {
         println!("# {}", detail.file);
-        print!(
-            "{}",
-            manifest::export_profile(&detail.profile, Format::Yaml)?
-        );
+        let text = manifest::export_profile(&detail.profile, Format::Yaml)?;
+        print!("{}", printable(&text));
     }
     Ok(exit::OK)
 }

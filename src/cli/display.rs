@@ -151,6 +151,7 @@ impl Reporter for PlainReporter {
                 address,
                 message,
                 fraction,
+                ..
             } => {
                 let now = Instant::now();
                 let due = state
@@ -256,6 +257,7 @@ impl Reporter for TerminalReporter {
                 address,
                 message,
                 fraction,
+                ..
             } => {
                 if let Some(spinner) = state.running.get(address) {
                     spinner.set_message(format!("{message}{}", percent(*fraction)));

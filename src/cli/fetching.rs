@@ -140,6 +140,28 @@ pub(crate) fn builders(context: &Context, command: BuildersCommand) -> Result<i3
                 }
             }
         }
+        BuildersCommand::Verify { addresses } => {
+            let triples = addresses
+                .iter()
+                .map(|text| Triple::parse(text))
+                .collect::<Result<Vec<_>>>()?;
+            let results = ops::verify_builders(&workspace, &triples)?;
+            if context.json() {
+                print_json(&results)?;
+                return Ok(exit::OK);
+            }
+            for result in &results {
+                let state = match result.state {
+                    ops::TreeState::Intact => "intact",
+                    ops::TreeState::Damaged => "DAMAGED",
+                    ops::TreeState::Unrecorded => {
+                        "no digest recorded (fetched by an older imagegen; prune and fetch it again to get one)"
+                    }
+                    ops::TreeState::Missing => "missing from the cache",
+                };
+                println!("{}  {state}", result.address);
+            }
+        }
         BuildersCommand::Prune { force, dry_run } => {
             let report = ops::prune_builders(&workspace, force, dry_run)?;
             if context.json() {

@@ -7,8 +7,11 @@ mod args;
 mod commands;
 mod context;
 mod display;
+mod explain;
 mod fetching;
 mod flash;
+mod flash_confirm;
+mod flash_observer;
 mod mcp;
 mod records;
 pub(crate) mod report;
@@ -27,7 +30,27 @@ use context::Context;
 /// Runs the command line of this process and returns the exit code.
 pub fn main() -> i32 {
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    run(std::env::args_os().collect(), env)
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let serves = args
+        .get(1..)
+        .unwrap_or_default()
+        .iter()
+        .any(|arg| arg == "serve" || arg == "mcp");
+    if !serves {
+        exit_quietly_on_closed_pipes();
+    }
+    run(args, env)
+}
+
+/// `imagegen builds list | head` must end quietly when the reader goes away, as other Unix
+/// tools do, instead of panicking in `println!`: the default SIGPIPE action does that. The
+/// servers keep Rust's ignored SIGPIPE, so a client that hangs up cannot kill them.
+fn exit_quietly_on_closed_pipes() {
+    // SAFETY: setting a signal's disposition to its default is async-signal-safe and happens
+    // before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Runs one command line with an explicit environment (tests pass their own).
@@ -62,6 +85,8 @@ fn dispatch(context: &Context, command: Command) -> Result<i32, Error> {
         Command::Config => commands::config(context),
         Command::Apply(args) => applying::apply(context, &args),
         Command::Build(args) => applying::build(context, &args),
+        Command::Show(args) => explain::show(context, &args),
+        Command::Graph(args) => explain::graph(context, &args),
         Command::Builds(command) => records::builds(context, command),
         Command::Artifacts(command) => records::artifacts(context, command),
         Command::Gc(args) => records::gc(context, &args),

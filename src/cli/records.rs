@@ -83,6 +83,15 @@ fn print_build(record: &BuildRecord) {
     if let Some(log) = &record.log_path {
         println!("  log           {}", log.display());
     }
+    if let Some(kept) = &record.kept_build_dir {
+        println!("  build tree    {}", kept.display());
+    }
+    for applied in &record.applied_by {
+        println!(
+            "  applied by    {} / {} (at {})",
+            applied.fleet, applied.profile_id, applied.applied_at
+        );
+    }
     if let Some(error) = &record.error {
         println!("  error         {error}");
     }

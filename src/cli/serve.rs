@@ -24,6 +24,7 @@ pub(crate) fn serve(context: &Context, args: &ServeArgs) -> Result<i32> {
         workspace,
         body_limit: args.max_body_bytes,
         store_wait: std::time::Duration::from_millis(args.store_wait_ms),
+        allow_flash: args.allow_flash,
     })?;
     Ok(exit::OK)
 }

@@ -17,7 +17,8 @@ use super::queue::{DependencyQueue, Outcome};
 use super::report::{EVENT_FORMAT_VERSION, ErrorSummary, Event, OutcomeKind, Reporter};
 use super::workers::{Done, Worker, build_pools, elapsed_ms, lane, lane_capacities, with_scopes};
 use super::{
-    ExecOptions, ProgressMessage, RunReport, StepContext, StepOutcome, StepReport, StepSpec,
+    Channels, CheckpointMessage, CheckpointValue, ExecOptions, ProgressMessage, RunReport,
+    StepContext, StepOutcome, StepReport, StepSpec,
 };
 use crate::error::{Error, ErrorCode};
 
@@ -61,12 +62,34 @@ pub fn execute<P: Sync + Send, R: Send>(
     on_finished: impl FnMut(&StepSpec<P>, &StepOutcome<R>) -> Result<(), Error>,
     reporter: &dyn Reporter,
 ) -> RunReport {
+    let refuse = |spec: &StepSpec<P>, _: CheckpointValue| {
+        Err(Error::internal(format!(
+            "step `{}` asked to record something, but this run records only finished steps",
+            spec.address
+        )))
+    };
+    execute_with_checkpoints(steps, options, run_step, on_finished, refuse, reporter)
+}
+
+/// [`execute`], where a running step may also have the coordinator record something before
+/// it goes on ([`StepContext::checkpoint`]): `on_checkpoint` runs on the calling thread,
+/// like `on_finished`, and its answer goes back to the waiting step. So every write of a
+/// run still happens on one thread, also the ones a step needs mid-way (a flash records
+/// `in_progress` between its checks and its first byte).
+pub fn execute_with_checkpoints<P: Sync + Send, R: Send>(
+    steps: Vec<StepSpec<P>>,
+    options: &ExecOptions,
+    run_step: impl Fn(&StepSpec<P>, &StepContext) -> Result<R, Error> + Sync,
+    on_finished: impl FnMut(&StepSpec<P>, &StepOutcome<R>) -> Result<(), Error>,
+    on_checkpoint: impl FnMut(&StepSpec<P>, CheckpointValue) -> Result<CheckpointValue, Error>,
+    reporter: &dyn Reporter,
+) -> RunReport {
     let started = Instant::now();
     reporter.event(&Event::RunStarted {
         format_version: EVENT_FORMAT_VERSION,
         total: steps.len(),
     });
-    let mut coordinator = Coordinator::new(&steps, options, reporter, on_finished);
+    let mut coordinator = Coordinator::new(&steps, options, reporter, on_finished, on_checkpoint);
     let pools = match coordinator
         .validate()
         .and_then(|()| build_pools(&steps, options))
@@ -79,6 +102,12 @@ pub fn execute<P: Sync + Send, R: Send>(
     };
     let (done_sender, done_receiver) = crossbeam_channel::unbounded::<Done<R>>();
     let (progress_sender, progress_receiver) = crossbeam_channel::unbounded::<ProgressMessage>();
+    let (checkpoint_sender, checkpoint_receiver) =
+        crossbeam_channel::unbounded::<CheckpointMessage>();
+    let channels = Channels {
+        progress: progress_sender,
+        checkpoint: checkpoint_sender,
+    };
     let run_step = &run_step;
     let pool_refs: Vec<&ThreadPool> = pools.iter().map(|(_, pool)| pool).collect();
     let lanes: Vec<usize> = pools.iter().map(|(lane, _)| *lane).collect();
@@ -95,23 +124,36 @@ pub fn execute<P: Sync + Send, R: Send>(
                 step,
                 slot,
                 cancel: Arc::clone(&options.cancel),
-                progress: progress_sender.clone(),
+                channels: channels.clone(),
                 done: done_sender.clone(),
             };
             scopes[position].spawn(move |_| worker.run(spec, run_step));
             true
         };
-        coordinator.run(&spawn, &done_receiver, &progress_receiver);
+        let receivers = Receivers {
+            done: &done_receiver,
+            progress: &progress_receiver,
+            checkpoint: &checkpoint_receiver,
+        };
+        coordinator.run(&spawn, &receivers);
     });
     coordinator.into_report(started)
 }
 
+/// What the coordinator listens to.
+struct Receivers<'a, R> {
+    done: &'a Receiver<Done<R>>,
+    progress: &'a Receiver<ProgressMessage>,
+    checkpoint: &'a Receiver<CheckpointMessage>,
+}
+
 /// The state of one run, owned by the calling thread.
-struct Coordinator<'run, P, R, F> {
+struct Coordinator<'run, P, R, F, C> {
     steps: &'run [StepSpec<P>],
     options: &'run ExecOptions,
     reporter: &'run dyn Reporter,
     on_finished: F,
+    on_checkpoint: C,
     queue: DependencyQueue<usize>,
     free_slots: [BTreeSet<usize>; 3],
     busy_devices: BTreeSet<String>,
@@ -126,15 +168,17 @@ struct Coordinator<'run, P, R, F> {
     _result: std::marker::PhantomData<fn() -> R>,
 }
 
-impl<'run, P, R, F> Coordinator<'run, P, R, F>
+impl<'run, P, R, F, C> Coordinator<'run, P, R, F, C>
 where
     F: FnMut(&StepSpec<P>, &StepOutcome<R>) -> Result<(), Error>,
+    C: FnMut(&StepSpec<P>, CheckpointValue) -> Result<CheckpointValue, Error>,
 {
     fn new(
         steps: &'run [StepSpec<P>],
         options: &'run ExecOptions,
         reporter: &'run dyn Reporter,
         on_finished: F,
+        on_checkpoint: C,
     ) -> Self {
         let capacity = lane_capacities(steps, options);
         Coordinator {
@@ -142,6 +186,7 @@ where
             options,
             reporter,
             on_finished,
+            on_checkpoint,
             queue: DependencyQueue::new(),
             free_slots: capacity.map(|slots| (0..slots).collect()),
             busy_devices: BTreeSet::new(),
@@ -197,12 +242,7 @@ where
         self.stop = Some(stop);
     }
 
-    fn run(
-        &mut self,
-        spawn: &dyn Fn(usize, usize) -> bool,
-        done: &Receiver<Done<R>>,
-        progress: &Receiver<ProgressMessage>,
-    ) {
+    fn run(&mut self, spawn: &dyn Fn(usize, usize) -> bool, receivers: &Receivers<R>) {
         loop {
             self.enforce_stops();
             if self.stop.is_none() {
@@ -212,11 +252,14 @@ where
                 break;
             }
             select! {
-                recv(done) -> message => if let Ok(message) = message {
+                recv(receivers.done) -> message => if let Ok(message) = message {
                     self.finish_step(message);
                 },
-                recv(progress) -> message => if let Ok(message) = message {
+                recv(receivers.progress) -> message => if let Ok(message) = message {
                     self.report_progress(message);
+                },
+                recv(receivers.checkpoint) -> message => if let Ok(message) = message {
+                    self.checkpoint(message);
                 },
                 default(CANCEL_POLL) => {}
             }
@@ -271,8 +314,19 @@ where
                 address: self.address(message.step).to_string(),
                 message: message.message,
                 fraction: message.fraction,
+                transfer: message.transfer,
             });
         }
+    }
+
+    /// Records what a running step asked for and answers it (the step waits). A failed
+    /// recording is the step's to handle: it gets the error and decides (a flash then
+    /// writes nothing).
+    fn checkpoint(&mut self, message: CheckpointMessage) {
+        let spec = &self.steps[message.step];
+        let answer = (self.on_checkpoint)(spec, message.request);
+        // The step waits for the answer; it is gone only if its worker panicked meanwhile.
+        let _ = message.reply.send(answer);
     }
 
     /// Notices the cancel flag and failed recordings, and stops scheduling for them.

@@ -14,6 +14,7 @@ pub mod report;
 pub mod signal;
 mod workers;
 
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,8 +22,8 @@ use crossbeam_channel::Sender;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-pub use coordinator::execute;
-pub use report::{Event, OutcomeKind, Reporter};
+pub use coordinator::{execute, execute_with_checkpoints};
+pub use report::{Event, OutcomeKind, Reporter, Transfer};
 pub use signal::install_interrupt_handler;
 
 use crate::error::{Error, ErrorCode};
@@ -121,14 +122,34 @@ pub(crate) struct ProgressMessage {
     pub(crate) step: usize,
     pub(crate) message: String,
     pub(crate) fraction: Option<f64>,
+    pub(crate) transfer: Option<Transfer>,
 }
 
-/// What a running step may use: its slot, a progress handle and the cancel flag.
+/// What a checkpoint carries either way: the caller's own types, which the executor does
+/// not know (as it does not know payloads or results).
+pub type CheckpointValue = Box<dyn Any + Send>;
+
+/// A running step's request that the coordinator record something *now*, before the step
+/// goes on (a flash's `in_progress` record before its first byte), and the way back.
+pub(crate) struct CheckpointMessage {
+    pub(crate) step: usize,
+    pub(crate) request: CheckpointValue,
+    pub(crate) reply: Sender<Result<CheckpointValue, Error>>,
+}
+
+/// The channels a step attached to a coordinator talks on.
+#[derive(Clone)]
+pub(crate) struct Channels {
+    pub(crate) progress: Sender<ProgressMessage>,
+    pub(crate) checkpoint: Sender<CheckpointMessage>,
+}
+
+/// What a running step may use: its slot, a progress handle, checkpoints and the cancel flag.
 pub struct StepContext {
     step: usize,
     slot: usize,
     cancel: Arc<AtomicBool>,
-    progress: Option<Sender<ProgressMessage>>,
+    channels: Option<Channels>,
 }
 
 impl StepContext {
@@ -139,7 +160,7 @@ impl StepContext {
             step: 0,
             slot,
             cancel,
-            progress: None,
+            channels: None,
         }
     }
 
@@ -147,13 +168,13 @@ impl StepContext {
         step: usize,
         slot: usize,
         cancel: Arc<AtomicBool>,
-        progress: Sender<ProgressMessage>,
+        channels: Channels,
     ) -> StepContext {
         StepContext {
             step,
             slot,
             cancel,
-            progress: Some(progress),
+            channels: Some(channels),
         }
     }
 
@@ -165,17 +186,53 @@ impl StepContext {
 
     /// Reports what the step is doing; `fraction` is clamped to 0..=1 and dropped if not finite.
     pub fn progress(&self, message: &str, fraction: Option<f64>) {
-        if let Some(progress) = &self.progress {
+        self.send_progress(message, fraction, None);
+    }
+
+    /// Like [`StepContext::progress`], with the bytes moved so far (a flash).
+    pub fn transfer(&self, message: &str, fraction: Option<f64>, transfer: Transfer) {
+        self.send_progress(message, fraction, Some(transfer));
+    }
+
+    fn send_progress(&self, message: &str, fraction: Option<f64>, transfer: Option<Transfer>) {
+        if let Some(channels) = &self.channels {
             let fraction = fraction
                 .filter(|fraction| fraction.is_finite())
                 .map(|fraction| fraction.clamp(0.0, 1.0));
             // The coordinator outlives every worker; a failed send means it is gone anyway.
-            let _ = progress.send(ProgressMessage {
+            let _ = channels.progress.send(ProgressMessage {
                 step: self.step,
                 message: message.to_string(),
                 fraction,
+                transfer,
             });
         }
+    }
+
+    /// Has the coordinator record `request` now (through the run's `on_checkpoint`, on the
+    /// coordinator thread, like every other write of the run) and waits for its answer. For
+    /// facts that must be durable before the step goes on; a step outside an executor
+    /// ([`StepContext::detached`]) cannot record anything and gets an error.
+    pub fn checkpoint<T: Any + Send, U: Any>(&self, request: T) -> Result<U, Error> {
+        let Some(channels) = &self.channels else {
+            return Err(Error::internal("a step outside the executor cannot record"));
+        };
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        channels
+            .checkpoint
+            .send(CheckpointMessage {
+                step: self.step,
+                request: Box::new(request),
+                reply,
+            })
+            .map_err(|_| Error::internal("the coordinator is gone"))?;
+        let value = answer
+            .recv()
+            .map_err(|_| Error::internal("the coordinator did not answer a checkpoint"))??;
+        value
+            .downcast::<U>()
+            .map(|value| *value)
+            .map_err(|_| Error::internal("a checkpoint's answer has the wrong type"))
     }
 
     /// True once the run is interrupted: stop (kill child processes) and return an error,

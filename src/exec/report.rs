@@ -61,6 +61,21 @@ impl From<&Error> for ErrorSummary {
     }
 }
 
+/// How far a step that moves bytes is (a flash: wiping, writing, reading back).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Transfer {
+    /// Bytes done in the current phase.
+    pub bytes: u64,
+    /// Bytes the phase will move, when known (a gzip image's size is known only at its end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// The phase's average rate so far.
+    pub bytes_per_second: f64,
+    /// Seconds left, when the total is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
+}
+
 /// One thing that happened during a run. Serialized as one JSON object per line, tagged by
 /// `event`; the schema is documented in `docs/executor.md`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -86,6 +101,9 @@ pub enum Event {
         /// Between 0 and 1 when the step knows how far it is.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fraction: Option<f64>,
+        /// Bytes moved so far, of how many, how fast (flash steps).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transfer: Option<Transfer>,
     },
     StepFinished {
         address: String,
@@ -221,6 +239,7 @@ pub(crate) mod test_support {
                 address: "build.a".into(),
                 message: "make image".into(),
                 fraction: Some(0.5),
+                transfer: None,
             },
             Event::StepFinished {
                 address: "build.a".into(),

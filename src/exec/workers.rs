@@ -13,7 +13,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 use rayon::{Scope, ThreadPool, ThreadPoolBuilder};
 
-use super::{ExecOptions, Pool, ProgressMessage, StepContext, StepSpec};
+use super::{Channels, ExecOptions, Pool, StepContext, StepSpec};
 use crate::error::Error;
 
 /// Index of a pool kind in the per-kind arrays.
@@ -98,7 +98,7 @@ pub(crate) struct Worker<R> {
     pub(crate) step: usize,
     pub(crate) slot: usize,
     pub(crate) cancel: Arc<AtomicBool>,
-    pub(crate) progress: Sender<ProgressMessage>,
+    pub(crate) channels: Channels,
     pub(crate) done: Sender<Done<R>>,
 }
 
@@ -108,7 +108,7 @@ impl<R> Worker<R> {
         spec: &StepSpec<P>,
         run_step: &(impl Fn(&StepSpec<P>, &StepContext) -> Result<R, Error> + Sync),
     ) {
-        let context = StepContext::attached(self.step, self.slot, self.cancel, self.progress);
+        let context = StepContext::attached(self.step, self.slot, self.cancel, self.channels);
         let started = Instant::now();
         let result = panic::catch_unwind(AssertUnwindSafe(|| run_step(spec, &context)))
             .unwrap_or_else(|payload| Err(panic_error(&spec.address, payload.as_ref())));

@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::mounts::Usage;
 
@@ -70,11 +71,12 @@ impl std::fmt::Display for DevNumber {
 
 /// One whole disk as the kernel describes it. `imagegen devices` lists these; a flash
 /// plan shows the one it would overwrite.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceInfo {
     /// The kernel name (`sdb`, `mmcblk0`, `loop3`): what a confirmation asks to type back.
     pub name: String,
     /// The device node (`/dev/sdb`).
+    #[schema(value_type = String)]
     pub node: PathBuf,
     /// `major:minor`.
     pub dev: String,
@@ -89,12 +91,14 @@ pub struct DeviceInfo {
     pub transport: Option<String>,
     /// Stable links in `/dev/disk/by-id` that point at this disk.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub by_id: Vec<PathBuf>,
     pub removable: bool,
     pub rotational: bool,
     pub read_only: bool,
     /// The file behind a loop device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub backing_file: Option<PathBuf>,
     #[serde(default)]
     pub partitions: Vec<PartitionInfo>,
@@ -111,9 +115,10 @@ pub struct DeviceInfo {
 }
 
 /// One partition of a disk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PartitionInfo {
     pub name: String,
+    #[schema(value_type = String)]
     pub node: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<u32>,
@@ -207,15 +212,7 @@ pub(crate) fn parent_disk_name(partition_dir: &Path) -> Option<String> {
 
 /// Every whole disk with media (size > 0), sorted by name, described with `usage`.
 pub(crate) fn list_disks(host: &Host, usage: &Usage) -> Vec<DeviceInfo> {
-    let Ok(entries) = fs::read_dir(host.path("/sys/block")) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    list_names(&host.path("/sys/block"))
         .iter()
         .filter_map(|name| describe_disk(host, name, usage))
         // Empty card readers and unused loop devices have no medium to write; hidden

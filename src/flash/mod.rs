@@ -8,12 +8,15 @@
 //! the image (`size` reads recorded sizes); `plan` describes what will happen; `target`
 //! opens the disk exclusively for direct I/O; `run` drives `write` (wipe, write) and
 //! `verify` (read back, compare). This module never touches the state store and never
-//! unmounts anything.
+//! unmounts anything: `recording` builds the records of an attempt around the engine and
+//! hands them to a [`FlashLedger`] (the flash operations in `ops::flash` write them to the
+//! store, `apply` through the executor's coordinator).
 
 mod device;
 mod mounts;
 mod plan;
 mod preflight;
+mod recording;
 mod run;
 mod size;
 mod source;
@@ -28,14 +31,20 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 pub use device::{DeviceInfo, Host, PartitionInfo, format_size};
 pub use plan::FlashPlan;
+#[cfg(test)]
+pub(crate) use recording::ended_record;
+pub use recording::{FlashLedger, FlashSource};
+pub(crate) use recording::{Recorder, device_key, fleet_devices};
 pub use source::{ImageFormat, ImageInfo};
 pub use verify::Verification;
 pub use verify_mode::VerifyMode;
 
 use crate::error::Result;
+use crate::exec::Transfer;
 use crate::exec::report::ErrorSummary;
 use preflight::Target;
 use target::DeviceFile;
@@ -58,7 +67,7 @@ pub struct FlashOptions {
     pub cancel: Option<Arc<AtomicBool>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlashPhase {
     Wiping,
@@ -79,7 +88,7 @@ impl FlashPhase {
 }
 
 /// Where a flash is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashProgress {
     pub phase: FlashPhase,
     /// Bytes done in this phase.
@@ -95,8 +104,20 @@ pub struct FlashProgress {
     pub eta_seconds: Option<f64>,
 }
 
+impl FlashProgress {
+    /// The amounts as a run event carries them.
+    pub fn transfer(&self) -> Transfer {
+        Transfer {
+            bytes: self.bytes,
+            total: self.total,
+            bytes_per_second: self.bytes_per_second,
+            eta_seconds: self.eta_seconds,
+        }
+    }
+}
+
 /// The result of a flash (or of a dry run).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashReport {
     pub plan: FlashPlan,
     pub dry_run: bool,
@@ -117,6 +138,10 @@ pub trait FlashObserver {
     /// first byte is written. An error aborts the flash with nothing written.
     fn confirm(&mut self, plan: &FlashPlan) -> Result<()>;
 
+    /// Called once after a successful [`FlashObserver::confirm`], right before the first
+    /// byte is written (progress displays start here).
+    fn started(&mut self, _plan: &FlashPlan) {}
+
     /// Called after every block and at each phase change, on the calling thread.
     fn progress(&mut self, _progress: &FlashProgress) {}
 
@@ -128,7 +153,7 @@ pub trait FlashObserver {
 }
 
 /// A disk `imagegen devices` lists, with the reason a flash would refuse it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceCandidate {
     #[serde(flatten)]
     pub device: DeviceInfo,
@@ -146,6 +171,13 @@ pub fn list_devices(host: &Host) -> Vec<DeviceCandidate> {
             device,
         })
         .collect()
+}
+
+/// What a flash would find out about an image file before writing: its format and, when
+/// recorded, its decompressed size. Refuses files a flash would refuse (missing, not a
+/// regular file, empty, an unsupported compression).
+pub fn inspect_image(path: &std::path::Path) -> Result<ImageInfo> {
+    source::inspect(path)
 }
 
 /// Flashes `options.image` onto `options.device`: pre-flight checks, confirmation, optional
@@ -176,6 +208,7 @@ pub fn flash(
     check_size(&image, &target)?;
     let plan = plan::describe(options, &target, &image);
     observer.confirm(&plan)?;
+    observer.started(&plan);
     let done = run::execute(&device, options, &image, observer)?;
     device.reread_partitions();
     Ok(run::report(plan, false, done, started))

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::device::{DeviceInfo, format_size};
 use super::preflight::Target;
@@ -12,14 +13,16 @@ use super::write::WIPE_BYTES;
 use super::{FlashOptions, VerifyMode};
 
 /// What a flash will do, shown before the confirmation and by `--dry-run`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FlashPlan {
     /// The device path as given.
+    #[schema(value_type = String)]
     pub device_path: PathBuf,
     /// The disk it resolved to; everything on it is destroyed.
     pub device: DeviceInfo,
     pub image: ImageInfo,
     pub wipe: bool,
+    #[schema(value_type = String)]
     pub verify: VerifyMode,
     /// Bytes that will be written, when known before writing.
     #[serde(default, skip_serializing_if = "Option::is_none")]

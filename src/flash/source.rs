@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::size;
 use crate::error::{Error, ErrorCode, Result};
@@ -21,7 +22,7 @@ const INPUT_BUFFER: usize = 1024 * 1024;
 /// liblzma's limit: `xz -9` needs 65 MiB; anything beyond that is not an image we expect.
 const XZ_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageFormat {
     Raw,
@@ -42,8 +43,9 @@ impl ImageFormat {
 }
 
 /// An image file as a flash sees it before writing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImageInfo {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub format: ImageFormat,
     /// Bytes of the file itself.
@@ -216,19 +218,7 @@ impl<R: BufRead> Read for GzipMembers<R> {
     }
 }
 
-/// Reads until `buffer` is full or the stream ends; returns the bytes read.
-pub(crate) fn read_up_to(reader: &mut dyn Read, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match reader.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(length) => filled += length,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(filled)
-}
+pub(crate) use crate::fsutil::read_up_to;
 
 /// Counts the decompressed bytes of an image whose format does not record them (gzip),
 /// for `--dry-run`, which may read the image but must not write anything.

@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use utoipa::ToSchema;
 
 use super::target::{AlignedBuffer, DeviceFile};
 use super::write::{BLOCK, BUFFERS, Digest, HASHERS};
 use crate::error::{Error, ErrorCode, Result};
 
 /// A passed verification.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Verification {
     /// Bytes read back and compared, from the start of the device.
     pub bytes: u64,

@@ -130,7 +130,7 @@ pub fn ensure(
     triple: &Triple,
     progress: &mut dyn FnMut(FetchProgress),
 ) -> Result<Ensured> {
-    if let Some(path) = ready_path(store, pinned, triple)? {
+    if let Some(path) = ready_path(store, pinned, triple, settings.verify_signatures.value)? {
         return Ok(Ensured {
             address: triple.address(),
             path,
@@ -152,13 +152,20 @@ pub fn ensure(
 }
 
 /// The unpacked tree of a recorded, ready builder matching the `pinned` archive sha256 (any,
-/// when nothing is pinned), if there is one.
-pub fn ready_path(store: &Store, pinned: Option<&str>, triple: &Triple) -> Result<Option<PathBuf>> {
+/// when nothing is pinned), if there is one. With `require_verified`, a builder fetched while
+/// signature verification was off does not count: it must be verified first.
+pub fn ready_path(
+    store: &Store,
+    pinned: Option<&str>,
+    triple: &Triple,
+    require_verified: bool,
+) -> Result<Option<PathBuf>> {
     let record = store.read()?.builder(triple)?;
     Ok(record.and_then(|record| {
         let matches = pinned.is_none_or(|sha256| sha256 == record.archive_sha256);
+        let verified = !require_verified || record.key_id.is_some();
         let path = record.path.filter(|path| path.is_dir())?;
-        (record.status == BuilderStatus::Ready && matches).then_some(path)
+        (record.status == BuilderStatus::Ready && matches && verified).then_some(path)
     }))
 }
 
@@ -173,6 +180,12 @@ pub fn fetch_pinned(
 ) -> Result<BuilderRecord> {
     require_mirror(settings, &format!("fetch Image Builder {triple}"))?;
     let metadata = fetch_metadata(settings, triple)?;
+    if metadata.key_id.is_none() {
+        tracing::warn!(
+            builder = %triple,
+            "Image Builder is NOT signature-verified: `verify_signatures` is off, so only the mirror's own sha256sums vouches for it"
+        );
+    }
     if let Some(pinned) = pinned
         && pinned != metadata.archive_sha256
     {
@@ -197,6 +210,7 @@ pub fn fetch_pinned(
         progress,
     )?;
     let now = crate::state::unix_now();
+    let tree_digest = entry_dir(&path).and_then(super::download::recorded_tree_digest);
     Ok(BuilderRecord {
         triple: triple.clone(),
         archive: metadata.archive.clone(),
@@ -210,7 +224,13 @@ pub fn fetch_pinned(
         first_used: previous.map_or(now, |record| record.first_used),
         last_used: now,
         error: None,
+        tree_digest,
     })
+}
+
+/// The cache entry (the directory holding the completion marker) of an unpacked tree.
+pub fn entry_dir(tree: &Path) -> Option<&Path> {
+    tree.parent()
 }
 
 /// Bytes used by a tree (regular files), for display.

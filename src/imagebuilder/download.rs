@@ -95,7 +95,7 @@ pub fn fetch_builder(
     create_dirs(parent)?;
     remove_stale_staging(parent, &metadata.archive_sha256[..16]);
     let part = downloads.join(format!("{}.part", metadata.archive_sha256));
-    let staging = match attempt(client, metadata, parent, &part, &top, progress) {
+    let (staging, tree_digest) = match attempt(client, metadata, parent, &part, &top, progress) {
         Err(Failure::Mismatch {
             error,
             resumed: true,
@@ -108,8 +108,15 @@ pub fn fetch_builder(
         other => other.map_err(Failure::into_error)?,
     };
     remove_file_if_exists(&part);
-    install(staging, &final_dir, metadata, progress)?;
+    install(staging, &final_dir, metadata, &tree_digest, progress)?;
     Ok(final_dir.join(top))
+}
+
+/// The tree digest the completion marker of a cache entry recorded, if any.
+pub fn recorded_tree_digest(entry: &Path) -> Option<String> {
+    let bytes = fs::read(entry.join(COMPLETE_MARKER)).ok()?;
+    let marker: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    marker.get("tree_digest")?.as_str().map(str::to_string)
 }
 
 /// True when `dir` holds a complete unpacked Image Builder.
@@ -144,7 +151,7 @@ fn attempt(
     part: &Path,
     top: &str,
     progress: &mut dyn FnMut(FetchProgress),
-) -> Result<tempfile::TempDir, Failure> {
+) -> Result<(tempfile::TempDir, String), Failure> {
     let staging = tempfile::Builder::new()
         .prefix(&format!(
             "{STAGING_PREFIX}{}-",
@@ -193,14 +200,14 @@ fn attempt(
         .with_help("the mirror may be mid-sync or corrupt; retry later or use another mirror");
         return Err(Failure::Mismatch { error, resumed });
     }
-    unpacked.map_err(|error| {
+    let stats = unpacked.map_err(|error| {
         remove_file_if_exists(part);
         Error {
             message: format!("unpacking {}: {}", metadata.archive, error.message),
             ..error
         }
     })?;
-    Ok(staging)
+    Ok((staging, stats.tree_digest))
 }
 
 fn decompress_and_unpack(
@@ -257,7 +264,7 @@ fn pipelined_extract(
         // decompression bomb must not keep the CPU busy. The caller hashes the compressed rest.
         let decoded = loop {
             let mut chunk = vec![0u8; PIPE_CHUNK];
-            match read_up_to(decoder, &mut chunk) {
+            match crate::fsutil::read_up_to(decoder, &mut chunk) {
                 Ok(0) => break Ok(()),
                 Ok(length) => {
                     chunk.truncate(length);
@@ -282,20 +289,6 @@ fn pipelined_extract(
         })?;
         Ok(extracted)
     })
-}
-
-/// Fills `buffer` as far as the reader allows; 0 only at the end of the stream.
-fn read_up_to(reader: &mut dyn Read, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match reader.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(length) => filled += length,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(filled)
 }
 
 /// The extractor's view of the pipe: a `Read` over the chunks the decoder sends.
@@ -453,6 +446,7 @@ fn install(
     staging: tempfile::TempDir,
     final_dir: &Path,
     metadata: &TargetMetadata,
+    tree_digest: &str,
     progress: &mut dyn FnMut(FetchProgress),
 ) -> Result<()> {
     progress(FetchProgress {
@@ -471,6 +465,7 @@ fn install(
         "key_id": metadata.key_id,
         "version_code": metadata.version_code,
         "url": metadata.url_of_archive,
+        "tree_digest": tree_digest,
     });
     write_synced(
         &staging.path().join(COMPLETE_MARKER),

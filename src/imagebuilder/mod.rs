@@ -14,6 +14,7 @@ pub mod keys;
 mod limits;
 pub mod metadata;
 pub mod mirror;
+pub mod tree;
 pub mod unpack;
 pub mod usign;
 

@@ -30,13 +30,15 @@ const MAX_SYMLINK_HOPS: u32 = 64;
 const MAX_PATH_LEN: usize = 4096;
 
 /// Counts of what was extracted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct UnpackStats {
     pub files: u64,
     pub directories: u64,
     pub symlinks: u64,
     pub hardlinks: u64,
     pub bytes: u64,
+    /// The content digest of the tree (see [`super::tree`]).
+    pub tree_digest: String,
 }
 
 /// The archive's expected top directory: its name without `.tar.xz` / `.tar.zst`.
@@ -72,6 +74,7 @@ pub fn extract(
         buffer: vec![0u8; COPY_BUFFER],
         limits: *limits,
         budget: Rc::clone(&budget),
+        digest: super::tree::TreeDigest::default(),
     };
     let mut archive = tar::Archive::new(BudgetReader {
         inner: reader,
@@ -123,6 +126,7 @@ struct Extractor {
     limits: ArchiveLimits,
     /// Shared with the [`BudgetReader`] under the tar reader.
     budget: Rc<Cell<u64>>,
+    digest: super::tree::TreeDigest,
 }
 
 impl Extractor {
@@ -277,6 +281,7 @@ impl Extractor {
             .open(&full)
             .map_err(|error| Error::io("creating", &full, error))?;
         let mut written: u64 = 0;
+        let mut content = blake3::Hasher::new();
         loop {
             let read = match entry.read(&mut self.buffer) {
                 Ok(0) => break,
@@ -291,7 +296,9 @@ impl Extractor {
             self.check_sizes(raw, written, self.stats.bytes)?;
             file.write_all(&self.buffer[..read])
                 .map_err(|error| Error::io("writing", &full, error))?;
+            content.update(&self.buffer[..read]);
         }
+        self.digest.file(rel, mode, &content.finalize());
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|error| Error::io("setting the mode of", &full, error))?;
         let _ = file.set_modified(time_from(mtime));
@@ -335,6 +342,7 @@ impl Extractor {
         let full = self.root.join(&rel);
         std::os::unix::fs::symlink(target, &full)
             .map_err(|error| Error::io("creating the symlink", &full, error))?;
+        self.digest.symlink(&rel, target);
         self.symlinks.push(rel);
         self.stats.symlinks += 1;
         Ok(())
@@ -375,6 +383,7 @@ impl Extractor {
         let full = self.root.join(rel);
         fs::hard_link(&target_full, &full)
             .map_err(|error| Error::io("creating the hardlink", &full, error))?;
+        self.digest.hardlink(rel, &target_rel);
         self.stats.hardlinks += 1;
         Ok(())
     }
@@ -413,6 +422,12 @@ impl Extractor {
                 let _ = dir.set_modified(time_from(*mtime));
             }
         }
+        for rel in &self.known_dirs {
+            if !rel.as_os_str().is_empty() {
+                self.digest.directory(rel);
+            }
+        }
+        self.stats.tree_digest = self.digest.finish();
         Ok(self.stats)
     }
 }

@@ -191,6 +191,11 @@ mod tests {
             provenance: false,
             created_by: Some("Jürgen <j@example.org>".into()),
             notes: Some("line one\n  indented: \"quoted\" # not a comment\n\ttab\n".into()),
+            meta: Some(crate::manifest::ProfileMeta {
+                created_at: Some("2025-11-28T12:34:56Z".into()),
+                updated_at: None,
+                created_by: Some("ai:github-copilot".into()),
+            }),
         }
     }
 
@@ -223,6 +228,7 @@ mod tests {
             provenance: true,
             created_by: None,
             notes: None,
+            meta: None,
         }
     }
 

@@ -17,10 +17,10 @@ pub(crate) use fleet::check_manifest_text;
 pub use fleet::{Device, FlashTarget, Fleet, VerifyMode, load_fleet};
 pub use profile::{
     BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile, ProfileFilter,
-    is_snapshot_release,
+    ProfileMeta, is_snapshot_release,
 };
 pub use read::{load_profile, parse_profile};
-pub use rules::{is_valid_id, is_valid_release};
+pub use rules::{is_valid_id, is_valid_release, normalize_release};
 
 /// The fleet manifest's file name.
 pub const MANIFEST_FILE_NAME: &str = "imagegen.toml";

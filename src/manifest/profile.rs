@@ -64,6 +64,22 @@ pub struct Profile {
     pub created_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
+    /// The bookkeeping block the original tool's exports carry (`meta`); kept for people and
+    /// round trips, never used to build anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<ProfileMeta>,
+}
+
+/// `meta` as the original tool exported it: when and by whom the profile was made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 impl Profile {

@@ -6,11 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::names;
-use super::profile::{BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile};
+use super::profile::{
+    BuildDefaults, FileEntry, Filesystem, LoadedProfile, Policies, Profile, ProfileMeta,
+};
 use super::rules::{
     check_builder_name, check_destination, check_id, check_name, check_owner, check_relative_path,
-    check_release, check_snapshot_policy, check_word, non_empty, parse_mode_text, read_bin_dir,
-    read_relative_path,
+    check_release, check_snapshot_policy, check_word, non_empty, normalize_release,
+    parse_mode_text, read_bin_dir, read_relative_path,
 };
 use crate::error::{Location, Problem, Problems};
 use crate::source::{
@@ -42,7 +44,9 @@ const PROFILE_FIELDS: &[&str] = &[
     "provenance",
     "created_by",
     "notes",
+    "meta",
 ];
+const META_FIELDS: &[&str] = &["created_at", "updated_at", "created_by"];
 const FILE_FIELDS: &[&str] = &["source", "destination", "mode", "owner"];
 const POLICY_FIELDS: &[&str] = &[
     "filesystem",
@@ -130,7 +134,10 @@ fn read_profile(mut reader: MapReader<'_, '_>) -> Option<Profile> {
             "a device model slug without whitespace",
         );
     }
-    let release = reader.string("openwrt_release");
+    // The original tool wrote `snapshot`; upstream's name is `SNAPSHOT`.
+    let release = reader
+        .string("openwrt_release")
+        .map(|release| Spanned::new(normalize_release(&release.value), release.span));
     if let Some(release) = &release {
         check_release(&mut reader, release);
     }
@@ -163,6 +170,7 @@ fn read_profile(mut reader: MapReader<'_, '_>) -> Option<Profile> {
     let provenance = reader.opt_bool("provenance").is_none_or(|flag| flag.value);
     let created_by = text(&mut reader, "created_by");
     let notes = text(&mut reader, "notes");
+    let meta = read_meta(&mut reader);
     reader.finish(PROFILE_FIELDS);
     Some(Profile {
         profile_id: profile_id?.value,
@@ -189,7 +197,24 @@ fn read_profile(mut reader: MapReader<'_, '_>) -> Option<Profile> {
         provenance,
         created_by,
         notes,
+        meta: meta?,
     })
+}
+
+/// The original tool's export bookkeeping: free text, kept as written.
+fn read_meta(reader: &mut MapReader<'_, '_>) -> Option<Option<ProfileMeta>> {
+    if reader.node("meta").is_none() {
+        return Some(None);
+    }
+    let mut meta = reader.nested("meta")?;
+    let mut text = |key| meta.opt_string(key).map(|text| text.value);
+    let result = ProfileMeta {
+        created_at: text("created_at"),
+        updated_at: text("updated_at"),
+        created_by: text("created_by"),
+    };
+    meta.finish(META_FIELDS);
+    Some(Some(result))
 }
 
 fn read_tags(reader: &mut MapReader<'_, '_>) -> Vec<String> {
@@ -590,6 +615,32 @@ mod tests {
             BASE.replace("\"23.05.4\"", "SNAPSHOT")
         );
         assert!(profile(&allowed).is_snapshot());
+    }
+
+    #[test]
+    fn the_original_tools_snapshot_spellings_are_normalised() {
+        for (written, normalised) in [
+            ("\"snapshot\"", "SNAPSHOT"),
+            ("Snapshot", "SNAPSHOT"),
+            ("\"24.10-snapshot\"", "24.10-SNAPSHOT"),
+            ("SNAPSHOT", "SNAPSHOT"),
+        ] {
+            let text = format!(
+                "{}policies:\n  allow_snapshot: true\n",
+                BASE.replace("\"23.05.4\"", written)
+            );
+            assert_eq!(profile(&text).openwrt_release, normalised, "{written}");
+        }
+        assert_eq!(
+            replaced("\"23.05.4\"", "\"snapshot\""),
+            ["4:18: release `SNAPSHOT` is a snapshot, which the profile does not allow"]
+        );
+        assert_eq!(crate::manifest::normalize_release("23.05.4"), "23.05.4");
+        assert_eq!(
+            crate::manifest::normalize_release("x-snapshot"),
+            "x-SNAPSHOT"
+        );
+        assert_eq!(crate::manifest::normalize_release("é"), "é");
     }
 
     #[test]

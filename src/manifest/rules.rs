@@ -60,6 +60,23 @@ pub(crate) fn check_id(reader: &mut MapReader<'_, '_>, field: &str, id: &Spanned
     }
 }
 
+/// The original tool's spellings of snapshot releases, normalised: `snapshot` in any case is
+/// `SNAPSHOT`, `24.10-snapshot` is `24.10-SNAPSHOT` (upstream's directory names). Any other
+/// text is returned as written, for [`is_valid_release`] to judge.
+pub fn normalize_release(release: &str) -> String {
+    const SUFFIX: &str = "-snapshot";
+    if release.eq_ignore_ascii_case("snapshot") {
+        return "SNAPSHOT".to_string();
+    }
+    let split = release.len().checked_sub(SUFFIX.len());
+    match split.and_then(|at| release.get(at..).map(|suffix| (at, suffix))) {
+        Some((at, suffix)) if suffix.eq_ignore_ascii_case(SUFFIX) => {
+            format!("{}-SNAPSHOT", &release[..at])
+        }
+        _ => release.to_string(),
+    }
+}
+
 /// OpenWrt release shapes: `23.05.4`, `24.10.0-rc2`, `SNAPSHOT`, `24.10-SNAPSHOT`.
 pub fn is_valid_release(release: &str) -> bool {
     let numbers = |text: &str, count: usize| {

@@ -9,6 +9,7 @@
 //! moves the protocol onto private descriptors first, so a stray print or a child process
 //! cannot corrupt the protocol stream.
 
+mod flash;
 mod params;
 mod progress;
 mod reply;

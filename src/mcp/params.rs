@@ -84,6 +84,7 @@ impl From<PlanParams> for PlanRequest {
     fn from(params: PlanParams) -> PlanRequest {
         PlanRequest {
             locked: params.locked,
+            ..PlanRequest::default()
         }
     }
 }
@@ -213,4 +214,27 @@ pub(crate) struct EnsureBuilderParams {
     /// empty, every Image Builder the fleet uses.
     #[serde(default)]
     pub addresses: Vec<String>,
+}
+
+/// Arguments of `flash_artifact`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FlashArtifactParams {
+    /// The artifact: `PROFILE:KIND`, the KIND image (`factory`, `sysupgrade`, `combined`, ...)
+    /// of the profile's current build such as `lab.rpi4.sd:factory`, or a sha256 prefix of
+    /// at least 6 hex digits.
+    pub artifact: String,
+    /// The whole disk to write: `/dev/sdX`, `/dev/mmcblkN` or a `/dev/disk/by-id/...` link.
+    pub device: String,
+    /// Really write the device. Honoured only when the server was started with
+    /// `imagegen mcp --allow-flash`; otherwise (and by default) the call is a dry run that
+    /// checks everything and returns what would be written where.
+    #[serde(default)]
+    pub force: bool,
+    /// Zero the first and last MiB of the disk first (MBR, primary and backup GPT).
+    #[serde(default)]
+    pub wipe: bool,
+    /// Read-back verification: `full` (the default), `prefix:<MiB>` or `none`.
+    #[serde(default)]
+    pub verify: Option<String>,
 }

@@ -154,6 +154,7 @@ impl Tally {
                 address,
                 message,
                 fraction,
+                ..
             } => {
                 let before = self.running.get(address).copied().unwrap_or(0.0);
                 if let Some(fraction) = fraction {
@@ -243,6 +244,7 @@ mod tests {
             address: address.into(),
             message: "working".into(),
             fraction,
+            transfer: None,
         };
         let finished = |address: &str| Event::StepFinished {
             address: address.into(),

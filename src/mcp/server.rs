@@ -23,6 +23,8 @@ The fleet is imagegen.toml plus one profile file per device build recipe (read t
 Typical use: `validate` after editing files (problems come with file:line:col), `plan` to see what \
 would be fetched and built and why, `build_image` or `apply` to build, `list_artifacts` for the images. \
 Builds are cached by build key: building an unchanged profile again reuses the recorded images. \
+`flash_artifact` writes an image to a disk only with `force: true` on a server started with \
+`--allow-flash`; otherwise it is a dry run that shows what would be written where. \
 Failed tools return isError with a stable `error.code`.";
 
 /// The MCP server: configuration and the tool router. Cheap to clone (rmcp clones it per
@@ -47,12 +49,11 @@ impl ImagegenServer {
                 config,
                 shutdown: CancellationToken::new(),
             }),
-            tool_router: Self::tools(),
+            tool_router: Self::tools() + Self::flash_tools(),
         }
     }
 
     /// Whether flashing tools may write to devices (`imagegen mcp --allow-flash`).
-    #[allow(dead_code)] // read by `flash_artifact` once the flash operation lands
     pub(crate) fn allow_flash(&self) -> bool {
         self.state.config.allow_flash
     }

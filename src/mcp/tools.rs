@@ -3,9 +3,9 @@
 //! and renders the report with [`reply`]; the only code here is that wiring and the
 //! one-paragraph summaries. The doc comment of each tool is its description for agents.
 //!
-//! Adding a tool (`flash_artifact` once the flash operation exists): an arguments type in
-//! `params.rs`, one `#[tool]` method below that calls the operation; it is listed and
-//! routed automatically. The server's `allow_flash` says whether `--allow-flash` was given.
+//! Adding a tool: an arguments type in `params.rs`, one `#[tool]` method below that calls
+//! the operation; it is listed and routed automatically. `flash_artifact` lives in
+//! [`super::flash`] with its own router, combined in `ImagegenServer::new`.
 
 use std::sync::Arc;
 
@@ -31,6 +31,7 @@ use crate::ops::{
     Workspace,
 };
 use crate::plan;
+use crate::plan::Selection;
 use crate::triple::Triple;
 
 #[tool_router(router = tools, vis = "pub(crate)")]
@@ -129,7 +130,10 @@ impl ImagegenServer {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let request = BuildRequest {
-            profiles: vec![params.profile_id],
+            selection: Selection {
+                profiles: vec![params.profile_id],
+                ..Selection::default()
+            },
             force: params.force,
             ..BuildRequest::default()
         };
@@ -168,7 +172,10 @@ impl ImagegenServer {
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let request = BuildRequest {
-            profiles: params.profiles,
+            selection: Selection {
+                profiles: params.profiles,
+                ..Selection::default()
+            },
             filter: params.filter.into(),
             force: params.force,
             keep_going: !params.fail_fast,
@@ -382,7 +389,7 @@ impl ImagegenServer {
                 let hooks = RunHooks {
                     cancel: flag,
                     reporter: &forwarder,
-                    on_plan: &|_| {},
+                    on_plan: &|_| Ok(()),
                 };
                 operation(workspace, &hooks, &forwarder)
             })

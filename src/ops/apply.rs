@@ -15,8 +15,8 @@ use crate::apply::{self as applying, ApplyOptions, ApplyReport};
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{OutcomeKind, Reporter};
 use crate::lock::{self, Change, LockFile, LockReport, Upgrade};
-use crate::manifest::{Fleet, ProfileFilter};
-use crate::plan::{ActionKind, Plan, Resource, Summary};
+use crate::manifest::ProfileFilter;
+use crate::plan::{ActionKind, FlashPermission, Plan, Resource, Selection};
 use crate::state::{ArtifactRef, Store};
 
 /// How a frontend follows and steers a run: the cancel flag (Ctrl-C, an HTTP cancel), the
@@ -24,8 +24,10 @@ use crate::state::{ArtifactRef, Store};
 pub struct RunHooks<'a> {
     pub cancel: Arc<AtomicBool>,
     pub reporter: &'a dyn Reporter,
-    /// Called once with the plan about to run (not called when nothing needs to run).
-    pub on_plan: &'a dyn Fn(&Plan),
+    /// Called once with the plan about to run (not called when nothing needs to run); an
+    /// error stops the run before any step starts. The CLI shows the plan here and, on a
+    /// terminal, asks before a run writes devices.
+    pub on_plan: &'a dyn Fn(&Plan) -> Result<()>,
 }
 
 impl<'a> RunHooks<'a> {
@@ -34,7 +36,7 @@ impl<'a> RunHooks<'a> {
         RunHooks {
             cancel: Arc::new(AtomicBool::new(false)),
             reporter,
-            on_plan: &|_| {},
+            on_plan: &|_| Ok(()),
         }
     }
 }
@@ -51,6 +53,23 @@ pub struct ApplyRequest {
     pub locked: bool,
     /// Run everything that does not depend on a failed step.
     pub keep_going: bool,
+    /// Apply only part of the fleet (`--target`, `--profile`, ...); a saved plan carries its
+    /// own selection, so both together are refused.
+    pub selection: Selection,
+    /// Which fleet devices the run may write (`apply --flash [DEVICE_ID]`); none by default,
+    /// so wanted flashes stay `skip`. A saved plan carries its own; both together are
+    /// refused. A server refuses it unless started with `--allow-flash`.
+    pub allow_flash: FlashPermission,
+}
+
+impl ApplyRequest {
+    /// The devices this run may write: the saved plan's permission, else the request's.
+    pub fn flash_permission(&self) -> &FlashPermission {
+        match &self.saved_plan {
+            Some(saved) => &saved.allow_flash,
+            None => &self.allow_flash,
+        }
+    }
 }
 
 /// What `apply` did.
@@ -132,7 +151,32 @@ pub fn apply(
     request: &ApplyRequest,
     hooks: &RunHooks,
 ) -> Result<ApplyOutcome> {
-    let fleet = workspace.fleet()?;
+    let selection = match &request.saved_plan {
+        Some(_) if !request.selection.is_everything() => {
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!(
+                    "`{}` cannot narrow a saved plan: it applies exactly the selection it was made with",
+                    request.selection.describe()
+                ),
+            )
+            .with_help("make a new plan with the selection: `imagegen plan --target ... --out FILE`"));
+        }
+        Some(saved) => saved.selection.clone().unwrap_or_default(),
+        None => request.selection.clone(),
+    };
+    if request.saved_plan.is_some() && !request.allow_flash.is_none() {
+        return Err(Error::new(
+            ErrorCode::Validation,
+            format!(
+                "`{}` cannot change a saved plan: it writes exactly the devices it was made with",
+                request.allow_flash.describe()
+            ),
+        )
+        .with_help(
+            "make a new plan with the permission: `imagegen plan --flash DEVICE_ID --out FILE`",
+        ));
+    }
     // The store first: while this apply completes the lock, another one must already see
     // the state as taken (and not race it on `imagegen.lock`).
     let store = workspace.store("imagegen apply")?;
@@ -142,6 +186,8 @@ pub fn apply(
     };
     let plan_request = PlanRequest {
         locked: request.locked || request.saved_plan.is_some(),
+        selection,
+        allow_flash: request.flash_permission().clone(),
     };
     let current = plan_with(workspace, &plan_request, &store)?;
     if let Some(saved) = &request.saved_plan {
@@ -153,16 +199,12 @@ pub fn apply(
             &store,
             &current,
             request.keep_going,
-            false,
+            BTreeSet::new(),
             hooks,
         )?),
         false => None,
     };
-    let profiles: Vec<String> = fleet
-        .profiles
-        .iter()
-        .map(|loaded| loaded.profile.profile_id.clone())
-        .collect();
+    let profiles = planned_profiles(&current);
     let images = images_of(workspace, &store, &profiles)?;
     Ok(ApplyOutcome {
         plan: current,
@@ -172,12 +214,26 @@ pub fn apply(
     })
 }
 
+/// The profiles whose builds a plan covers, in plan order.
+fn planned_profiles(plan: &Plan) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    plan.actions
+        .iter()
+        .filter(|action| action.resource == Resource::Build && action.action != ActionKind::Remove)
+        .filter_map(|action| action.profile_id.clone())
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
+}
+
 /// Options of `build`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct BuildRequest {
-    /// Profile ids; empty means every profile the filter selects.
-    #[serde(default)]
-    pub profiles: Vec<String>,
+    /// What to build: profile ids (`profiles`), tags, release, Image Builder, or build
+    /// addresses (`targets`); the same selection `plan` and `apply` take.
+    #[serde(flatten)]
+    pub selection: Selection,
+    /// A `profiles list` style filter (tag, release, target, subtarget, device) that further
+    /// narrows the selected profiles, for API clients that select that way.
     #[serde(default)]
     pub filter: ProfileFilter,
     /// Rebuild even when a recorded build with the same key exists.
@@ -186,6 +242,44 @@ pub struct BuildRequest {
     /// Build the other profiles when one fails.
     #[serde(default)]
     pub keep_going: bool,
+}
+
+/// The selection of the profiles `ids` (all of them when empty) that `filter` passes, for
+/// frontends that select with a [`ProfileFilter`] (`profiles list` style: tag, release,
+/// target, subtarget, device). Unknown ids stay in, so the build names them.
+pub fn select_profiles(
+    workspace: &Workspace,
+    ids: &[String],
+    filter: &ProfileFilter,
+) -> Result<Selection> {
+    if *filter == ProfileFilter::default() {
+        return Ok(Selection {
+            profiles: ids.to_vec(),
+            ..Selection::default()
+        });
+    }
+    let fleet = workspace.fleet()?;
+    let profiles: Vec<String> = fleet
+        .profiles
+        .iter()
+        .map(|loaded| &loaded.profile)
+        .filter(|profile| {
+            filter.matches(profile) && (ids.is_empty() || ids.contains(&profile.profile_id))
+        })
+        .map(|profile| profile.profile_id.clone())
+        .chain(ids.iter().filter(|id| fleet.profile(id).is_none()).cloned())
+        .collect();
+    if profiles.is_empty() {
+        return Err(Error::new(
+            ErrorCode::ProfileNotFound,
+            "no profile matches the selection",
+        )
+        .with_help("list the profiles and their tags with `imagegen profiles list`"));
+    }
+    Ok(Selection {
+        profiles,
+        ..Selection::default()
+    })
 }
 
 /// How one profile's build ended.
@@ -279,84 +373,78 @@ pub fn run_failure(report: &ApplyReport) -> Option<Error> {
 }
 
 /// Builds (or reuses) the images of the selected profiles now: their part of the plan, plus
-/// the Image Builders they need. Everything else in the plan is left alone.
+/// what it depends on (the Image Builders, a build with the same key). Nothing is forgotten
+/// or flashed. An unchanged build runs again with `force`, or when its profile sets
+/// `build_defaults.rebuild_if_cached` (an explicit build request is what that asks for).
 pub fn build(
     workspace: &Workspace,
     request: &BuildRequest,
     hooks: &RunHooks,
 ) -> Result<BuildOutcome> {
     let fleet = workspace.fleet()?;
-    let selected = select_profiles(fleet, request)?;
-    let store = workspace.store("imagegen build")?;
-    lock_missing(workspace)?;
-    let mut plan = plan_with(workspace, &PlanRequest::default(), &store)?;
-    let wanted: BTreeSet<String> = plan
-        .actions
-        .iter()
-        .filter(|action| {
-            action.resource == Resource::Build
-                && action
-                    .profile_id
-                    .as_ref()
-                    .is_some_and(|id| selected.contains(id))
-        })
-        .flat_map(|action| {
-            std::iter::once(action.address.clone()).chain(action.depends_on.iter().cloned())
-        })
-        .collect();
-    plan.actions
-        .retain(|action| wanted.contains(&action.address) && action.action != ActionKind::Remove);
-    plan.summary = Summary::default();
-    let up_to_date = plan
-        .actions
-        .iter()
-        .all(|action| action.action == ActionKind::NoOp);
-    let report = match up_to_date && !request.force {
-        true => None,
-        false => Some(run(
-            workspace,
-            &store,
-            &plan,
-            request.keep_going,
-            request.force,
-            hooks,
-        )?),
-    };
-    let profiles = profile_results(workspace, &store, &selected, &plan, report.as_ref())?;
-    Ok(BuildOutcome { profiles, report })
-}
-
-fn select_profiles(fleet: &Fleet, request: &BuildRequest) -> Result<Vec<String>> {
-    if request.profiles.is_empty() && request.filter == ProfileFilter::default() {
+    if request.selection.is_everything() && request.filter == ProfileFilter::default() {
         return Err(Error::new(
             ErrorCode::Validation,
             "name the profiles to build, or select them with a filter",
         )
         .with_help("e.g. `imagegen build ap-livingroom` or `imagegen build --tag lab`; `imagegen apply` builds the whole fleet"));
     }
-    for id in &request.profiles {
-        if fleet.profile(id).is_none() {
-            return Err(super::profiles::not_found(fleet, id));
-        }
-    }
-    let selected: Vec<String> = fleet
-        .profiles
-        .iter()
-        .map(|loaded| &loaded.profile)
-        .filter(|profile| {
-            (request.profiles.is_empty() || request.profiles.contains(&profile.profile_id))
-                && request.filter.matches(profile)
-        })
-        .map(|profile| profile.profile_id.clone())
-        .collect();
+    let selection = Selection {
+        profiles: select_profiles(workspace, &request.selection.profiles, &request.filter)?
+            .profiles,
+        ..request.selection.clone()
+    };
+    // The store first, so that no other run races this one on `imagegen.lock`.
+    let store = workspace.store("imagegen build")?;
+    lock_missing(workspace)?;
+    let plan_request = PlanRequest {
+        locked: false,
+        selection,
+        allow_flash: FlashPermission::default(),
+    };
+    let mut plan = plan_with(workspace, &plan_request, &store)?;
+    plan.actions
+        .retain(|action| action.resource != Resource::Flash && action.action != ActionKind::Remove);
+    plan.summary = Plan::summarize(&plan.actions);
+    let selected = planned_profiles(&plan);
     if selected.is_empty() {
         return Err(Error::new(
-            ErrorCode::ProfileNotFound,
-            "no profile matches the selection",
+            ErrorCode::Validation,
+            format!("`{}` selects no build", request.selection.describe()),
         )
-        .with_help("run `imagegen profiles list` to see the profiles and their tags"));
+        .with_help("select profiles or `build.` addresses; `imagegen plan` shows every address"));
     }
-    Ok(selected)
+    let rebuild: BTreeSet<String> = plan
+        .actions
+        .iter()
+        .filter(|action| action.resource == Resource::Build && action.action == ActionKind::NoOp)
+        .filter(|action| {
+            request.force
+                || action
+                    .profile_id
+                    .as_deref()
+                    .and_then(|id| fleet.profile(id))
+                    .is_some_and(|loaded| loaded.profile.build_defaults.rebuild_if_cached)
+        })
+        .map(|action| action.address.clone())
+        .collect();
+    let up_to_date = plan
+        .actions
+        .iter()
+        .all(|action| action.action == ActionKind::NoOp);
+    let report = match up_to_date && rebuild.is_empty() {
+        true => None,
+        false => Some(run(
+            workspace,
+            &store,
+            &plan,
+            request.keep_going,
+            rebuild,
+            hooks,
+        )?),
+    };
+    let profiles = profile_results(workspace, &store, &selected, &plan, report.as_ref())?;
+    Ok(BuildOutcome { profiles, report })
 }
 
 /// Per selected profile: the step's outcome when it ran, else the recorded build.
@@ -409,19 +497,20 @@ fn profile_results(
     Ok(results)
 }
 
-/// Runs a plan's changes.
+/// Runs a plan's changes (and the unchanged builds named in `rebuild`).
 fn run(
     workspace: &Workspace,
     store: &Store,
     plan: &Plan,
     keep_going: bool,
-    force: bool,
+    rebuild: BTreeSet<String>,
     hooks: &RunHooks,
 ) -> Result<ApplyReport> {
-    (hooks.on_plan)(plan);
+    (hooks.on_plan)(plan)?;
+    warn_unverified_builders(store, plan)?;
     let options = ApplyOptions {
         keep_going,
-        force,
+        rebuild,
         cancel: Arc::clone(&hooks.cancel),
     };
     applying::apply(
@@ -432,6 +521,30 @@ fn run(
         &options,
         hooks.reporter,
     )
+}
+
+/// Every run that builds with an Image Builder nobody verified says so (only possible while
+/// `verify_signatures` is off: otherwise such a builder is verified first).
+fn warn_unverified_builders(store: &Store, plan: &Plan) -> Result<()> {
+    let reader = store.read()?;
+    let builders: BTreeSet<&crate::triple::Triple> = plan
+        .actions
+        .iter()
+        .filter(|action| action.resource == Resource::Build && action.action.is_change())
+        .filter_map(|action| action.inputs.as_ref().map(|inputs| &inputs.builder.triple))
+        .collect();
+    for triple in builders {
+        if reader
+            .builder(triple)?
+            .is_some_and(|record| record.key_id.is_none())
+        {
+            tracing::warn!(
+                builder = %triple,
+                "building with an Image Builder whose signature was never verified"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Adds lock entries for Image Builders the fleet uses but `imagegen.lock` does not pin yet.
@@ -447,6 +560,25 @@ fn lock_missing(workspace: &Workspace) -> Result<Option<LockReport>> {
     }
     let report = lock::lock(fleet, &workspace.settings, &Upgrade::Missing)?;
     Ok((report.count(Change::Added) > 0).then_some(report))
+}
+
+/// The images of the build a profile's fleet pointer names; `build_not_found` when the
+/// profile has none applied yet.
+pub(crate) fn current_images(
+    workspace: &Workspace,
+    store: &Store,
+    profile_id: &str,
+) -> Result<ProfileImages> {
+    let images = images_of(workspace, store, &[profile_id.to_string()])?;
+    images.into_iter().next().ok_or_else(|| {
+        Error::new(
+            ErrorCode::BuildNotFound,
+            format!("profile `{profile_id}` has no applied build yet"),
+        )
+        .with_help(format!(
+            "run `imagegen build {profile_id}` or `imagegen apply` first"
+        ))
+    })
 }
 
 /// The current images of some profiles: the build each one's fleet pointer names.

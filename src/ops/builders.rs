@@ -113,3 +113,117 @@ pub fn prune_builders(workspace: &Workspace, force: bool, dry_run: bool) -> Resu
         bytes,
     })
 }
+
+/// What `builders verify` found for one cached Image Builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TreeState {
+    /// The tree's content digest matches the one recorded when it was fetched.
+    Intact,
+    /// It does not: the tree changed after it was verified. It is marked broken and its
+    /// completion marker removed, so the next apply fetches it again.
+    Damaged,
+    /// Fetched before imagegen recorded tree digests; fetch it again to get one.
+    Unrecorded,
+    /// The recorded tree is gone from the cache.
+    Missing,
+}
+
+/// One cached Image Builder checked by `builders verify`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuilderVerification {
+    pub address: String,
+    pub state: TreeState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<String>,
+}
+
+/// Re-hashes every file of the cached Image Builders (all recorded ones, or those given)
+/// and compares with the digest recorded at fetch time. A damaged tree is marked broken (the
+/// next apply fetches it again) and makes the whole operation an error listing it.
+pub fn verify_builders(
+    workspace: &Workspace,
+    triples: &[Triple],
+) -> Result<Vec<BuilderVerification>> {
+    let store = workspace.store("imagegen builders verify")?;
+    let records: Vec<BuilderRecord> = store
+        .read()?
+        .builders()?
+        .into_iter()
+        .filter(|record| triples.is_empty() || triples.contains(&record.triple))
+        .collect();
+    let mut results = Vec::new();
+    for mut record in records {
+        let (state, actual) = check_tree(&record)?;
+        if state == TreeState::Damaged {
+            mark_broken(&store, &mut record)?;
+        }
+        results.push(BuilderVerification {
+            address: record.triple.address(),
+            state,
+            expected: record.tree_digest.clone(),
+            actual,
+        });
+    }
+    let damaged: Vec<&str> = results
+        .iter()
+        .filter(|result| result.state == TreeState::Damaged)
+        .map(|result| result.address.as_str())
+        .collect();
+    if damaged.is_empty() {
+        return Ok(results);
+    }
+    Err(Error::new(
+        ErrorCode::ImagebuilderError,
+        format!(
+            "cached Image Builders changed since they were fetched: {}",
+            damaged.join(", ")
+        ),
+    )
+    .with_details(serde_json::to_value(&results).unwrap_or_default())
+    .with_help("they are marked broken; `imagegen apply` (or `imagegen builders ensure`) fetches them again"))
+}
+
+fn check_tree(record: &BuilderRecord) -> Result<(TreeState, Option<String>)> {
+    let Some(entry) = record
+        .path
+        .as_deref()
+        .filter(|path| path.is_dir())
+        .and_then(cache::entry_dir)
+    else {
+        return Ok((TreeState::Missing, None));
+    };
+    let Some(expected) = &record.tree_digest else {
+        return Ok((TreeState::Unrecorded, None));
+    };
+    let actual = crate::imagebuilder::tree::digest_tree(
+        entry,
+        &[crate::imagebuilder::download::COMPLETE_MARKER],
+    )?;
+    let state = match &actual == expected {
+        true => TreeState::Intact,
+        false => TreeState::Damaged,
+    };
+    Ok((state, Some(actual)))
+}
+
+/// A damaged tree is never used again: the record says broken and the completion marker
+/// goes, so the cache treats the entry as a leftover and fetches it anew.
+fn mark_broken(store: &crate::state::Store, record: &mut BuilderRecord) -> Result<()> {
+    if let Some(entry) = record.path.as_deref().and_then(cache::entry_dir) {
+        let marker = entry.join(crate::imagebuilder::download::COMPLETE_MARKER);
+        match std::fs::remove_file(&marker) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("removing", &marker, error));
+            }
+            _ => {}
+        }
+    }
+    record.status = crate::state::BuilderStatus::Broken;
+    record.error = Some("its files changed after it was fetched (tree digest mismatch)".into());
+    let mut writer = store.write()?;
+    writer.put_builder(record)?;
+    writer.commit()
+}

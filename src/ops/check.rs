@@ -22,7 +22,8 @@ pub struct ValidateRequest {
 /// A check `validate` could not run, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkippedCheck {
-    /// What was not checked, e.g. "Image Builder profiles against upstream profiles.json".
+    /// What was not checked, e.g. "Image Builder profiles, filesystems and image kinds against
+    /// upstream profiles.json".
     pub check: String,
     /// The Image Builders (`RELEASE/TARGET/SUBTARGET`) it concerns.
     pub builders: Vec<String>,
@@ -55,6 +56,7 @@ pub fn validate(workspace: &Workspace, request: &ValidateRequest) -> Result<Vali
     let options = PlanOptions {
         locked: request.locked,
         offline: settings.offline.value,
+        ..PlanOptions::default()
     };
     let prepared = plan::prepare(fleet, settings, &options)?;
     let skipped = skipped_checks(fleet, &prepared, settings.offline.value);
@@ -85,12 +87,17 @@ pub fn validate(workspace: &Workspace, request: &ValidateRequest) -> Result<Vali
         devices: fleet.devices.len(),
         valid: true,
         skipped,
-        notices: notices(fleet, &prepared),
+        notices: notices(fleet, &prepared, settings),
     })
 }
 
-fn notices(fleet: &crate::manifest::Fleet, prepared: &Prepared) -> Vec<String> {
+fn notices(
+    fleet: &crate::manifest::Fleet,
+    prepared: &Prepared,
+    settings: &crate::settings::Settings,
+) -> Vec<String> {
     let mut notices = prepared.upstream.notices();
+    notices.extend(plan::verification_notice(settings));
     if fleet.profiles.is_empty() {
         notices.push(
             "the fleet has no profiles yet (its profile directories are empty); add one with `imagegen profiles import FILE`"
@@ -163,7 +170,8 @@ fn skipped_profile_checks(
         ),
     };
     vec![SkippedCheck {
-        check: "Image Builder profiles against upstream profiles.json".to_string(),
+        check: "Image Builder profiles, filesystems and image kinds against upstream profiles.json"
+            .to_string(),
         builders,
         profiles,
         reason,

@@ -10,7 +10,9 @@
 mod apply;
 mod builders;
 mod check;
+mod explain;
 mod files;
+mod flash;
 mod plan;
 mod profiles;
 mod records;
@@ -27,13 +29,19 @@ use crate::state::Store;
 
 pub use apply::{
     ApplyOutcome, ApplyRequest, ArtifactLocation, BuildOutcome, BuildRequest, BuildResult,
-    ProfileBuild, ProfileImages, RunHooks, apply, build, run_failure,
+    ProfileBuild, ProfileImages, RunHooks, apply, build, run_failure, select_profiles,
 };
 pub use builders::{
-    BuilderInfo, PruneReport, builder_info, ensure_builders, list_builders, lock, prune_builders,
+    BuilderInfo, BuilderVerification, PruneReport, TreeState, builder_info, ensure_builders,
+    list_builders, lock, prune_builders, verify_builders,
 };
 pub use check::{SkippedCheck, ValidateReport, ValidateRequest, validate};
+pub use explain::{ActionDetail, GraphReport, graph, show};
 pub use files::{FleetFile, FleetFileId, FleetFileText, fleet_files, read_fleet_file};
+pub use flash::{
+    ArtifactSpec, FlashEntry, FlashFilter, FlashListing, FlashOutcome, FlashRequest, FlashSource,
+    devices, flash_artifact, flash_image, flash_list,
+};
 pub use plan::{PlanRequest, check_saved_plan, plan, read_saved_plan, save_plan};
 pub use profiles::{
     ExportReport, PROFILES_DIR, ProfileDetail, ProfileSummary, ProfileWritten, WriteMode,

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::Workspace;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fsutil::write_atomically;
-use crate::plan::{self, ActionKind, Plan, PlanOptions};
+use crate::plan::{self, ActionKind, FlashPermission, Plan, PlanOptions, Selection};
 use crate::state::Store;
 
 /// Options of `plan`.
@@ -19,6 +19,12 @@ pub struct PlanRequest {
     /// A missing or outdated lock entry is an error (CI).
     #[serde(default)]
     pub locked: bool,
+    /// The part of the fleet to plan (`--target`, `--profile`, ...); empty: all of it.
+    #[serde(flatten)]
+    pub selection: Selection,
+    /// Which fleet devices the plan's `apply` may write (`--flash`); recorded in the plan.
+    #[serde(default, skip_serializing_if = "FlashPermission::is_none")]
+    pub allow_flash: FlashPermission,
 }
 
 /// Computes the plan of the workspace's fleet against its state store.
@@ -36,6 +42,8 @@ pub(crate) fn plan_with(
     let options = PlanOptions {
         locked: request.locked,
         offline: workspace.settings.offline.value,
+        selection: request.selection.clone(),
+        allow_flash: request.allow_flash.clone(),
     };
     plan::compute_with(workspace.fleet()?, &workspace.settings, &options, store)
 }
@@ -80,19 +88,34 @@ pub fn read_saved_plan(path: &Path) -> Result<Plan> {
     Ok(plan)
 }
 
-/// A saved plan is applied only if planning now gives exactly the same actions; otherwise
-/// the error says what moved.
+/// A saved plan is applied only if planning now (with the saved selection) gives exactly the
+/// same actions, keys and dependencies; otherwise the error says what moved.
 pub fn check_saved_plan(saved: &Plan, current: &Plan) -> Result<()> {
-    let shape = |plan: &Plan| -> Vec<(String, ActionKind, Option<String>)> {
+    type Shape = (String, ActionKind, Option<String>, BTreeSet<String>);
+    let shape = |plan: &Plan| -> Vec<Shape> {
         plan.actions
             .iter()
-            .map(|action| (action.address.clone(), action.action, action.key.clone()))
+            .map(|action| {
+                (
+                    action.address.clone(),
+                    action.action,
+                    action.key.clone(),
+                    action.depends_on.iter().cloned().collect(),
+                )
+            })
             .collect()
     };
-    if shape(saved) == shape(current) && saved.fleet == current.fleet {
+    if shape(saved) == shape(current)
+        && saved.fleet == current.fleet
+        && saved.selection == current.selection
+        && saved.allow_flash == current.allow_flash
+    {
         return Ok(());
     }
     let mut moved = Vec::new();
+    if saved.format_version != current.format_version {
+        moved.push("it was made by another imagegen version");
+    }
     if saved.fingerprint.fleet != current.fingerprint.fleet {
         moved.push("the fleet files (imagegen.toml or profiles) changed");
     }
@@ -109,7 +132,7 @@ pub fn check_saved_plan(saved: &Plan, current: &Plan) -> Result<()> {
     let differing: Vec<String> = shape(current)
         .into_iter()
         .filter(|item| !saved_shape.contains(item))
-        .map(|(address, action, _)| format!("{address} ({action:?})"))
+        .map(|(address, action, _, _)| format!("{address} ({action:?})"))
         .take(5)
         .collect();
     Err(Error::new(

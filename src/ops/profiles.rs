@@ -137,7 +137,11 @@ fn load_files<'a>(
     let mut loaded = Vec::new();
     for file in files {
         match manifest::load_profile(file, file.display().to_string()) {
-            Ok(profile) => loaded.push((file, profile)),
+            Ok(profile) => {
+                // What no Image Builder can do is refused here too, not only in a fleet.
+                problems.extend(crate::plan::refused_fields(&profile));
+                loaded.push((file, profile));
+            }
             Err(found) => problems.extend(found),
         }
     }

@@ -123,7 +123,7 @@ pub struct ArtifactFilter {
     /// Only the artifacts of this build (key or unique prefix).
     #[serde(default)]
     pub build: Option<String>,
-    /// Only the artifacts of builds of this profile id.
+    /// Only the artifacts of builds this profile id made or applied.
     #[serde(default)]
     pub profile: Option<String>,
 }
@@ -146,10 +146,11 @@ pub fn artifacts_list(
         keys = BTreeSet::from([find_build(&builds, prefix)?.key.as_str()]);
     }
     if let Some(profile) = &filter.profile {
+        // A build serves every profile that applied it, not only the one that made it.
         keys.retain(|key| {
             builds
                 .iter()
-                .any(|build| build.key == *key && &build.profile_id == profile)
+                .any(|build| build.key == *key && build.used_by_profile(profile))
         });
     }
     Ok(records
@@ -172,25 +173,31 @@ pub struct ArtifactDetail {
 pub fn artifact_show(workspace: &Workspace, sha256: &str) -> Result<ArtifactDetail> {
     let records = workspace.store("imagegen artifacts")?.read()?.artifacts()?;
     let cas = Cas::open(&workspace.settings.artifacts_dir.value)?;
+    let artifact = find_artifact(records, sha256)?;
+    Ok(ArtifactDetail {
+        path: cas.blob_path(&artifact.sha256),
+        present: cas.contains(&artifact.sha256),
+        artifact,
+    })
+}
+
+/// The one record whose sha256 starts with `prefix`.
+pub(crate) fn find_artifact(records: Vec<ArtifactRecord>, prefix: &str) -> Result<ArtifactRecord> {
     let matches: Vec<_> = records
         .into_iter()
-        .filter(|record| record.sha256.starts_with(sha256))
+        .filter(|record| record.sha256.starts_with(prefix))
         .collect();
     match <[ArtifactRecord; 1]>::try_from(matches) {
-        Ok([artifact]) => Ok(ArtifactDetail {
-            path: cas.blob_path(&artifact.sha256),
-            present: cas.contains(&artifact.sha256),
-            artifact,
-        }),
+        Ok([artifact]) => Ok(artifact),
         Err(matches) if matches.is_empty() => Err(Error::new(
             ErrorCode::ArtifactNotFound,
-            format!("no artifact `{sha256}`"),
+            format!("no artifact `{prefix}`"),
         )
         .with_help("`imagegen artifacts list` shows the artifacts")),
         Err(matches) => Err(Error::new(
             ErrorCode::Validation,
             format!(
-                "`{sha256}` matches {} artifacts; give more digits",
+                "`{prefix}` matches {} artifacts; give more digits",
                 matches.len()
             ),
         )),
@@ -339,17 +346,7 @@ pub fn artifacts_export(
         return Err(super::profiles::not_found(fleet, profile_id));
     }
     let store = workspace.store("imagegen artifacts export")?;
-    let images = super::apply::images_of(workspace, &store, &[profile_id.to_string()])?;
-    let Some(images) = images.into_iter().next() else {
-        return Err(Error::new(
-            ErrorCode::BuildNotFound,
-            format!("profile `{profile_id}` has no applied build yet"),
-        )
-        .with_help(format!(
-            "run `imagegen build {profile_id}` or `imagegen apply` first"
-        )));
-    };
-    let selected: Vec<_> = images
+    let selected: Vec<_> = super::apply::current_images(workspace, &store, profile_id)?
         .artifacts
         .into_iter()
         .map(|located| located.artifact)

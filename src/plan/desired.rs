@@ -4,16 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use super::diff::{
-    Desired, DesiredBuild, DesiredBuilder, DesiredFlash, Recorded, RecordedBuild, RecordedBuilder,
-    RecordedDevice, diff,
-};
-use super::model::{Fingerprint, Plan};
+use std::collections::BTreeSet;
+
+use super::capability;
+use super::diff::{Desired, DesiredBuild, DesiredBuilder, DesiredFlash, diff};
+use super::graph::PlanGraph;
+use super::model::{Fingerprint, FlashPermission, Plan};
+use super::recorded::{recorded_state, state_fingerprint};
+use super::select::{Selection, select};
 use super::upstream::{UpstreamCheck, check_upstream};
 use crate::error::{Error, ErrorCode, Problems, Result};
 use crate::key::{
-    ACTION_SCHEMA_VERSION, BuildInputs, BuilderPin, ImageOptions, OverlayFact, OverlayInputs,
-    normalize_names,
+    ACTION_SCHEMA_VERSION, BuildInputs, BuilderPin, ImageOptions, InitramfsImage, OverlayFact,
+    OverlayInputs, normalize_names,
 };
 use crate::lock::LockFile;
 use crate::manifest::{Fleet, LoadedProfile};
@@ -21,7 +24,7 @@ use crate::overlay::{
     self, EntryKind, FileInput, MemoryHashCache, OverlayDigest, OverlayInput, OverlaySource,
 };
 use crate::settings::Settings;
-use crate::state::{BuildStatus, Reader, Store};
+use crate::state::Store;
 use crate::triple::Triple;
 
 /// Options of one `plan` run.
@@ -31,6 +34,10 @@ pub struct PlanOptions {
     pub locked: bool,
     /// Never touch the network; list what would be needed.
     pub offline: bool,
+    /// The part of the fleet to plan; empty: all of it.
+    pub selection: Selection,
+    /// Which fleet devices the run may write (`--flash`); default: none.
+    pub allow_flash: FlashPermission,
 }
 
 /// Computes the plan of a fleet against the state store named by `settings`.
@@ -56,15 +63,13 @@ pub fn prepare(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
         check_locked(fleet, lock.as_ref())?;
     }
     let upstream = check_upstream(fleet, lock.as_ref(), settings)?;
-    let bin_dirs = super::bin_dir::bin_dir_problems(fleet, settings);
-    if bin_dirs.is_empty() {
-        upstream.problems_to_result()?;
-    } else {
-        let mut problems = Problems::new();
-        problems.extend(upstream.problems.iter().cloned());
-        problems.extend(bin_dirs);
-        problems.finish((), "invalid profiles")?;
-    }
+    // What no Image Builder can do is refused even when upstream could not be consulted;
+    // so is a `bin_dir` the operator did not allow.
+    let mut problems = Problems::new();
+    problems.extend(fleet.profiles.iter().flat_map(capability::refused_fields));
+    problems.extend(upstream.problems.iter().cloned());
+    problems.extend(super::bin_dir::bin_dir_problems(fleet, settings));
+    problems.finish((), "profiles ask for what cannot be built")?;
     let moved = upstream.lock_outdated();
     if options.locked && !moved.is_empty() {
         return Err(Error::new(
@@ -84,18 +89,43 @@ pub fn compute_with(
     store: &Store,
 ) -> Result<Plan> {
     let Prepared { lock, upstream } = prepare(fleet, settings, options)?;
+    check_flash_permission(fleet, &options.allow_flash)?;
     let digests = overlay_digests(fleet, store)?;
-    let desired = desired_state(fleet, lock.as_ref(), &digests);
+    let mut desired = desired_state(fleet, lock.as_ref(), &digests, &upstream)?;
+    desired.allow_flash = options.allow_flash.clone();
     let reader = store.read()?;
     let cas = crate::cas::Cas::open(&settings.artifacts_dir.value)?;
-    let recorded = recorded_state(&fleet.name, &reader, &cas)?;
+    let wanted: BTreeSet<String> = desired
+        .builds
+        .iter()
+        .filter_map(|build| build.inputs.key().map(|key| key.0))
+        .collect();
+    let devices: Vec<&str> = desired
+        .flashes
+        .iter()
+        .map(|flash| flash.device_id.as_str())
+        .collect();
+    let recorded = recorded_state(
+        &fleet.name,
+        &reader,
+        &cas,
+        &wanted,
+        settings.verify_signatures.value,
+        &devices,
+    )?;
     let fingerprint = Fingerprint {
         fleet: fleet_fingerprint(fleet),
         lock: lock_fingerprint(fleet)?,
         state: state_fingerprint(&recorded),
     };
     let mut plan = diff(&desired, &recorded, fingerprint);
+    // The graph is checked once here (no cycle, no duplicate address) for every consumer.
+    PlanGraph::new(&plan)?;
+    select(&mut plan, fleet, &options.selection)?;
     plan.notices = upstream_notices(&upstream, lock.is_some());
+    if let Some(notice) = verification_notice(settings) {
+        plan.notices.push(notice);
+    }
     attach_packages(&mut plan, &upstream);
     if options.offline {
         plan.offline_needs = offline_needs(&plan, &upstream);
@@ -149,6 +179,42 @@ fn offline_needs(plan: &Plan, upstream: &UpstreamCheck) -> Vec<String> {
     needs
 }
 
+/// Said on every plan (and validate) while signature verification is off.
+pub fn verification_notice(settings: &Settings) -> Option<String> {
+    (!settings.verify_signatures.value).then(|| {
+        "signature verification is OFF (`verify_signatures = false`): Image Builders fetched now are trusted on the mirror's word alone, and builders fetched this way are verified before use once it is back on".to_string()
+    })
+}
+
+/// Every device a flash permission names must be a fleet device with a `flash` entry: a
+/// typo must not silently write nothing (or, worse, be read as "all").
+fn check_flash_permission(fleet: &Fleet, permission: &FlashPermission) -> Result<()> {
+    let flashable: Vec<&str> = fleet
+        .devices
+        .iter()
+        .filter(|device| device.flash.is_some())
+        .map(|device| device.id.as_str())
+        .collect();
+    for named in &permission.devices {
+        if flashable.contains(&named.as_str()) {
+            continue;
+        }
+        let what = match fleet.devices.iter().any(|device| &device.id == named) {
+            true => format!("device `{named}` has no `flash` entry in imagegen.toml"),
+            false => format!("`--flash {named}` names no device of the fleet"),
+        };
+        let help = match crate::source::suggest(named, flashable.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None if flashable.is_empty() => {
+                "no device of the fleet has a `flash` entry".to_string()
+            }
+            None => format!("devices that can be flashed: {}", flashable.join(", ")),
+        };
+        return Err(Error::new(ErrorCode::Validation, what).with_help(help));
+    }
+    Ok(())
+}
+
 fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {
     let mut notices = upstream.notices();
     if let Some(reason) = &upstream.unreachable {
@@ -162,7 +228,7 @@ fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {
     if !upstream.unchecked.is_empty() {
         let unchecked: Vec<String> = upstream.unchecked.iter().map(ToString::to_string).collect();
         notices.push(format!(
-            "Image Builder profiles not checked against upstream profiles.json (not cached offline): {}",
+            "Image Builder profiles, filesystems and image kinds not checked against upstream profiles.json (not cached offline): {}",
             unchecked.join(", ")
         ));
     }
@@ -299,7 +365,12 @@ fn overlay_digests(fleet: &Fleet, store: &Store) -> Result<Vec<OverlayDigest>> {
     Ok(digests)
 }
 
-fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDigest]) -> Desired {
+fn desired_state(
+    fleet: &Fleet,
+    lock: Option<&LockFile>,
+    digests: &[OverlayDigest],
+    upstream: &UpstreamCheck,
+) -> Result<Desired> {
     let mut builders: BTreeMap<Triple, DesiredBuilder> = BTreeMap::new();
     let mut builds = Vec::new();
     for (loaded, digest) in fleet.profiles.iter().zip(digests) {
@@ -315,13 +386,18 @@ fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDiges
             pin: pin.clone(),
             archive: entry.map(|entry| entry.archive.clone()),
         });
+        let initramfs = match profile.build_defaults.initramfs {
+            true => Some(initramfs_pin(loaded, upstream)?),
+            false => None,
+        };
         builds.push(DesiredBuild {
             profile_id: profile.profile_id.clone(),
             device_id: profile.device_id.clone(),
             inputs: BuildInputs {
                 feeds: feed_digests(entry),
-                ..build_inputs(loaded, pin, digest)
+                ..build_inputs(loaded, pin, digest, initramfs)
             },
+            rebuild_if_cached: profile.build_defaults.rebuild_if_cached,
         });
     }
     let flashes = fleet
@@ -329,21 +405,57 @@ fn desired_state(fleet: &Fleet, lock: Option<&LockFile>, digests: &[OverlayDiges
         .iter()
         .filter_map(|device| {
             let flash = device.flash.as_ref()?;
+            let filesystem = fleet
+                .profile(&device.profile)
+                .and_then(|loaded| loaded.profile.policies.filesystem)
+                .map(|filesystem| filesystem.as_str().to_string());
             Some(DesiredFlash {
                 device_id: device.id.clone(),
                 profile_id: device.profile.clone(),
                 path: flash.path.clone(),
                 image: flash.image.clone(),
+                filesystem,
+                verify: flash.verify,
+                wipe: flash.wipe,
+                // Following links: a `/dev/disk/by-id/` link exists only while the card does.
+                present: std::fs::metadata(&flash.path).is_ok(),
             })
         })
         .collect();
-    Desired {
+    Ok(Desired {
         fleet: fleet.name.clone(),
         builders: builders.into_values().collect(),
         builds,
         flashes,
-        allow_flash: false,
-    }
+        allow_flash: FlashPermission::default(),
+    })
+}
+
+/// The initramfs image a profile asks for, as the pinned `profiles.json` lists it. Its
+/// sha256 is a key input, so the profiles.json must be at hand (cached by `imagegen lock`).
+fn initramfs_pin(loaded: &LoadedProfile, upstream: &UpstreamCheck) -> Result<InitramfsImage> {
+    let profile = &loaded.profile;
+    let triple = profile.triple();
+    let Some(info) = upstream.device(&triple, &profile.imagebuilder_profile) else {
+        return Err(Error::new(
+            ErrorCode::Precondition,
+            format!(
+                "`build_defaults.initramfs` of `{}` needs the profiles.json of {triple}, which is neither cached nor reachable",
+                profile.profile_id
+            ),
+        )
+        .with_help("run `imagegen lock` with the mirror reachable; it caches the pinned profiles.json for later offline runs"));
+    };
+    capability::initramfs_image(info).ok_or_else(|| {
+        Error::new(
+            ErrorCode::Validation,
+            format!(
+                "`{}` has no initramfs image in the profiles.json of {triple}",
+                profile.imagebuilder_profile
+            ),
+        )
+        .with_help("remove `build_defaults.initramfs`")
+    })
 }
 
 /// One profile's key inputs. Everything that changes the image, nothing that doesn't.
@@ -351,6 +463,7 @@ pub fn build_inputs(
     loaded: &LoadedProfile,
     builder: BuilderPin,
     digest: &OverlayDigest,
+    initramfs: Option<InitramfsImage>,
 ) -> BuildInputs {
     let profile = &loaded.profile;
     let entries = digest
@@ -386,6 +499,7 @@ pub fn build_inputs(
                 .filesystem
                 .map(|filesystem| filesystem.as_str().to_string()),
             provenance: profile.provenance,
+            initramfs,
         },
         feeds: Vec::new(),
     }
@@ -415,65 +529,6 @@ fn entry_kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-fn recorded_state(fleet: &str, reader: &Reader, cas: &crate::cas::Cas) -> Result<Recorded> {
-    let mut recorded = Recorded::default();
-    for builder in reader.builders()? {
-        let ready = builder.status == crate::state::BuilderStatus::Ready;
-        recorded.builders.insert(
-            builder.triple,
-            RecordedBuilder {
-                archive_sha256: builder.archive_sha256,
-                ready,
-            },
-        );
-    }
-    for (profile_id, pointer) in reader.profile_pointers(fleet)? {
-        let record = reader.build(&pointer.build_key)?;
-        let inputs = record.as_ref().map(|record| record.inputs.clone());
-        let usable = record.as_ref().is_some_and(|record| {
-            record.status == BuildStatus::Succeeded
-                && record
-                    .artifacts
-                    .iter()
-                    .all(|artifact| blob_intact(cas, &artifact.sha256, artifact.size))
-        });
-        let artifacts = record
-            .map(|record| {
-                record
-                    .artifacts
-                    .into_iter()
-                    .map(|artifact| (artifact.kind, artifact.sha256))
-                    .collect()
-            })
-            .unwrap_or_default();
-        recorded.builds.insert(
-            profile_id,
-            RecordedBuild {
-                key: pointer.build_key,
-                inputs,
-                usable,
-                artifacts,
-            },
-        );
-    }
-    for (device_id, pointer) in reader.device_pointers(fleet)? {
-        recorded.devices.insert(
-            device_id,
-            RecordedDevice {
-                artifact_sha256: pointer.artifact_sha256,
-            },
-        );
-    }
-    Ok(recorded)
-}
-
-/// Cheap integrity for planning: the blob exists with its recorded size. Full hashes are
-/// checked when a build is reused and by `imagegen artifacts verify`.
-fn blob_intact(cas: &crate::cas::Cas, sha256: &str, size: u64) -> bool {
-    std::fs::metadata(cas.blob_path(sha256))
-        .is_ok_and(|metadata| metadata.is_file() && metadata.len() == size)
-}
-
 fn fleet_fingerprint(fleet: &Fleet) -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update(fleet.manifest.text().as_bytes());
@@ -492,24 +547,4 @@ fn lock_fingerprint(fleet: &Fleet) -> Result<Option<String>> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(Error::io("reading", &path, error)),
     }
-}
-
-fn state_fingerprint(recorded: &Recorded) -> String {
-    let mut hasher = blake3::Hasher::new();
-    for (key, builder) in &recorded.builders {
-        hasher.update(
-            format!(
-                "builder {key} {} {}\n",
-                builder.archive_sha256, builder.ready
-            )
-            .as_bytes(),
-        );
-    }
-    for (profile, build) in &recorded.builds {
-        hasher.update(format!("build {profile} {} {}\n", build.key, build.usable).as_bytes());
-    }
-    for (device, flashed) in &recorded.devices {
-        hasher.update(format!("device {device} {}\n", flashed.artifact_sha256).as_bytes());
-    }
-    hasher.finalize().to_hex().to_string()
 }

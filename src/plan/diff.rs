@@ -1,12 +1,15 @@
 //! The pure heart of `plan`: compare desired with recorded and decide every action.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::model::{Action, ActionKind, FORMAT_VERSION, Fingerprint, Plan, Resource};
+use super::flash::flash_action;
+pub use super::flash::{DesiredFlash, RecordedDeviceState};
+use super::model::{
+    Action, ActionKind, FORMAT_VERSION, Fingerprint, FlashPermission, Plan, Resource,
+};
 use crate::key::{BuildInputs, BuilderPin, Reason, short_hash};
+use crate::state::ArtifactRef;
 use crate::triple::Triple;
 
 /// An Image Builder the fleet needs.
@@ -23,16 +26,9 @@ pub struct DesiredBuild {
     pub profile_id: String,
     pub device_id: String,
     pub inputs: BuildInputs,
-}
-
-/// A fleet device that should carry its profile's image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredFlash {
-    pub device_id: String,
-    pub profile_id: String,
-    pub path: PathBuf,
-    /// The image type to write (`combined`, `sysupgrade`, `sdcard`, ...).
-    pub image: String,
+    /// `build_defaults.rebuild_if_cached`: when this profile's build runs, a build recorded
+    /// before the run is not reused.
+    pub rebuild_if_cached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -41,9 +37,9 @@ pub struct Desired {
     pub builders: Vec<DesiredBuilder>,
     pub builds: Vec<DesiredBuild>,
     pub flashes: Vec<DesiredFlash>,
-    /// Whether this run may write to devices. Without it, wanted flashes are `skip`
-    /// (shown with their reason) and do not count as pending changes.
-    pub allow_flash: bool,
+    /// Which devices this run may write. A wanted flash it does not allow is `skip` (shown
+    /// with its reason) and does not count as a pending change.
+    pub allow_flash: FlashPermission,
 }
 
 /// An Image Builder as the state store knows it.
@@ -51,6 +47,8 @@ pub struct Desired {
 pub struct RecordedBuilder {
     pub archive_sha256: String,
     pub ready: bool,
+    /// Why a cached builder must be fetched (or verified) again before use, if it must.
+    pub trouble: Option<String>,
 }
 
 /// The build a fleet profile last applied.
@@ -61,8 +59,8 @@ pub struct RecordedBuild {
     pub inputs: Option<BuildInputs>,
     /// The build succeeded and every artifact is still in the store.
     pub usable: bool,
-    /// Artifacts of the build: (image type, sha256).
-    pub artifacts: Vec<(String, String)>,
+    /// Artifacts of the build.
+    pub artifacts: Vec<ArtifactRef>,
 }
 
 /// What a device last received.
@@ -79,6 +77,11 @@ pub struct Recorded {
     pub builds: BTreeMap<String, RecordedBuild>,
     /// Keyed by device id (this fleet's pointers).
     pub devices: BTreeMap<String, RecordedDevice>,
+    /// Keyed by device id: the device records of the fleet's devices (`fleet:<fleet>/<id>`).
+    pub device_states: BTreeMap<String, RecordedDeviceState>,
+    /// Keys of successful recorded builds (of any profile or fleet) whose artifacts are in
+    /// the store, among the keys the fleet wants: a changed profile with such a key reuses it.
+    pub reusable: BTreeSet<String>,
 }
 
 pub(crate) fn build_address(fleet: &str, profile_id: &str) -> String {
@@ -107,6 +110,8 @@ fn action(address: String, resource: Resource, kind: ActionKind) -> Action {
         previous_key: None,
         reasons: Vec::new(),
         depends_on: Vec::new(),
+        same_inputs_as: None,
+        cache_hit: false,
         profile_id: None,
         device_id: None,
         builder: None,
@@ -123,26 +128,19 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
         .iter()
         .map(|builder| builder_action(builder, recorded))
         .collect();
-    let builder_changes: BTreeMap<String, ActionKind> = actions
-        .iter()
-        .map(|action| (action.address.clone(), action.action))
-        .collect();
-    let builds: Vec<Action> = desired
+    let mut builds: Vec<Action> = desired
         .builds
         .iter()
-        .map(|build| build_action(&desired.fleet, build, recorded, &builder_changes))
+        .map(|build| build_action(&desired.fleet, build, recorded))
         .collect();
+    share_identical_builds(&mut builds, desired, recorded);
     let flashes: Vec<Action> = desired
         .flashes
         .iter()
         .map(|flash| {
-            flash_action(
-                &desired.fleet,
-                flash,
-                recorded,
-                &builds,
-                desired.allow_flash,
-            )
+            let build_address = build_address(&desired.fleet, &flash.profile_id);
+            let build = builds.iter().find(|action| action.address == build_address);
+            flash_action(&desired.fleet, flash, recorded, build, &desired.allow_flash)
         })
         .collect();
     actions.extend(builds);
@@ -157,6 +155,42 @@ pub fn diff(desired: &Desired, recorded: &Recorded, fingerprint: Fingerprint) ->
         fingerprint,
         offline_needs: Vec::new(),
         notices: Vec::new(),
+        selection: None,
+        allow_flash: desired.allow_flash.clone(),
+    }
+}
+
+/// One build per key: among the changing builds with the same key, the first (in fleet
+/// order) builds and the others depend on it and reuse its result. A changing build whose
+/// key a recorded build already has reuses that, unless `rebuild_if_cached` asks for a fresh
+/// build, which then also serves every other profile with that key in this run.
+fn share_identical_builds(builds: &mut [Action], desired: &Desired, recorded: &Recorded) {
+    let mut first_of_key: BTreeMap<String, usize> = BTreeMap::new();
+    let mut fresh_keys: BTreeSet<String> = BTreeSet::new();
+    for (action, build) in builds.iter().zip(&desired.builds) {
+        if let (Some(key), true) = (&action.key, build.rebuild_if_cached) {
+            fresh_keys.insert(key.clone());
+        }
+    }
+    for index in 0..builds.len() {
+        let action = &builds[index];
+        let Some(key) = action.key.clone().filter(|_| action.action.is_change()) else {
+            continue;
+        };
+        match first_of_key.get(&key) {
+            Some(&first) => {
+                let primary = builds[first].address.clone();
+                let action = &mut builds[index];
+                action.depends_on.push(primary.clone());
+                action.same_inputs_as = Some(primary);
+                action.cache_hit = true;
+            }
+            None => {
+                first_of_key.insert(key.clone(), index);
+                builds[index].cache_hit =
+                    recorded.reusable.contains(&key) && !fresh_keys.contains(&key);
+            }
+        }
     }
 }
 
@@ -180,6 +214,10 @@ fn builder_action(builder: &DesiredBuilder, recorded: &Recorded) -> Action {
                 short_hash(sha),
                 short_hash(&record.archive_sha256)
             ),
+        ),
+        (Some(_), Some(record)) if record.trouble.is_some() => (
+            ActionKind::Replace,
+            record.trouble.clone().unwrap_or_default(),
         ),
         (Some(_), Some(record)) if !record.ready => (
             ActionKind::Create,
@@ -205,12 +243,7 @@ fn builder_action(builder: &DesiredBuilder, recorded: &Recorded) -> Action {
     result
 }
 
-fn build_action(
-    fleet: &str,
-    build: &DesiredBuild,
-    recorded: &Recorded,
-    builder_changes: &BTreeMap<String, ActionKind>,
-) -> Action {
+fn build_action(fleet: &str, build: &DesiredBuild, recorded: &Recorded) -> Action {
     let key = build.inputs.key().map(|key| key.0);
     let previous = recorded.builds.get(&build.profile_id);
     let (kind, reasons) = match previous {
@@ -244,12 +277,7 @@ fn build_action(
         "imagebuilder_profile".into(),
         build.inputs.imagebuilder_profile.clone(),
     );
-    if builder_changes
-        .get(&builder)
-        .is_some_and(|kind| kind.is_change())
-    {
-        result.depends_on.push(builder);
-    }
+    result.depends_on.push(builder);
     result
 }
 
@@ -268,76 +296,6 @@ fn explain_rebuild(build: &DesiredBuild, old: &RecordedBuild) -> Vec<Reason> {
             "the recorded build is gone from the state store",
         )],
     }
-}
-
-fn flash_action(
-    fleet: &str,
-    flash: &DesiredFlash,
-    recorded: &Recorded,
-    builds: &[Action],
-    allow_flash: bool,
-) -> Action {
-    let build_address = build_address(fleet, &flash.profile_id);
-    let build = builds.iter().find(|action| action.address == build_address);
-    let build_changes = build.is_none_or(|action| action.action != ActionKind::NoOp);
-    let artifact = if build_changes {
-        None
-    } else {
-        recorded.builds.get(&flash.profile_id).and_then(|old| {
-            old.artifacts
-                .iter()
-                .find(|(kind, _)| kind == &flash.image)
-                .map(|(_, sha)| sha.clone())
-        })
-    };
-    let previous = recorded.devices.get(&flash.device_id);
-    let (kind, why) = match (previous, &artifact) {
-        (None, _) => (
-            ActionKind::Create,
-            "never flashed by this fleet".to_string(),
-        ),
-        (Some(_), None) if build_changes => (
-            ActionKind::Replace,
-            "its image will be rebuilt (artifact known after build)".to_string(),
-        ),
-        (Some(_), None) => (
-            ActionKind::Skip,
-            format!("the build has no `{}` image", flash.image),
-        ),
-        (Some(old), Some(sha)) if &old.artifact_sha256 != sha => (
-            ActionKind::Replace,
-            format!(
-                "carries {}; the fleet wants {}",
-                short_hash(&old.artifact_sha256),
-                short_hash(sha)
-            ),
-        ),
-        (Some(_), Some(_)) => (ActionKind::NoOp, String::new()),
-    };
-    let (kind, why) = if kind.is_change() && !allow_flash {
-        (
-            ActionKind::Skip,
-            format!("{why}; writing devices needs an explicit flash run (not part of apply)"),
-        )
-    } else {
-        (kind, why)
-    };
-    let mut result = action(flash_address(&flash.device_id), Resource::Flash, kind);
-    result.key = artifact;
-    result.previous_key = previous.map(|old| old.artifact_sha256.clone());
-    if !why.is_empty() {
-        result.reasons.push(reason("device", why));
-    }
-    result.profile_id = Some(flash.profile_id.clone());
-    result.device_id = Some(flash.device_id.clone());
-    result
-        .details
-        .insert("path".into(), flash.path.display().to_string());
-    result.details.insert("image".into(), flash.image.clone());
-    if build_changes {
-        result.depends_on.push(build_address);
-    }
-    result
 }
 
 /// Pointers recorded for profiles that left the fleet: forget them (artifacts stay until gc).
@@ -400,14 +358,19 @@ mod tests {
                 profile_id: "ap".into(),
                 device_id: "archer-c7".into(),
                 inputs: inputs(sha, packages),
+                rebuild_if_cached: false,
             }],
             flashes: vec![DesiredFlash {
                 device_id: "sd1".into(),
                 profile_id: "ap".into(),
                 path: "/dev/sdz".into(),
                 image: "sysupgrade".into(),
+                filesystem: None,
+                verify: crate::manifest::VerifyMode::Full,
+                wipe: false,
+                present: true,
             }],
-            allow_flash: true,
+            allow_flash: FlashPermission::all(),
         }
     }
 
@@ -424,6 +387,7 @@ mod tests {
                     .clone()
                     .unwrap_or_default(),
                 ready: true,
+                trouble: None,
             },
         );
         recorded.builds.insert(
@@ -432,7 +396,13 @@ mod tests {
                 key: build.inputs.key().map(|key| key.0).unwrap_or_default(),
                 inputs: Some(build.inputs.clone()),
                 usable: true,
-                artifacts: vec![("sysupgrade".into(), "ab".repeat(32))],
+                artifacts: vec![ArtifactRef {
+                    sha256: "ab".repeat(32),
+                    name: "ap-sysupgrade.bin".into(),
+                    kind: "sysupgrade".into(),
+                    filesystem: Some("squashfs".into()),
+                    size: 1,
+                }],
             },
         );
         recorded.devices.insert(
@@ -474,8 +444,7 @@ mod tests {
             vec!["builder.23.05.4/ath79/generic"]
         );
         assert_eq!(plan.actions[2].depends_on, vec!["build.home.ap"]);
-        let (graph, _) = plan.graph();
-        assert!(petgraph::algo::toposort(&graph, None).is_ok());
+        assert!(super::super::PlanGraph::new(&plan).is_ok());
         assert_eq!(plan.summary.changes(), 3);
     }
 
@@ -488,7 +457,60 @@ mod tests {
             "{plan:#?}"
         );
         assert!(!plan.has_changes());
-        assert!(plan.actions.iter().all(|a| a.depends_on.is_empty()));
+        // The graph stays whole: an unchanged dependency still counts as one.
+        assert_eq!(
+            plan.action("build.home.ap").map(|a| a.depends_on.clone()),
+            Some(vec!["builder.23.05.4/ath79/generic".to_string()])
+        );
+    }
+
+    fn twin(profile_id: &str, rebuild_if_cached: bool) -> DesiredBuild {
+        DesiredBuild {
+            profile_id: profile_id.into(),
+            device_id: "archer-c7".into(),
+            inputs: inputs(Some(&"11".repeat(32)), &["luci"]),
+            rebuild_if_cached,
+        }
+    }
+
+    #[test]
+    fn identical_keys_build_once_and_the_others_reuse_it() {
+        let mut wanted = desired(Some(&"11".repeat(32)), &["luci"]);
+        wanted.builds.push(twin("ap2", false));
+        wanted.builds.push(twin("ap3", false));
+        let plan = diff(&wanted, &Recorded::default(), Fingerprint::default());
+        let ap = plan.action("build.home.ap").expect("ap");
+        assert_eq!((ap.same_inputs_as.as_deref(), ap.cache_hit), (None, false));
+        for other in ["build.home.ap2", "build.home.ap3"] {
+            let action = plan.action(other).expect("twin");
+            assert_eq!(action.key, ap.key);
+            assert_eq!(action.same_inputs_as.as_deref(), Some("build.home.ap"));
+            assert!(action.cache_hit);
+            assert!(action.depends_on.contains(&"build.home.ap".to_string()));
+        }
+        assert_eq!((plan.summary.build, plan.summary.reuse), (3, 2));
+        let text = super::super::render_text(&plan, false);
+        assert!(text.contains("same inputs as build.home.ap"), "{text}");
+        assert!(text.contains("3 to build (2 reused)"), "{text}");
+    }
+
+    #[test]
+    fn a_recorded_key_is_reused_unless_rebuild_if_cached() {
+        let mut wanted = desired(Some(&"11".repeat(32)), &["luci"]);
+        wanted.builds[0].profile_id = "new".into();
+        wanted.flashes.clear();
+        let mut recorded = Recorded::default();
+        let key = wanted.builds[0].inputs.key().map(|key| key.0).expect("key");
+        recorded.reusable.insert(key.clone());
+        let plan = diff(&wanted, &recorded, Fingerprint::default());
+        let action = plan.action("build.home.new").expect("new");
+        assert_eq!(action.action, ActionKind::Create);
+        assert!(action.cache_hit);
+        wanted.builds.push(twin("fresh", true));
+        let plan = diff(&wanted, &recorded, Fingerprint::default());
+        assert!(!plan.action("build.home.new").expect("new").cache_hit);
+        let fresh = plan.action("build.home.fresh").expect("fresh");
+        assert_eq!(fresh.same_inputs_as.as_deref(), Some("build.home.new"));
     }
 
     #[test]
@@ -541,7 +563,7 @@ mod tests {
     #[test]
     fn flashes_are_skipped_unless_allowed() {
         let mut wanted = desired(Some(&"11".repeat(32)), &["luci"]);
-        wanted.allow_flash = false;
+        wanted.allow_flash = FlashPermission::default();
         let plan = diff(&wanted, &Recorded::default(), Fingerprint::default());
         let flash = plan.action("flash.sd1").expect("flash");
         assert_eq!(flash.action, ActionKind::Skip);

@@ -1,16 +1,17 @@
 //! The `Plan` value and its JSON form (documented in docs/plan-json.md; `format_version`
 //! changes only when a field changes meaning or disappears).
 
-use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
+use super::select::Selection;
 use crate::key::{BuildInputs, Reason};
 use crate::triple::Triple;
 
-/// Version of the plan JSON format. Additive changes keep it; breaking ones bump it.
-pub const FORMAT_VERSION: &str = "1.0";
+/// Version of the plan JSON format: the minor number grows with additive changes, the major
+/// number when a field changes meaning or disappears (docs/plan-json.md).
+pub const FORMAT_VERSION: &str = "1.3";
 
 /// What kind of thing an action is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -59,8 +60,18 @@ pub struct Action {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_key: Option<String>,
     pub reasons: Vec<Reason>,
-    /// Addresses of actions that must finish first.
+    /// Addresses of the actions this one depends on (a build on its Image Builder, a flash
+    /// on its build, a reusing build on the build it reuses), whether or not they change;
+    /// an unchanged dependency counts as finished.
     pub depends_on: Vec<String>,
+    /// For a build: the build action in this plan with the same key, whose result this one
+    /// reuses instead of building again (one build per key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_inputs_as: Option<String>,
+    /// For a build that changes: apply reuses a build with this key (recorded, or made
+    /// earlier in the same run) instead of running `make image`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cache_hit: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +97,9 @@ pub struct Summary {
     pub fetch: usize,
     pub build: usize,
     pub rebuild: usize,
+    /// Of `build` and `rebuild`, how many reuse a build with the same key (no `make image`).
+    #[serde(default)]
+    pub reuse: usize,
     pub flash: usize,
     pub remove: usize,
     pub unchanged: usize,
@@ -110,6 +124,59 @@ pub struct Fingerprint {
     pub state: String,
 }
 
+/// Which fleet devices a run may write: `plan|apply --flash` (all of them) or
+/// `--flash DEVICE_ID` (repeatable). Part of a saved plan, so `apply PLANFILE` writes exactly
+/// what the reviewed plan said. Without it, a wanted flash is `skip` and no pending change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlashPermission {
+    /// Every fleet device in the plan (`--flash` without a device).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub all: bool,
+    /// These fleet devices (`--flash DEVICE_ID`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+}
+
+impl FlashPermission {
+    /// Every fleet device.
+    pub fn all() -> FlashPermission {
+        FlashPermission {
+            all: true,
+            devices: Vec::new(),
+        }
+    }
+
+    /// No device may be written (the default).
+    pub fn is_none(&self) -> bool {
+        !self.all && self.devices.is_empty()
+    }
+
+    /// Whether the run may write `device_id`.
+    pub fn allows(&self, device_id: &str) -> bool {
+        self.all || self.names(device_id)
+    }
+
+    /// Whether `device_id` was named explicitly (`--flash DEVICE_ID`): then a missing
+    /// device is an error rather than a skip.
+    pub fn names(&self, device_id: &str) -> bool {
+        self.devices.iter().any(|named| named == device_id)
+    }
+
+    /// The command-line spelling, for messages: `--flash`, `--flash a --flash b`.
+    pub fn describe(&self) -> String {
+        if self.all {
+            return "--flash".to_string();
+        }
+        let words: Vec<String> = self
+            .devices
+            .iter()
+            .map(|device| format!("--flash {device}"))
+            .collect();
+        words.join(" ")
+    }
+}
+
 /// The result of `imagegen plan`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Plan {
@@ -125,6 +192,14 @@ pub struct Plan {
     /// checked offline).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<String>,
+    /// The part of the fleet this plan covers (`--target`, `--profile`, ...); absent when it
+    /// covers the whole fleet. `apply PLANFILE` applies exactly this selection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+    /// Which fleet devices `apply` may write (`--flash`); absent: none, so every wanted
+    /// flash is `skip`. `apply PLANFILE` uses exactly this.
+    #[serde(default, skip_serializing_if = "FlashPermission::is_none")]
+    pub allow_flash: FlashPermission,
 }
 
 impl Plan {
@@ -136,28 +211,12 @@ impl Plan {
         self.actions.iter().find(|action| action.address == address)
     }
 
-    /// The actions as a dependency DAG (edge: dependency → dependent). Dependencies on
-    /// addresses that are not in the plan are ignored.
-    pub fn graph(&self) -> (DiGraph<usize, ()>, BTreeMap<String, NodeIndex>) {
-        let mut graph = DiGraph::new();
-        let mut nodes = BTreeMap::new();
-        for (index, action) in self.actions.iter().enumerate() {
-            nodes.insert(action.address.clone(), graph.add_node(index));
-        }
-        for action in &self.actions {
-            let to = nodes[&action.address];
-            for dependency in &action.depends_on {
-                if let Some(&from) = nodes.get(dependency) {
-                    graph.add_edge(from, to, ());
-                }
-            }
-        }
-        (graph, nodes)
-    }
-
     pub(crate) fn summarize(actions: &[Action]) -> Summary {
         let mut summary = Summary::default();
         for action in actions {
+            if action.resource == Resource::Build && action.action.is_change() && action.cache_hit {
+                summary.reuse += 1;
+            }
             match (action.resource, action.action) {
                 (_, ActionKind::NoOp) => summary.unchanged += 1,
                 (_, ActionKind::Skip) => summary.skip += 1,
@@ -170,4 +229,8 @@ impl Plan {
         }
         summary
     }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }

@@ -32,7 +32,14 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
         );
     }
     for action in shown {
-        render_action(&mut out, action, verbose);
+        render_action(&mut out, plan, action, verbose);
+    }
+    if let Some(selection) = &plan.selection {
+        let _ = writeln!(
+            out,
+            "Selection: {} (only these actions and what they depend on; the rest of the fleet is not planned)\n",
+            selection.describe()
+        );
     }
     if !plan.offline_needs.is_empty() {
         let _ = writeln!(out, "Offline: apply would first need to download:");
@@ -55,7 +62,7 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
     out
 }
 
-fn render_action(out: &mut String, action: &Action, verbose: bool) {
+fn render_action(out: &mut String, plan: &Plan, action: &Action, verbose: bool) {
     let symbol = match action.action {
         ActionKind::Create => "+",
         ActionKind::Replace => "~",
@@ -74,8 +81,29 @@ fn render_action(out: &mut String, action: &Action, verbose: bool) {
     for reason in &action.reasons {
         let _ = writeln!(out, "      because {}", reason.text);
     }
-    if !action.depends_on.is_empty() {
-        let _ = writeln!(out, "      after {}", action.depends_on.join(", "));
+    if let Some(primary) = &action.same_inputs_as {
+        let _ = writeln!(
+            out,
+            "      same inputs as {primary}: built once, reused here (cache hit)"
+        );
+    } else if action.cache_hit {
+        let _ = writeln!(
+            out,
+            "      reuses the recorded build with this key (cache hit, re-verified)"
+        );
+    }
+    // Unchanged dependencies are already done; only what runs first is worth a line.
+    let pending: Vec<&str> = action
+        .depends_on
+        .iter()
+        .filter(|address| {
+            plan.action(address)
+                .is_some_and(|dependency| dependency.action.is_change())
+        })
+        .map(String::as_str)
+        .collect();
+    if !pending.is_empty() {
+        let _ = writeln!(out, "      after {}", pending.join(", "));
     }
     out.push('\n');
 }
@@ -135,14 +163,28 @@ fn key_text(action: &Action) -> String {
     }
 }
 
-/// `Plan: 1 to fetch, 2 to build, 1 to rebuild, 0 to flash, 0 to forget; 3 unchanged.`
+/// `Plan: 1 to fetch, 2 to build (1 reused), 1 to rebuild, 0 to flash, 0 to forget;
+/// 3 unchanged.`
 pub fn summary_line(plan: &Plan) -> String {
     let summary = &plan.summary;
+    let reused = |kind: ActionKind| {
+        let count = plan
+            .actions
+            .iter()
+            .filter(|a| a.resource == Resource::Build && a.action == kind && a.cache_hit)
+            .count();
+        match count {
+            0 => String::new(),
+            count => format!(" ({count} reused)"),
+        }
+    };
     let mut line = format!(
-        "Plan: {} to fetch, {} to build, {} to rebuild, {} to flash, {} to forget; {} unchanged",
+        "Plan: {} to fetch, {} to build{}, {} to rebuild{}, {} to flash, {} to forget; {} unchanged",
         summary.fetch,
         summary.build,
+        reused(ActionKind::Create),
         summary.rebuild,
+        reused(ActionKind::Replace),
         summary.flash,
         summary.remove,
         summary.unchanged

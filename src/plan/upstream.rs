@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::capability;
 use crate::error::{Error, ErrorCode, Problem, Problems, Result};
 use crate::feeds::prepare::{Fetcher, pinned_feeds};
 use crate::feeds::{FeedPin, ProfilePackages, source_of};
@@ -132,7 +133,16 @@ impl UpstreamCheck {
     pub fn problems_to_result(&self) -> Result<()> {
         let mut problems = Problems::new();
         problems.extend(self.problems.iter().cloned());
-        problems.finish((), "profiles ask for what upstream does not offer")
+        problems.finish((), "profiles ask for what the Image Builder cannot give")
+    }
+
+    /// What the pinned `profiles.json` of `triple` says about one Image Builder profile id.
+    pub(crate) fn device(
+        &self,
+        triple: &Triple,
+        id: &str,
+    ) -> Option<&crate::imagebuilder::metadata::ProfileInfo> {
+        capability::device_info(self.profiles.get(triple)?, id)
     }
 }
 
@@ -196,7 +206,11 @@ pub fn check_upstream(
         };
         let parsed = ProfilesJson::parse(&bytes, &format!("{triple}/profiles.json"))?;
         for loaded in fleet.profiles_of(&triple) {
-            if offers(&parsed, &loaded.profile.imagebuilder_profile) {
+            if let Some(info) =
+                capability::device_info(&parsed, &loaded.profile.imagebuilder_profile)
+            {
+                let found = capability::device_problems(loaded, &triple, info);
+                check.problems.extend(found);
                 continue;
             }
             let overview = overview
@@ -222,6 +236,9 @@ pub fn check_upstream(
             fetcher: fetcher.as_ref(),
         };
         check_packages(&packages, entry, &mut check)?;
+        check
+            .problems
+            .extend(capability::flash_problems(fleet, &triple, &parsed));
         check.profiles.insert(triple, parsed);
     }
     Ok(check)
@@ -379,17 +396,6 @@ fn moved(entry: &LockEntry, metadata: &imagebuilder::TargetMetadata) -> Option<M
             locked_version: entry.version_code.clone(),
             upstream_sha256: metadata.archive_sha256.clone(),
             upstream_version: metadata.version_code.clone(),
-        })
-}
-
-/// A profile id is offered when it is a key of `profiles`, or (as ASU accepts) one of a
-/// device's `supported_devices` with `,` written as `_`.
-fn offers(profiles: &ProfilesJson, id: &str) -> bool {
-    profiles.profiles.contains_key(id)
-        || profiles.profiles.values().any(|info| {
-            info.supported_devices
-                .iter()
-                .any(|board| board.replace(',', "_") == id)
         })
 }
 

@@ -1,4 +1,4 @@
-//! Background jobs (`POST /apply`, `POST /builds`): at most one runs at a time, since it
+//! Background jobs (`POST /apply`, `POST /builds`, `POST /flash`): at most one runs at a time, since it
 //! holds the state store for its whole run. Each job keeps every event line it produced, so
 //! a subscriber that comes late still gets the whole stream from the start.
 //!
@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::exec::{Event, Reporter};
-use crate::ops::{ApplyOutcome, BuildOutcome};
+use crate::ops::{ApplyOutcome, BuildOutcome, FlashOutcome};
 
 /// Finished jobs kept for `GET /jobs`; older ones are forgotten.
 const KEEP_FINISHED: usize = 20;
@@ -27,6 +27,8 @@ const KEEP_FINISHED: usize = 20;
 pub(crate) enum JobKind {
     Apply,
     Build,
+    /// `POST /flash` with `force: true`.
+    Flash,
 }
 
 /// Where a job is.
@@ -48,6 +50,7 @@ pub(crate) enum JobStatus {
 pub(crate) enum JobResult {
     Apply(Box<ApplyOutcome>),
     Build(Box<BuildOutcome>),
+    Flash(Box<FlashOutcome>),
 }
 
 /// A job as `GET /jobs/{id}` shows it.
@@ -128,6 +131,8 @@ impl Job {
                         interrupted(outcome.report.as_ref()),
                         outcome.summary_event(),
                     ),
+                    // A flash that did not succeed is an error, not a result.
+                    JobResult::Flash(outcome) => (true, false, outcome.summary_event()),
                 };
                 let status = match (success, interrupted) {
                     (_, true) => JobStatus::Cancelled,

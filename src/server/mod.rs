@@ -58,6 +58,9 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// How long a request waits for another process to release the state store.
     pub store_wait: Duration,
+    /// `--allow-flash`: `POST /flash` and an apply's flash permission may write block
+    /// devices; without it they are refused (`403 permission_error`).
+    pub allow_flash: bool,
 }
 
 /// What every handler shares.
@@ -69,6 +72,7 @@ pub(crate) struct AppState {
     jobs: Arc<Jobs>,
     token: Option<Token>,
     workspaces: Arc<WorkspaceCache>,
+    allow_flash: bool,
 }
 
 /// The last loaded workspace and the stamp of its files: loading 1,000 profiles costs tens
@@ -123,6 +127,19 @@ pub(crate) enum Access {
 }
 
 impl AppState {
+    /// Refuses to write block devices unless the server was started with `--allow-flash`.
+    pub(crate) fn check_flash_allowed(&self, what: &str) -> ApiResult<()> {
+        if self.allow_flash {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorCode::PermissionError,
+            format!("{what} writes block devices, and this server was started without `--allow-flash`"),
+        )
+        .with_help("restart it with `imagegen serve --allow-flash`, or flash with `imagegen flash write` on the machine")
+        .into())
+    }
+
     /// Loads the workspace and runs one operation on the blocking pool.
     pub(crate) async fn run<T, F>(
         &self,
@@ -217,7 +234,7 @@ impl AppState {
             let hooks = RunHooks {
                 cancel: Arc::clone(&worker_job.cancel),
                 reporter: worker_job.events.as_ref(),
-                on_plan: &|_| {},
+                on_plan: &|_| Ok(()),
             };
             worker_job.finish(operation(&workspace, &hooks));
             drop(guard);
@@ -280,6 +297,7 @@ async fn run(options: ServeOptions, token: Option<Token>) -> Result<()> {
         jobs: Arc::new(Jobs::default()),
         token,
         workspaces: Arc::new(WorkspaceCache::default()),
+        allow_flash: options.allow_flash,
     });
     let app = routes::router(Arc::clone(&state), options.body_limit);
     println!("imagegen serve: listening on http://{address}/ (API docs at /docs)");

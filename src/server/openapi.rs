@@ -12,7 +12,7 @@ use utoipa::OpenApi;
 
 use super::download;
 use super::error::ErrorBody;
-use super::handlers::{builders, fleet, jobs, profiles, records};
+use super::handlers::{builders, flash, fleet, jobs, profiles, records};
 use crate::exec::Event;
 
 #[derive(OpenApi)]
@@ -29,6 +29,7 @@ use crate::exec::Event;
         builders::list, builders::show, builders::ensure, builders::prune,
         records::builds, jobs::build, records::build, records::build_artifacts, records::build_log,
         records::artifacts, records::artifact, download::download,
+        flash::list, flash::start,
         jobs::list, jobs::show, jobs::events, jobs::cancel,
     ),
     components(schemas(ErrorBody, Event)),
@@ -40,6 +41,7 @@ use crate::exec::Event;
         (name = "builders", description = "Official Image Builders: recorded, fetched, pruned"),
         (name = "builds", description = "Recorded builds and their logs"),
         (name = "artifacts", description = "The content-addressed artifact store"),
+        (name = "flash", description = "Writing artifacts to whole disks, and the records of every flash"),
     )
 )]
 struct ApiDoc;

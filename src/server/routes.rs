@@ -1,11 +1,8 @@
 //! The route table: every path the server answers, in one place. Public routes (dashboard,
 //! health, the API description) need no token; everything else goes through
 //! [`auth::require_token`].
-//!
-//! Flashing (`GET /flash`, `POST /flash`) is not here yet: when the flash operation lands in
-//! `ops`, it gets one `.route("/flash", get(flash::list).post(flash::start))` line below,
-//! a `handlers/flash.rs` calling the operation (a job, like `apply`), and its two paths in
-//! `openapi.rs`.
+//! `POST /flash` answers `403` unless the server was started with `--allow-flash`
+//! (`handlers/flash.rs`).
 
 use std::sync::Arc;
 
@@ -17,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::error::ApiError;
-use super::handlers::{builders, fleet, jobs, profiles, records};
+use super::handlers::{builders, flash, fleet, jobs, profiles, records};
 use super::{AppState, auth, dashboard, download, openapi};
 
 pub(crate) fn router(state: Arc<AppState>, body_limit: usize) -> Router {
@@ -46,6 +43,7 @@ pub(crate) fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/artifacts", get(records::artifacts))
         .route("/artifacts/{sha256}", get(records::artifact))
         .route("/artifacts/{sha256}/download", get(download::download))
+        .route("/flash", get(flash::list).post(flash::start))
         .route("/jobs", get(jobs::list))
         .route("/jobs/{id}", get(jobs::show))
         .route("/jobs/{id}/events", get(jobs::events))

@@ -62,6 +62,12 @@ macro_rules! settings_table {
             /// The bearer token of `imagegen serve` (a secret: not a setting, never shown by
             /// `imagegen config` or `GET /config`).
             pub const OWRT_IMG_API_TOKEN: &str = "OWRT_IMG_API_TOKEN";
+            /// TEST HOOK, not a setting: a shell command `imagegen flash` runs between the
+            /// write and the read-back, so the integration tests can change a loop device's
+            /// backing file and prove a mismatch is caught. Honoured only when the target is
+            /// a loop device (never a real card or disk), and announced on stderr when it
+            /// runs; `docs/flash.md`, "Test hook".
+            pub const IMAGEGEN_TEST_FLASH_BEFORE_VERIFY: &str = "IMAGEGEN_TEST_FLASH_BEFORE_VERIFY";
         }
 
         /// The rows, in the order `imagegen config` lists them.

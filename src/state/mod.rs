@@ -30,8 +30,9 @@ use tables::{META, SCHEMA_VERSION_KEY};
 pub use lock::LockHolder;
 pub use reader::Reader;
 pub use records::{
-    ArtifactRecord, ArtifactRef, BuildRecord, BuildStatus, BuilderRecord, BuilderStatus,
-    DeviceIdentity, DevicePointer, FlashRecord, ProfilePointer,
+    AppliedBy, ArtifactRecord, ArtifactRef, BuildRecord, BuildStatus, BuilderRecord, BuilderStatus,
+    DeviceIdentity, DevicePointer, DeviceRecord, FlashRecord, FlashStatus, FlashedArtifact,
+    ProfilePointer, RecordedError, VerifyResult, disk_device_key, fleet_device_key,
 };
 pub use tables::SCHEMA_VERSION;
 pub use writer::Writer;

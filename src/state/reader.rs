@@ -8,11 +8,12 @@ use redb::{
 use serde::de::DeserializeOwned;
 
 use super::records::{
-    ArtifactRecord, BuildRecord, BuilderRecord, DevicePointer, FlashRecord, ProfilePointer,
+    ArtifactRecord, BuildRecord, BuilderRecord, DevicePointer, DeviceRecord, FlashRecord,
+    ProfilePointer,
 };
 use super::tables::{
-    ARTIFACT_SHA256_TO_ARTIFACT, BUILD_KEY_TO_BUILD, BUILDER_KEY_TO_BUILDER, FLASH_ID_TO_FLASH,
-    FLEET_DEVICE_TO_POINTER, FLEET_PROFILE_TO_POINTER, PATH_TO_FILE_HASH,
+    ARTIFACT_SHA256_TO_ARTIFACT, BUILD_KEY_TO_BUILD, BUILDER_KEY_TO_BUILDER, DEVICE_KEY_TO_DEVICE,
+    FLASH_ID_TO_FLASH, FLEET_DEVICE_TO_POINTER, FLEET_PROFILE_TO_POINTER, PATH_TO_FILE_HASH,
 };
 use super::{database_error, decode, guarded};
 use crate::error::Result;
@@ -68,6 +69,15 @@ impl Reader {
         let mut flashes: Vec<FlashRecord> = self.values(FLASH_ID_TO_FLASH)?;
         flashes.reverse();
         Ok(flashes)
+    }
+
+    pub fn device(&self, key: &str) -> Result<Option<DeviceRecord>> {
+        self.get(DEVICE_KEY_TO_DEVICE, key)
+    }
+
+    /// Every device a flash recorded, ordered by device key.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        self.values(DEVICE_KEY_TO_DEVICE)
     }
 
     pub fn profile_pointer(&self, fleet: &str, profile_id: &str) -> Result<Option<ProfilePointer>> {

@@ -10,8 +10,11 @@ use redb::TableDefinition;
 /// imagegen could misread, and add the upgrade step in `migrate`; an imagegen refuses a
 /// database with a newer version and upgrades an older one in place.
 ///
-/// 1: first release. 2: `BuildRecord.inputs` is a typed `BuildInputs`.
-pub const SCHEMA_VERSION: u64 = 2;
+/// 1: first release. 2: `BuildRecord.inputs` is a typed `BuildInputs`. 3: a build record
+/// lists every (fleet, profile) that applied it (`applied_by`) and a kept build tree.
+/// 4: flash records (`FlashRecord` reshaped: status enum, device key, image and artifact,
+/// verification) and [`DEVICE_KEY_TO_DEVICE`].
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// The key in [`META`] that holds the schema version.
 pub(crate) const SCHEMA_VERSION_KEY: &str = "schema_version";
@@ -35,11 +38,17 @@ pub(crate) const ARTIFACT_SHA256_TO_ARTIFACT: TableDefinition<&str, &[u8]> =
 pub(crate) const FLASH_ID_TO_FLASH: TableDefinition<u64, &[u8]> =
     TableDefinition::new("FLASH_ID_TO_FLASH");
 
+/// Device key (`docs/flash.md`, "Which device") → `DeviceRecord`: each device's state after
+/// its last flash (flashed, did not complete, partial, suspect).
+pub(crate) const DEVICE_KEY_TO_DEVICE: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("DEVICE_KEY_TO_DEVICE");
+
 /// (fleet, profile id) → `ProfilePointer`: the build last applied for that profile.
 pub(crate) const FLEET_PROFILE_TO_POINTER: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("FLEET_PROFILE_TO_POINTER");
 
-/// (fleet, device id) → `DevicePointer`: the artifact last flashed to that device.
+/// (fleet, device id) → `DevicePointer`: the artifact last flashed to that device, set by a
+/// successful flash and removed when a flash starts (the old image is being destroyed).
 pub(crate) const FLEET_DEVICE_TO_POINTER: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("FLEET_DEVICE_TO_POINTER");
 

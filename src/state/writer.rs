@@ -7,12 +7,13 @@ use serde::de::DeserializeOwned;
 
 use super::reader::get_record;
 use super::records::{
-    ArtifactRecord, BuildRecord, BuilderRecord, DevicePointer, FlashRecord, ProfilePointer,
+    ArtifactRecord, BuildRecord, BuilderRecord, DevicePointer, DeviceRecord, FlashRecord,
+    FlashStatus, ProfilePointer,
 };
 use super::tables::{
-    ARTIFACT_SHA256_TO_ARTIFACT, BUILD_KEY_TO_BUILD, BUILDER_KEY_TO_BUILDER, FLASH_ID_TO_FLASH,
-    FLEET_DEVICE_TO_POINTER, FLEET_PROFILE_TO_POINTER, META, PATH_TO_FILE_HASH, SCHEMA_VERSION,
-    SCHEMA_VERSION_KEY,
+    ARTIFACT_SHA256_TO_ARTIFACT, BUILD_KEY_TO_BUILD, BUILDER_KEY_TO_BUILDER, DEVICE_KEY_TO_DEVICE,
+    FLASH_ID_TO_FLASH, FLEET_DEVICE_TO_POINTER, FLEET_PROFILE_TO_POINTER, META, PATH_TO_FILE_HASH,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY,
 };
 use super::{database_error, encode, guarded};
 use crate::error::Result;
@@ -118,6 +119,65 @@ impl Writer {
         Ok(id)
     }
 
+    pub fn flash(&self, id: u64) -> Result<Option<FlashRecord>> {
+        self.get(FLASH_ID_TO_FLASH, id)
+    }
+
+    /// Replaces the record of an attempt [`Writer::add_flash`] recorded (its end).
+    pub fn put_flash(&mut self, record: &FlashRecord) -> Result<()> {
+        self.put(FLASH_ID_TO_FLASH, record.id, record)
+    }
+
+    pub fn device(&self, key: &str) -> Result<Option<DeviceRecord>> {
+        self.get(DEVICE_KEY_TO_DEVICE, key)
+    }
+
+    /// A flash attempt starts (before its first byte): stores it under the next free id,
+    /// marks its device as being flashed and drops the fleet's pointer to what the device
+    /// held, which is about to be destroyed. Returns the record with its id.
+    pub fn start_flash(&mut self, record: &FlashRecord) -> Result<FlashRecord> {
+        let id = self.add_flash(record)?;
+        let record = FlashRecord {
+            id,
+            ..record.clone()
+        };
+        let previous = self.device(&record.device_key)?;
+        self.put_device(&DeviceRecord::after_flash(previous.as_ref(), &record))?;
+        if let (Some(fleet), Some(device)) = (&record.fleet, &record.device_id) {
+            self.remove_device_pointer(fleet, device)?;
+        }
+        Ok(record)
+    }
+
+    /// A flash attempt ended: its record, its device's state, and for a fleet device that
+    /// now holds the image, the fleet's pointer to it (the artifact, else the image file).
+    pub fn end_flash(&mut self, record: &FlashRecord) -> Result<()> {
+        self.put_flash(record)?;
+        let previous = self.device(&record.device_key)?;
+        self.put_device(&DeviceRecord::after_flash(previous.as_ref(), record))?;
+        if let (FlashStatus::Succeeded, Some(fleet), Some(device)) =
+            (record.status, &record.fleet, &record.device_id)
+        {
+            let artifact_sha256 = record
+                .artifact
+                .as_ref()
+                .map_or(&record.image_sha256, |artifact| &artifact.sha256)
+                .clone();
+            let pointer = DevicePointer {
+                artifact_sha256,
+                flash_id: record.id,
+                flashed_at: record.finished_at.unwrap_or(record.started_at),
+            };
+            self.set_device_pointer(fleet, device, &pointer)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces the record of its device key.
+    pub fn put_device(&mut self, record: &DeviceRecord) -> Result<()> {
+        self.put(DEVICE_KEY_TO_DEVICE, record.key.as_str(), record)
+    }
+
     pub fn set_profile_pointer(
         &mut self,
         fleet: &str,
@@ -138,6 +198,10 @@ impl Writer {
         pointer: &DevicePointer,
     ) -> Result<()> {
         self.put(FLEET_DEVICE_TO_POINTER, (fleet, device_id), pointer)
+    }
+
+    pub fn remove_device_pointer(&mut self, fleet: &str, device_id: &str) -> Result<bool> {
+        self.remove(FLEET_DEVICE_TO_POINTER, (fleet, device_id))
     }
 
     /// Stores the overlay module's opaque bytes per absolute path.
@@ -249,6 +313,7 @@ pub(crate) fn initialise(db: &Database) -> Result<()> {
     writer.open(BUILD_KEY_TO_BUILD)?;
     writer.open(ARTIFACT_SHA256_TO_ARTIFACT)?;
     writer.open(FLASH_ID_TO_FLASH)?;
+    writer.open(DEVICE_KEY_TO_DEVICE)?;
     writer.open(FLEET_PROFILE_TO_POINTER)?;
     writer.open(FLEET_DEVICE_TO_POINTER)?;
     writer.open(PATH_TO_FILE_HASH)?;

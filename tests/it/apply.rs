@@ -126,7 +126,9 @@ fn apply_builds_then_nothing_then_exactly_what_changed() {
     if let imagegen_standin::imagebuilder::RootfsEntry::File { data, .. } = provenance.1 {
         let json: serde_json::Value = serde_json::from_slice(data).expect("provenance JSON");
         assert_eq!(json["build_key"], gw.as_str());
-        assert_eq!(json["profile_id"], "gw");
+        // Only key inputs: the image is a function of its key (docs/decisions.md).
+        assert_eq!(json["key_inputs"]["imagebuilder_profile"], "generic");
+        assert!(json.get("profile_id").is_none(), "{json}");
     }
     assert!(
         image.keys().any(|path| path.contains("htop")),

@@ -591,3 +591,71 @@ fn many_steps_in_layers_finish_with_bounded_concurrency() {
     assert_eq!(report.succeeded, 60);
     assert!(maximum.load(Ordering::SeqCst) <= 4);
 }
+
+#[test]
+fn checkpoints_are_recorded_on_the_calling_thread_while_the_step_waits() {
+    let caller = thread::current().id();
+    let recorded = Mutex::new(Vec::new());
+    let steps = vec![
+        step(
+            "flash.a",
+            Pool::Flash("/dev/a".into()),
+            &[],
+            Behavior::Sleep(1),
+        ),
+        step(
+            "flash.b",
+            Pool::Flash("/dev/b".into()),
+            &[],
+            Behavior::Sleep(1),
+        ),
+    ];
+    let reporter = MemoryReporter::new();
+    let report = imagegen::exec::execute_with_checkpoints(
+        steps,
+        &options(1, false),
+        |spec, context| {
+            // The answer comes back before the step goes on, and it is what was recorded.
+            let answer: usize = context.checkpoint(format!("{} started", spec.address))?;
+            assert_eq!(answer, spec.address.len());
+            let refused: Result<usize, Error> = context.checkpoint(7_u8);
+            assert_eq!(
+                refused.map_err(|error| error.code),
+                Err(ErrorCode::Validation)
+            );
+            Ok(format!("{} done", spec.address))
+        },
+        |_, _: &StepOutcome<String>| Ok(()),
+        |spec, request| {
+            assert_eq!(thread::current().id(), caller, "only the caller records");
+            let text = request
+                .downcast::<String>()
+                .map_err(|_| Error::new(ErrorCode::Validation, "not a string"))?;
+            recorded.lock().unwrap().push(*text);
+            Ok(Box::new(spec.address.len()))
+        },
+        &reporter,
+    );
+    assert!(report.is_success(), "{report:?}");
+    let mut recorded = recorded.into_inner().unwrap();
+    recorded.sort();
+    assert_eq!(recorded, ["flash.a started", "flash.b started"]);
+
+    // Outside an executor, or in a run without checkpoints, a step cannot record.
+    let detached = StepContext::detached(0, Arc::new(AtomicBool::new(false)));
+    assert!(detached.checkpoint::<_, ()>(1_u8).is_err());
+    let report = execute(
+        vec![build("b", &[], Behavior::Sleep(1))],
+        &options(1, false),
+        |_, context| context.checkpoint::<_, String>(1_u8),
+        |_, _: &StepOutcome<String>| Ok(()),
+        &MemoryReporter::new(),
+    );
+    assert_eq!(report.failed, 1);
+    assert!(
+        report.steps[0]
+            .error
+            .as_ref()
+            .is_some_and(|error| error.message.contains("records only finished steps"))
+    );
+}

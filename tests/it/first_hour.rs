@@ -40,7 +40,7 @@ fn validate_says_which_checks_it_could_not_run_and_strict_refuses() {
     );
     assert!(
         stdout.contains(
-            "Not checked: Image Builder profiles against upstream profiles.json for 5 profiles"
+            "Not checked: Image Builder profiles, filesystems and image kinds against upstream profiles.json for 5 profiles"
         ),
         "{stdout}"
     );
@@ -152,5 +152,46 @@ fn an_unknown_profile_lists_the_few_that_exist_and_an_empty_fleet_says_so() {
         run.stderr.contains("the fleet has no profiles yet"),
         "{}",
         run.stderr
+    );
+}
+
+#[test]
+fn escape_sequences_in_profile_values_never_reach_the_terminal() {
+    let fleet = TestFleet::empty();
+    fleet.write("imagegen.toml", "[fleet]\nname = \"home\"\n");
+    fleet.write(
+        "profiles/gw.json",
+        r#"{"profile_id": "gw", "name": "clear\u001b[2Jscreen", "description": "bell\u0007", "device_id": "generic", "openwrt_release": "23.05.4", "target": "x86", "subtarget": "64", "imagebuilder_profile": "generic"}"#,
+    );
+    let commands: [&[&str]; 2] = [&["profiles", "show", "gw"], &["profiles", "list"]];
+    for args in commands {
+        let run = fleet.run(args);
+        run.success();
+        assert!(!run.stdout.contains('\u{1b}'), "{:?}", run.stdout);
+        assert!(!run.stdout.contains('\u{7}'), "{:?}", run.stdout);
+    }
+    let shown = fleet.run(&["profiles", "show", "gw"]);
+    assert!(shown.stdout.contains("clear"), "{}", shown.stdout);
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let fleet = TestFleet::empty();
+    let mut child = fleet
+        .command(&["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}",
+        output.status
     );
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use imagegen::flash::{DeviceCandidate, FlashReport, ImageFormat, VerifyMode};
+use imagegen::state::FlashStatus;
 use serde_json::Value;
 
 use crate::support::{Run, TestFleet};
@@ -16,14 +17,14 @@ use crate::support::{Run, TestFleet};
 const MIB: usize = 1024 * 1024;
 
 /// Prints the loud skip notice.
-fn skip(test: &str, missing: &str) {
+pub(crate) fn skip(test: &str, missing: &str) {
     eprintln!(
         "\n!!!!!!!! SKIPPED flash::{test}: {missing} !!!!!!!!\n\
          !!!!!!!! this test checked NOTHING on this machine; CI runs it as root !!!!!!!!\n"
     );
 }
 
-fn run_tool(program: &str, args: &[&str]) -> Result<String, String> {
+pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<String, String> {
     let output = Command::new(program)
         .args(args)
         .output()
@@ -39,19 +40,28 @@ fn run_tool(program: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// A loop device over a file in a temp dir, detached (with its partitions) on drop.
-struct LoopDevice {
-    node: PathBuf,
-    backing: PathBuf,
+/// A loop device over a file (in a temp dir unless given), detached (with its partitions)
+/// on drop.
+pub(crate) struct LoopDevice {
+    pub node: PathBuf,
+    pub backing: PathBuf,
     partitioned: bool,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl LoopDevice {
     /// A zero-filled loop device of `size` bytes, or `None` after a loud skip notice.
-    fn create(test: &str, size: usize, read_only: bool) -> Option<LoopDevice> {
+    pub fn create(test: &str, size: usize, read_only: bool) -> Option<LoopDevice> {
         let dir = tempfile::tempdir().expect("temp dir");
         let backing = dir.path().join("disk.img");
+        let mut device = LoopDevice::over(test, &backing, size, read_only)?;
+        device._dir = Some(dir);
+        Some(device)
+    }
+
+    /// A loop device over a new zero-filled file `backing` of `size` bytes.
+    pub fn over(test: &str, backing: &Path, size: usize, read_only: bool) -> Option<LoopDevice> {
+        let backing = backing.to_path_buf();
         std::fs::File::create(&backing)
             .and_then(|file| file.set_len(size as u64))
             .expect("backing file");
@@ -70,7 +80,7 @@ impl LoopDevice {
                         node: PathBuf::from(node),
                         backing,
                         partitioned: false,
-                        _dir: dir,
+                        _dir: None,
                     });
                 }
                 Err(error) => last = error,
@@ -83,11 +93,11 @@ impl LoopDevice {
         None
     }
 
-    fn path(&self) -> &str {
+    pub fn path(&self) -> &str {
         self.node.to_str().expect("utf-8 node")
     }
 
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         self.node
             .file_name()
             .unwrap()
@@ -95,7 +105,7 @@ impl LoopDevice {
             .into_owned()
     }
 
-    fn contents(&self) -> Vec<u8> {
+    pub fn contents(&self) -> Vec<u8> {
         std::fs::read(&self.node).expect("read the loop device")
     }
 
@@ -139,12 +149,12 @@ impl Drop for LoopDevice {
 }
 
 /// A filesystem made on `device` and mounted on a temp dir; unmounted on drop.
-struct Mounted {
-    point: tempfile::TempDir,
+pub(crate) struct Mounted {
+    pub point: tempfile::TempDir,
 }
 
 impl Mounted {
-    fn create(test: &str, device: &str) -> Option<Mounted> {
+    pub fn create(test: &str, device: &str) -> Option<Mounted> {
         let point = tempfile::tempdir().expect("mount point");
         let mounted = run_tool("mkfs.ext4", &["-q", "-F", device])
             .and_then(|_| run_tool("mount", &[device, point.path().to_str().expect("utf-8")]));
@@ -165,7 +175,7 @@ impl Drop for Mounted {
 }
 
 /// Deterministic bytes that compress, with no long runs of one value.
-fn image_bytes(length: usize) -> Vec<u8> {
+pub(crate) fn image_bytes(length: usize) -> Vec<u8> {
     let mut state: u32 = 0x9e37_79b9;
     (0..length)
         .map(|index| {
@@ -181,7 +191,7 @@ fn image_bytes(length: usize) -> Vec<u8> {
         .collect()
 }
 
-fn write_file(fleet: &TestFleet, name: &str, bytes: &[u8]) -> String {
+pub(crate) fn write_file(fleet: &TestFleet, name: &str, bytes: &[u8]) -> String {
     let path = fleet.path().join(name);
     std::fs::write(&path, bytes).expect("write image");
     path.to_string_lossy().into_owned()
@@ -200,7 +210,7 @@ fn xz(data: &[u8]) -> Vec<u8> {
 }
 
 /// The last line of `--json` output: `{"event":"summary","report":...}` or `{"error":...}`.
-fn last_line(run: &Run) -> Value {
+pub(crate) fn last_line(run: &Run) -> Value {
     let line = run.stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|error| {
         panic!(
@@ -469,6 +479,31 @@ fn a_device_changed_before_the_read_back_fails_verification() {
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0]["outcome"], "failed");
     assert_eq!(finished[0]["error"]["code"], "flash_hash_mismatch");
+    assert_eq!(
+        error["details"]["flash_id"], 1,
+        "the error names its record"
+    );
+
+    // The record says what happened, and the device is suspect.
+    let listed = fleet.run(&["flash", "list", "--json"]);
+    let listing: imagegen::ops::FlashListing =
+        serde_json::from_str(&listed.success().stdout).expect("flash list JSON");
+    let record = &listing.flashes[0].record;
+    assert_eq!(record.status, FlashStatus::VerifyFailed);
+    let verification = record.verification.as_ref().expect("verification");
+    assert!(!verification.matched);
+    assert_eq!(verification.mismatch_offset, Some(4 * MIB as u64));
+    assert_eq!(listing.devices.len(), 1);
+    assert_eq!(listing.devices[0].suspect_since, Some(1));
+    assert_eq!(listing.devices[0].node, device.node);
+    let text = fleet.run(&["flash", "list", "--device", device.path()]);
+    assert!(
+        text.success()
+            .stdout
+            .contains("SUSPECT (read-back differed in flash #1)"),
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]

@@ -22,11 +22,12 @@ use crate::support::{TestFleet, upstream_data};
 
 const PROFILE: &str = "gw";
 
-const TOOLS: [&str; 12] = [
+const TOOLS: [&str; 13] = [
     "apply",
     "build_image",
     "build_images_batch",
     "ensure_builder",
+    "flash_artifact",
     "get_build_log",
     "get_profile",
     "list_artifacts",
@@ -296,6 +297,27 @@ async fn rmcp_client_session_builds_reuses_and_reads_records() {
         .collect();
     assert_eq!(stored, produced);
 
+    // Flashing without permission is a dry run: here its checks refuse a regular file, and
+    // the file is untouched.
+    let target = fleet.path().join("not-a-disk.img");
+    std::fs::write(&target, b"precious").expect("write target");
+    let sha = produced.iter().next().expect("an artifact").to_string();
+    let refused = call(
+        &client,
+        "flash_artifact",
+        json!({ "artifact": &sha[..12], "device": &target, "force": true }),
+    )
+    .await;
+    assert_eq!(refused.is_error, Some(true), "{:?}", refused.content);
+    let refused = refused.structured_content.expect("structured error");
+    assert_eq!(refused["error"]["code"], "device_not_block", "{refused}");
+    assert_eq!(refused["dry_run"], true);
+    assert_eq!(
+        refused["dry_run_reason"],
+        "the server was started without `--allow-flash`"
+    );
+    assert_eq!(std::fs::read(&target).expect("target"), b"precious");
+
     let builders = ok(&call(&client, "list_builders", json!({})).await);
     assert_eq!(builders["builders"][0]["status"], "ready", "{builders}");
     let ensured = ok(&call(
@@ -415,4 +437,82 @@ fn stdout_carries_only_protocol_messages() {
         progress.windows(2).all(|pair| pair[1] > pair[0]),
         "{progress:?}"
     );
+}
+
+async fn serve(fleet: &TestFleet, args: &[&str]) -> Client {
+    let (transport, _) =
+        TokioChildProcess::builder(tokio::process::Command::from(fleet.command(args)))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server");
+    ProgressLog::default()
+        .serve(transport)
+        .await
+        .expect("initialize")
+}
+
+/// `flash_artifact` on a real loop device: a dry run that shows the plan unless the call
+/// says `force: true` on a server started with `--allow-flash`, which writes the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flash_artifact_writes_only_with_force_on_a_server_that_allows_it() {
+    let Some(device) =
+        crate::flash::LoopDevice::create("mcp_flash_artifact", 64 * 1024 * 1024, false)
+    else {
+        return;
+    };
+    let fleet = fleet();
+    let client = serve(&fleet, &["mcp"]).await;
+    let built = ok(&call(&client, "build_image", json!({ "profile_id": PROFILE })).await);
+    let image = built["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .find(|a| a["kind"] == "combined" && a["filesystem"] == "squashfs")
+        .cloned()
+        .expect("a combined squashfs image");
+    let sha = image["sha256"].as_str().expect("sha256").to_string();
+    let untouched = device.contents();
+    for force in [false, true] {
+        let dry = ok(&call(
+            &client,
+            "flash_artifact",
+            json!({ "artifact": &sha[..12], "device": device.path(), "force": force }),
+        )
+        .await);
+        assert_eq!(dry["dry_run"], true, "{dry}");
+        assert_eq!(dry["report"]["dry_run"], true);
+        assert_eq!(dry["report"]["plan"]["device"]["node"], device.path());
+        assert!(
+            dry["report"]["plan"]["steps"]
+                .as_array()
+                .is_some_and(|s| s.len() >= 3)
+        );
+        assert!(dry.get("record").is_none(), "a dry run records nothing");
+    }
+    assert!(device.contents() == untouched, "nothing was written");
+    client.cancel().await.expect("close");
+
+    let client = serve(&fleet, &["mcp", "--allow-flash"]).await;
+    let dry = ok(&call(
+        &client,
+        "flash_artifact",
+        json!({ "artifact": &sha[..12], "device": device.path() }),
+    )
+    .await);
+    assert_eq!(dry["dry_run_reason"], "`force` is not true");
+    let written = ok(&call(
+        &client,
+        "flash_artifact",
+        json!({ "artifact": &sha[..12], "device": device.path(), "force": true }),
+    )
+    .await);
+    assert_eq!(written["dry_run"], false, "{written}");
+    assert_eq!(written["record"]["status"], "succeeded");
+    assert_eq!(written["record"]["artifact"]["sha256"], sha.as_str());
+    let blob = std::fs::read(image["store_path"].as_str().expect("path")).expect("blob");
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut data)
+        .expect("gunzip");
+    assert_eq!(&device.contents()[..data.len()], &data[..]);
+    client.cancel().await.expect("close");
 }

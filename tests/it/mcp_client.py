@@ -10,6 +10,7 @@ Exits 0 when every check passed; a failed check raises (non-zero exit, with a tr
 import asyncio
 import hashlib
 import json
+import os
 import sys
 
 from mcp import ClientSession, StdioServerParameters
@@ -28,6 +29,7 @@ EXPECTED_TOOLS = {
     "list_artifacts",
     "list_builders",
     "ensure_builder",
+    "flash_artifact",
 }
 
 
@@ -55,6 +57,10 @@ def check_schemas(tools):
     log = by_name["get_build_log"].input_schema
     assert log["required"] == ["build_key"], log
     assert by_name["list_profiles"].annotations.read_only_hint is True
+    flash = by_name["flash_artifact"]
+    assert sorted(flash.input_schema["required"]) == ["artifact", "device"], flash.input_schema
+    assert flash.input_schema["properties"]["force"]["type"] == "boolean", flash.input_schema
+    assert flash.annotations.destructive_hint is True, flash.annotations
 
 
 async def broken_fleet_session(config):
@@ -89,6 +95,26 @@ def artifact_digests(build):
         digests[artifact["name"]] = artifact["sha256"]
     assert digests, build
     return digests
+
+
+async def flash_without_permission(session, config, digests):
+    """The server was started without --allow-flash: even `force: true` is a dry run, whose
+    checks here refuse a regular file, which stays untouched."""
+    target = os.path.join(config["fleet"], "not-a-disk.img")
+    with open(target, "wb") as file:
+        file.write(b"precious")
+    sha = sorted(digests.values())[0]
+    result = await session.call_tool(
+        "flash_artifact", {"artifact": sha[:12], "device": target, "force": True}
+    )
+    assert result.is_error, result.content
+    content = result.structured_content
+    assert content["dry_run"] is True, content
+    assert content["dry_run_reason"] == "the server was started without `--allow-flash`", content
+    assert content["error"]["code"] == "device_not_block", content
+    with open(target, "rb") as file:
+        assert file.read() == b"precious"
+    print("flash_artifact without --allow-flash: a dry run, refused:", content["error"]["code"])
 
 
 async def fleet_session(config):
@@ -134,6 +160,8 @@ async def fleet_session(config):
             assert reused["result"] == "reused" and reused["cache_hit"] is True, reused
             assert artifact_digests(reused) == first_digests
             assert reused["build_key"] == built["build_key"]
+
+            await flash_without_permission(session, config, first_digests)
 
             planned = await session.call_tool("plan", {})
             assert not planned.is_error, planned.content

@@ -73,6 +73,7 @@ fn record_as_applied(db: &Path, plan: &Plan) {
                         first_used: 0,
                         last_used: 0,
                         error: None,
+                        tree_digest: None,
                     })
                     .expect("put builder");
             }
@@ -92,6 +93,8 @@ fn record_as_applied(db: &Path, plan: &Plan) {
                         manifest_path: None,
                         artifacts: Vec::new(),
                         error: None,
+                        applied_by: Vec::new(),
+                        kept_build_dir: None,
                     })
                     .expect("put build");
                 writer

@@ -89,6 +89,22 @@ fn the_test_command_is_the_one_ci_runs() {
     );
 }
 
+/// A CI script that bash cannot parse fails every run before a single check: `bash -n`
+/// reads it without running it.
+#[test]
+fn the_ci_script_parses() {
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(crate_root().join(".ci/run"))
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "`.ci/run` does not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_settings_table_names_every_setting() {
     let text = readme();

@@ -17,6 +17,8 @@ fn every_endpoint_matches_the_served_openapi_document() {
     let fleet = small_fleet(0.0);
     // Applied once, so builds, artifacts and builders exist to be found.
     fleet.run(&["apply"]).success();
+    // Without `--allow-flash`: fuzzing `POST /flash` (and applies with `allow_flash`) must
+    // only ever meet the documented `403`, never write a block device of this machine.
     let server = Served::start(&fleet, &[], &[("OWRT_IMG_API_TOKEN", TOKEN)]);
     let reports = tempfile::tempdir().expect("report dir");
     let output = Command::new("schemathesis")

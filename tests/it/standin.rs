@@ -682,9 +682,11 @@ fn concurrent_builds_in_one_tree_are_caught() {
             .expect("spawn make")
     };
     let read_marker = || fs::read_to_string(&marker).unwrap_or_default();
-    // The first build claims the staging dir, then waits in build_image on the hold file.
+    // The first build claims the staging dir, then waits in build_image on the hold file
+    // (and says so with `hold.parked`), past everything else it writes there.
     let first = spawn("a");
-    while !read_marker().ends_with('\n') {
+    let parked = standin.dir.path().join("hold.parked");
+    while !parked.exists() || !read_marker().ends_with('\n') {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let first_id = read_marker();

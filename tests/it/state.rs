@@ -10,7 +10,8 @@ use std::time::Duration;
 use imagegen::ErrorCode;
 use imagegen::state::{
     ArtifactRecord, ArtifactRef, BuildRecord, BuildStatus, BuilderRecord, BuilderStatus,
-    DeviceIdentity, DevicePointer, FlashRecord, ProfilePointer, SCHEMA_VERSION, Store,
+    DeviceIdentity, DevicePointer, DeviceRecord, FlashRecord, FlashStatus, FlashedArtifact,
+    ProfilePointer, SCHEMA_VERSION, Store, VerifyResult,
 };
 use redb::{ReadableDatabase, TableDefinition};
 
@@ -34,6 +35,7 @@ fn builder() -> BuilderRecord {
         first_used: 1_700_000_000,
         last_used: 1_700_000_100,
         error: None,
+        tree_digest: Some("cd".repeat(32)),
     }
 }
 
@@ -77,6 +79,8 @@ fn build(key: &str, started_at: i64) -> BuildRecord {
         manifest_path: None,
         artifacts: vec![artifact_ref(&"cd".repeat(32))],
         error: None,
+        applied_by: Vec::new(),
+        kept_build_dir: None,
     }
 }
 
@@ -94,21 +98,40 @@ fn artifact(sha: &str, builds: &[&str]) -> ArtifactRecord {
 fn flash(device: &str) -> FlashRecord {
     FlashRecord {
         id: 0,
+        device_key: imagegen::state::fleet_device_key("home", device),
+        fleet: Some("home".into()),
         device_id: Some(device.into()),
-        device_path: PathBuf::from("/dev/sdz"),
+        device_path: PathBuf::from("/dev/disk/by-id/usb-Generic_STORAGE_DEVICE-0:0"),
+        device_node: PathBuf::from("/dev/sdz"),
         identity: DeviceIdentity {
             model: Some("STORAGE DEVICE".into()),
             serial: None,
             size: 32_000_000_000,
+            transport: Some("usb".into()),
         },
-        artifact_sha256: "cd".repeat(32),
+        image_path: PathBuf::from("/artifacts/blobs/sha256/cd/cdcd"),
+        image_sha256: "cd".repeat(32),
+        image_format: "gzip".into(),
+        artifact: Some(FlashedArtifact {
+            sha256: "cd".repeat(32),
+            name: "openwrt-factory.img.gz".into(),
+            kind: "factory".into(),
+            build_key: Some("k1".into()),
+            profile_id: Some("home.ap".into()),
+        }),
+        image_bytes: Some(6_000_000),
         bytes_written: 6_000_000,
         wipe: true,
         verify_mode: "full".into(),
-        verify_result: Some("match".into()),
+        verification: Some(VerifyResult {
+            bytes: 6_000_000,
+            matched: true,
+            digest: Some("ef".repeat(32)),
+            mismatch_offset: None,
+        }),
         started_at: 1_700_000_200,
-        finished_at: 1_700_000_260,
-        status: "succeeded".into(),
+        finished_at: Some(1_700_000_260),
+        status: FlashStatus::Succeeded,
         error: None,
     }
 }
@@ -135,6 +158,13 @@ fn every_record_round_trips_through_a_reopened_file() {
             .put_artifact(&artifact(&"cd".repeat(32), &["k1"]))
             .unwrap();
         assert_eq!(writer.add_flash(&flash("lab-sd-1")).unwrap(), 1);
+        let flashed = FlashRecord {
+            id: 1,
+            ..flash("lab-sd-1")
+        };
+        writer
+            .put_device(&DeviceRecord::after_flash(None, &flashed))
+            .unwrap();
         writer
             .set_profile_pointer("home", "home.ap", &profile)
             .unwrap();
@@ -166,6 +196,15 @@ fn every_record_round_trips_through_a_reopened_file() {
             id: 1,
             ..flash("lab-sd-1")
         })
+    );
+    let devices = reader.devices().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].key, "fleet:home/lab-sd-1");
+    assert_eq!(devices[0].last_status, FlashStatus::Succeeded);
+    assert_eq!(devices[0].artifact_sha256, Some("cd".repeat(32)));
+    assert_eq!(
+        reader.device("fleet:home/lab-sd-1").unwrap().as_ref(),
+        devices.first()
     );
     assert_eq!(
         reader.profile_pointer("home", "home.ap").unwrap(),
@@ -341,7 +380,8 @@ fn stored_schema(path: &Path) -> Option<u64> {
 }
 
 /// A database written by imagegen at e07c245 (schema 1, tests/data/README.md) is upgraded in
-/// place: every record is still there, build inputs are typed, and opening again is a no-op.
+/// place: every record is still there, build inputs are typed, builds list who applied them,
+/// and opening again is a no-op.
 #[test]
 fn a_schema_1_database_from_the_first_release_is_upgraded_in_place() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,7 +410,23 @@ fn a_schema_1_database_from_the_first_release_is_upgraded_in_place() {
             "{profiles:?}"
         );
         assert_eq!(reader.builders().unwrap().len(), 5);
-        assert_eq!(reader.profile_pointers("home").unwrap().len(), 5);
+        let pointers = reader.profile_pointers("home").unwrap();
+        assert_eq!(pointers.len(), 5);
+        // Schema 3: every build knows who applied it, from the pointers that name it.
+        for (profile, pointer) in &pointers {
+            let build = reader
+                .build(&pointer.build_key)
+                .unwrap()
+                .expect("pointed build");
+            assert!(
+                build
+                    .applied_by
+                    .iter()
+                    .any(|entry| entry.fleet == "home" && &entry.profile_id == profile),
+                "{profile}: {:?}",
+                build.applied_by
+            );
+        }
         let artifacts = reader.artifacts().unwrap();
         assert!(
             builds
@@ -380,10 +436,97 @@ fn a_schema_1_database_from_the_first_release_is_upgraded_in_place() {
                     .iter()
                     .any(|record| record.sha256 == artifact.sha256))
         );
+        assert!(reader.flashes().unwrap().is_empty());
+        assert!(reader.devices().unwrap().is_empty());
         drop(reader);
         drop(store);
         assert_eq!(stored_schema(&path), Some(SCHEMA_VERSION));
     }
+}
+
+/// A database written by imagegen at 5ac87e8 (schema 2, tests/data/README.md) holding two
+/// flash records of the old shape is upgraded in place: builds and pointers survive, the
+/// flashes get their typed shape, and each flashed device its record (the one whose
+/// read-back failed is suspect).
+#[test]
+fn a_schema_2_database_with_flash_records_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-schema2.redb");
+    std::fs::copy(&fixture, &path).unwrap();
+    assert_eq!(stored_schema(&path), Some(2));
+    for _ in 0..2 {
+        let store = Store::open(&path, "imagegen test").unwrap();
+        let reader = store.read().unwrap();
+        assert_eq!(reader.builds().unwrap().len(), 5);
+        assert_eq!(reader.profile_pointers("home").unwrap().len(), 5);
+        let factory = "84f4a5c0a175412be9297ed343b6b1cdc75e19e584e616e140d7228fa2a2a0e8";
+        let pointer = reader.device_pointer("home", "lab-sd-1").unwrap();
+        assert_eq!(pointer.map(|p| p.artifact_sha256).as_deref(), Some(factory));
+
+        let flashes = reader.flashes().unwrap();
+        let ids: Vec<u64> = flashes.iter().map(|flash| flash.id).collect();
+        assert_eq!(ids, [2, 1]);
+        let first = &flashes[1];
+        assert_eq!(first.device_key, "fleet:home/lab-sd-1");
+        assert_eq!(first.fleet.as_deref(), Some("home"));
+        assert_eq!(first.status, FlashStatus::Succeeded);
+        assert_eq!(first.finished_at, Some(1_764_500_042));
+        assert_eq!(first.image_sha256, factory);
+        let artifact = first.artifact.as_ref().expect("artifact");
+        assert_eq!(
+            (artifact.sha256.as_str(), artifact.kind.as_str()),
+            (factory, "factory")
+        );
+        assert!(
+            artifact.name.ends_with("factory.img.gz"),
+            "{}",
+            artifact.name
+        );
+        assert!(artifact.build_key.is_some());
+        assert_eq!(first.verification.as_ref().map(|v| v.matched), Some(true));
+        let second = &flashes[0];
+        assert_eq!(second.device_key, "node:/dev/sdc");
+        assert_eq!(second.status, FlashStatus::VerifyFailed);
+        let error = second.error.as_ref().expect("error");
+        assert_eq!(error.code, "flash_hash_mismatch");
+        assert_eq!(error.message, "read-back mismatch (mismatch at 4194304)");
+
+        let devices = reader.devices().unwrap();
+        let keys: Vec<&str> = devices.iter().map(|device| device.key.as_str()).collect();
+        assert_eq!(keys, ["fleet:home/lab-sd-1", "node:/dev/sdc"]);
+        assert_eq!(devices[0].suspect_since, None);
+        assert_eq!(devices[0].artifact_sha256.as_deref(), Some(factory));
+        assert_eq!(devices[1].suspect_since, Some(2));
+        assert_eq!(devices[1].image_sha256, None);
+        drop(reader);
+        drop(store);
+        assert_eq!(stored_schema(&path), Some(SCHEMA_VERSION));
+    }
+}
+
+/// An old flash record that does not decode is dropped; the others are upgraded.
+#[test]
+fn the_upgrade_drops_flash_records_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-schema2.redb");
+    std::fs::copy(&fixture, &path).unwrap();
+    {
+        const FLASHES: TableDefinition<u64, &[u8]> = TableDefinition::new("FLASH_ID_TO_FLASH");
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(FLASHES)
+            .unwrap()
+            .insert(7, br#"{"id": 7, "status": 3}"#.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, "imagegen test").unwrap();
+    let reader = store.read().unwrap();
+    let ids: Vec<u64> = reader.flashes().unwrap().iter().map(|f| f.id).collect();
+    assert_eq!(ids, [2, 1]);
+    assert_eq!(reader.devices().unwrap().len(), 2);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! `.tar.zst` after), listed in a signed `sha256sums`, with the release's `.overview.json`,
 //! and the package feeds its `repositories.conf` lists ([`super::feeds`]).
 //! The signing key is the public TEST key of [`super::mirror`]; its public half is written
-//! next to the mirror so a fleet can name it in `trusted_keys`.
+//! next to the mirror so a fleet can name it in `trusted_keys`. Each device's initramfs
+//! image that `profiles.json` lists is published too ([`with_initramfs_images`]).
 
 use std::path::{Path, PathBuf};
 
@@ -113,7 +114,14 @@ pub fn write_target(
     let tree = standin_ib::write_tree(spec, &scratch)?;
     let archive = standin_ib::pack(&tree, compression, &scratch)?;
     let archive_name = standin_ib::archive_name(spec, compression);
-    let profiles_json = standin_ib::server_profiles_json(spec)?;
+    let (profiles_json, initramfs) =
+        with_initramfs_images(&standin_ib::server_profiles_json(spec)?, spec)?;
+    let mut extra: Vec<(&str, &[u8])> = vec![("version.buildinfo", spec.version_code.as_bytes())];
+    extra.extend(
+        initramfs
+            .iter()
+            .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
+    );
     writer.write_target(
         &TargetFiles {
             release: &spec.release,
@@ -122,10 +130,58 @@ pub fn write_target(
             archive_name: &archive_name,
             archive: ArchiveSource::File(&archive),
             profiles_json: profiles_json.as_bytes(),
-            extra: vec![("version.buildinfo", spec.version_code.as_bytes())],
+            extra,
         },
         Some(key),
     )?;
     std::fs::remove_dir_all(&scratch).map_err(|error| Error::io("removing", &scratch, error))?;
     Ok(archive_name)
+}
+
+/// A file published in a target directory: its name and bytes.
+pub type PublishedFile = (String, Vec<u8>);
+
+/// Upstream publishes a prebuilt initramfs kernel per device next to the Image Builder and
+/// lists it in `profiles.json` (filesystem `initramfs`, with its sha256). The stand-in
+/// publishes a small file of its own for each and lists that file's real sha256, so fetching
+/// and verifying one works like against the real mirror. Returns the rewritten
+/// `profiles.json` (compact, sorted keys, like upstream) and the files (name, bytes).
+pub fn with_initramfs_images(
+    profiles_json: &str,
+    spec: &standin_ib::StandinSpec,
+) -> Result<(String, Vec<PublishedFile>)> {
+    let invalid = |error: serde_json::Error| {
+        Error::new(
+            imagegen::error::ErrorCode::Validation,
+            format!("stand-in profiles.json: {error}"),
+        )
+    };
+    let mut parsed: serde_json::Value = serde_json::from_str(profiles_json).map_err(invalid)?;
+    let mut files = Vec::new();
+    if let Some(profiles) = parsed["profiles"].as_object_mut() {
+        for (device, profile) in profiles.iter_mut() {
+            let Some(images) = profile["images"].as_array_mut() else {
+                continue;
+            };
+            for image in images
+                .iter_mut()
+                .filter(|image| image["filesystem"] == "initramfs")
+            {
+                let Some(name) = image["name"].as_str().map(str::to_string) else {
+                    continue;
+                };
+                let bytes = format!(
+                    "stand-in initramfs kernel of {device} for OpenWrt {} {}/{}\n",
+                    spec.release, spec.target, spec.subtarget
+                )
+                .into_bytes();
+                let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+                image["sha256"] = serde_json::json!(sha256);
+                image["sha256_unsigned"] = serde_json::json!(sha256);
+                files.push((name, bytes));
+            }
+        }
+    }
+    let text = serde_json::to_string(&parsed).map_err(invalid)?;
+    Ok((text, files))
 }

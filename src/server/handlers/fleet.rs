@@ -57,6 +57,7 @@ pub(crate) async fn config(
 #[utoipa::path(post, path = "/plan", tag = "plan",
     request_body(content = Option<PlanRequest>, content_type = "application/json"),
     responses((status = 200, description = "The plan", body = Plan),
+        (status = 404, description = "The selection names a profile the fleet does not have", body = ErrorBody),
         (status = 422, description = "The fleet is invalid; `problems` point into its files", body = ErrorBody)))]
 pub(crate) async fn plan(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult<Json<Plan>> {
     let request: PlanRequest = json_body(&body)?;

@@ -25,12 +25,16 @@ use crate::server::jobs::{JobKind, JobResult, JobView};
 #[utoipa::path(post, path = "/apply", tag = "jobs",
     request_body(content = Option<ApplyRequest>, content_type = "application/json"),
     responses((status = 202, description = "The job started", body = JobView),
+        (status = 403, description = "The request (or its plan) allows flashing and the server was started without `--allow-flash` (`permission_error`)", body = ErrorBody),
         (status = 409, description = "A job or another process holds the state store (`state_locked`)", body = ErrorBody)))]
 pub(crate) async fn apply(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
     let request: ApplyRequest = json_body(&body)?;
+    if !request.flash_permission().is_none() {
+        state.check_flash_allowed("an apply with `allow_flash`")?;
+    }
     let job = state
         .start_job(JobKind::Apply, move |workspace, hooks| {
             ops::apply(workspace, &request, hooks)

@@ -2,6 +2,7 @@
 //! through [`super::AppState::run`] or [`super::AppState::start_job`], and returns its report.
 
 pub(crate) mod builders;
+pub(crate) mod flash;
 pub(crate) mod fleet;
 pub(crate) mod jobs;
 pub(crate) mod profiles;

@@ -454,7 +454,11 @@ def burn_cpu(seconds):
 
 
 def hold_while_exists(path, limit=60.0):
-    """Test hook: park the build here so a test can interleave a second build, no timing."""
+    """Test hook: park the build here so a test can interleave a second build, no timing.
+    `<path>.parked` tells the test that this build has reached the hook."""
+    if path and os.path.exists(path):
+        with open(path + ".parked", "w") as parked:
+            parked.write("%d\n" % os.getpid())
     deadline = time.monotonic() + limit
     while path and os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.02)
