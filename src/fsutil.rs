@@ -138,4 +138,3 @@ mod tests {
         assert!(error.message.ends_with("(mode 1777)"), "{}", error.message);
     }
 }
-

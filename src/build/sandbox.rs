@@ -172,31 +172,47 @@ pub(crate) fn stop_stale_sandboxes(slot: &Path) {
         return;
     };
     let slot = slot.as_os_str().as_bytes();
+    // A bwrap killed while it forks leaves a child (the same command line) that the scan
+    // before the kill could not see: scan again until one finds nothing left.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let stale = sandboxes_of(slot);
+        if stale.is_empty() {
+            return;
+        }
+        for pid in &stale {
+            tracing::warn!(pid, "killing a stale build sandbox of this slot");
+            // SAFETY: kill(2) of a process id; no memory is involved.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        while stale.iter().any(|pid| is_live(*pid)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
+/// The live bwrap processes whose command line names `slot`.
+fn sandboxes_of(slot: &[u8]) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
-    let stale: Vec<i32> = entries
+    entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             let is_bwrap =
                 fs::read(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm == b"bwrap\n");
             is_bwrap
+                && is_live(*pid)
                 && fs::read(format!("/proc/{pid}/cmdline"))
                     .is_ok_and(|cmdline| cmdline.split(|byte| *byte == 0).any(|arg| arg == slot))
         })
-        .collect();
-    for pid in &stale {
-        tracing::warn!(pid, "killing a stale build sandbox of this slot");
-        // SAFETY: kill(2) of a process id; no memory is involved.
-        unsafe {
-            libc::kill(*pid, libc::SIGKILL);
-        }
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while stale.iter().any(|pid| is_live(*pid)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        .collect()
 }
 
 /// Whether a process exists and is not a zombie.
