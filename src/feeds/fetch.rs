@@ -98,7 +98,8 @@ pub fn fetch_index(
                         client.url_of(&source.index_path())
                     ),
                 )
-                .with_help("docs/feeds.md (\"apk feeds\") says what is supported"));
+                .with_help("docs/feeds.md (\"apk feeds\") says what is supported")
+                .with_details(serde_json::json!({ "apk_v3_index": true })));
             }
             (bytes, None)
         }
@@ -147,6 +148,12 @@ pub fn fetch_index(
         key_id,
         key_fingerprint,
     })
+}
+
+/// Whether `error` is [`fetch_index`] meeting a real apk v3 (binary `ADB.`) index, which
+/// imagegen cannot read yet: such a builder's feeds are left unpinned, not refused.
+pub fn is_apk_v3_index(error: &Error) -> bool {
+    error.details["apk_v3_index"] == serde_json::Value::Bool(true)
 }
 
 /// Whether the mirror's index differs from the pinned one: `Some(new sha256)` when it does.

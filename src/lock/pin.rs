@@ -141,16 +141,22 @@ pub fn entry_for(settings: &Settings, metadata: &TargetMetadata) -> LockEntry {
         mirror: settings.mirror.value.clone(),
         locked_at: now_rfc3339(),
         feeds: Vec::new(),
+        feeds_unpinned: None,
     }
 }
 
+/// The message a lock entry carries when its feeds are deliberately not pinned.
+pub const APK_V3_UNPINNED: &str =
+    "apk v3 package indexes are not read yet; builds download their packages themselves";
+
 /// Fetches and verifies the index of every feed the builder installs from (named from its
-/// `profiles.json`, reference §1.5) and pins each by sha256.
+/// `profiles.json`, reference §1.5) and pins each by sha256. The second value says why no
+/// feed is pinned on purpose (an apk v3 builder).
 pub fn pin_feeds(
     settings: &Settings,
     triple: &Triple,
     profiles_json: &[u8],
-) -> Result<Vec<FeedPin>> {
+) -> Result<(Vec<FeedPin>, Option<String>)> {
     let profiles = ProfilesJson::parse(profiles_json, &format!("{triple}/profiles.json"))?;
     let sources = crate::feeds::sources(triple, &profiles).ok_or_else(|| {
         Error::new(
@@ -162,7 +168,7 @@ pub fn pin_feeds(
     })?;
     let client = cache::client(settings)?;
     let keyring = cache::keyring(settings)?;
-    sources
+    let pinned: Result<Vec<FeedPin>> = sources
         .iter()
         .map(|source| {
             crate::feeds::fetch::fetch_index(
@@ -174,7 +180,17 @@ pub fn pin_feeds(
             )
             .map(|index| index.pin())
         })
-        .collect()
+        .collect();
+    match pinned {
+        // Real apk v3 indexes are binary and not read yet (docs/feeds.md, "apk feeds"): the
+        // builder stays locked without feeds, as before feeds were pinned, and its builds
+        // download their packages themselves.
+        Err(error) if crate::feeds::fetch::is_apk_v3_index(&error) => {
+            tracing::warn!(%triple, "apk v3 package indexes are not read yet; its feeds are not pinned");
+            Ok((Vec::new(), Some(APK_V3_UNPINNED.to_string())))
+        }
+        pinned => pinned.map(|feeds| (feeds, None)),
+    }
 }
 
 /// Adds feed pins to an entry written before feeds were pinned, against the `profiles.json`
@@ -202,8 +218,10 @@ fn add_feeds(settings: &Settings, entry: &LockEntry) -> Result<LockEntry> {
             metadata.profiles_json
         }
     };
+    let (feeds, feeds_unpinned) = pin_feeds(settings, triple, &profiles_json)?;
     Ok(LockEntry {
-        feeds: pin_feeds(settings, triple, &profiles_json)?,
+        feeds,
+        feeds_unpinned,
         ..entry.clone()
     })
 }
@@ -237,15 +255,19 @@ pub fn lock(fleet: &Fleet, settings: &Settings, upgrade: &Upgrade) -> Result<Loc
             Upgrade::Only(selected) => previous.is_none() || selected.contains(triple),
         };
         let fetched = match previous {
-            Some(previous) if !refresh && previous.feeds.is_empty() => {
+            Some(previous)
+                if !refresh && previous.feeds.is_empty() && previous.feeds_unpinned.is_none() =>
+            {
                 add_feeds(settings, previous)?
             }
             Some(previous) if !refresh => previous.clone(),
             _ => {
                 cache::require_mirror(settings, &format!("pin {triple}"))?;
                 let metadata = cache::fetch_metadata(settings, triple)?;
+                let (feeds, feeds_unpinned) = pin_feeds(settings, triple, &metadata.profiles_json)?;
                 LockEntry {
-                    feeds: pin_feeds(settings, triple, &metadata.profiles_json)?,
+                    feeds,
+                    feeds_unpinned,
                     ..entry_for(settings, &metadata)
                 }
             }
@@ -255,7 +277,8 @@ pub fn lock(fleet: &Fleet, settings: &Settings, upgrade: &Upgrade) -> Result<Loc
             Some(previous)
                 if previous.archive_sha256 != fetched.archive_sha256
                     || previous.version_code != fetched.version_code
-                    || previous.feeds != fetched.feeds =>
+                    || previous.feeds != fetched.feeds
+                    || previous.feeds_unpinned != fetched.feeds_unpinned =>
             {
                 (Change::Updated, fetched)
             }

@@ -257,7 +257,10 @@ fn check_locked(fleet: &Fleet, lock: Option<&LockFile>) -> Result<()> {
     let without_feeds: Vec<String> = fleet
         .triples()
         .into_iter()
-        .filter(|triple| lock.get(triple).is_some_and(|entry| entry.feeds.is_empty()))
+        .filter(|triple| {
+            lock.get(triple)
+                .is_some_and(|entry| entry.feeds.is_empty() && entry.feeds_unpinned.is_none())
+        })
         .map(|triple| triple.to_string())
         .collect();
     if missing.is_empty() && !without_feeds.is_empty() {

@@ -265,7 +265,10 @@ fn check_packages(
     let mut unchecked = |why: String| check.packages_unchecked.push((triple.clone(), why));
     let pins = match (entry, context.fetcher) {
         (Some(entry), _) if entry.feeds.is_empty() => {
-            unchecked("imagegen.lock pins no package feeds for it (written by an older imagegen); run `imagegen lock`".into());
+            unchecked(match &entry.feeds_unpinned {
+                Some(why) => format!("imagegen.lock pins none of its feeds ({why})"),
+                None => "imagegen.lock pins no package feeds for it (written by an older imagegen); run `imagegen lock`".into(),
+            });
             return Ok(());
         }
         (Some(entry), Some(fetcher)) => match moved_feeds(context, fetcher, &entry.feeds) {

@@ -301,6 +301,29 @@ fn builds_need_no_network_once_locked_and_cached_and_the_pristine_tree_stays() {
         warm.offline_needs
     );
 
+    // Warm cache, mirror still there: a rebuild asks the mirror only what its plan asks
+    // (metadata and index signatures, to notice re-published feeds); the build itself makes
+    // no request at all.
+    fleet.write("files/banner", "rebuilt from the warm cache\n");
+    let before_plan = server.total_requests();
+    plan_json(&online(&fleet, &["plan", "--json"]));
+    let mut plan_requests: Vec<String> = server_paths(&server).split_off(before_plan);
+    plan_requests.sort();
+    let before_apply = server.total_requests();
+    online(&fleet, &["apply"]).success();
+    let mut apply_requests: Vec<String> = server_paths(&server).split_off(before_apply);
+    apply_requests.sort();
+    assert_eq!(
+        apply_requests, plan_requests,
+        "apply = its plan's requests + 0 for the build"
+    );
+    assert!(
+        apply_requests.iter().all(|path| !path.ends_with(".ipk")
+            && !path.ends_with("/Packages")
+            && !path.ends_with("/Packages.gz")),
+        "{apply_requests:?}"
+    );
+
     // The mirror goes away; a changed overlay still builds, online setting or not.
     drop(server);
     fleet.write("files/banner", "rebuilt without a network\n");
@@ -581,7 +604,8 @@ fn an_old_lock_without_feeds_still_reads_and_lock_adds_them() {
         .split("\n[[builder.feed]]")
         .next()
         .expect("builder part")
-        .to_string();
+        .replace("\nversion = 2\n", "\nversion = 1\n");
+    assert!(text.contains("\nversion = 2\n"), "{text}");
     fs::write(&path, &old).expect("old lock");
     let plan = plan_json(&fleet.run(&["plan", "--json"]));
     assert!(
@@ -612,4 +636,59 @@ fn an_old_lock_without_feeds_still_reads_and_lock_adds_them() {
     // The builder's pins were kept as they were; the feeds came back exactly.
     assert_eq!(fs::read_to_string(&path).expect("lock"), text);
     fleet.run(&["plan", "--locked"]).success();
+}
+
+#[test]
+fn real_apk_v3_indexes_leave_the_feeds_unpinned_on_purpose() {
+    let fleet = TestFleet::empty();
+    let mirror = demo::write_mirror(
+        &fleet.path().join("mirror"),
+        &upstream_data(),
+        &[("SNAPSHOT", "ramips", "mt7621")],
+        0.0,
+    )
+    .expect("mirror");
+    fleet.write(
+        "imagegen.toml",
+        &format!(
+            "[fleet]\nname = \"lab\"\n\n[settings]\nmirror = \"{}\"\ntrusted_keys = [\"{}\"]\n",
+            mirror.url,
+            mirror.public_key.display()
+        ),
+    );
+    fleet.write(
+        "profiles/er.yaml",
+        "profile_id: er\nname: er\ndevice_id: ubnt_edgerouter-x\nopenwrt_release: SNAPSHOT\ntarget: ramips\nsubtarget: mt7621\nimagebuilder_profile: ubnt_edgerouter-x\npackages: [luci]\npolicies:\n  allow_snapshot: true\n",
+    );
+    // Upstream's packages.adb is a binary ADB file (signed inside, ECDSA), not the stand-in
+    // text form: imagegen cannot read it yet.
+    let spec = ib::spec_from_data(&upstream_data(), "SNAPSHOT", "ramips", "mt7621").expect("spec");
+    for dir in feeds::feed_dirs(&spec).expect("feeds") {
+        let index = mirror.root.join(&dir.path).join("packages.adb");
+        assert!(index.is_file(), "{}", index.display());
+        fs::write(&index, b"ADB.\x01\x00\x00\x00binary index").expect("binary index");
+    }
+    let report = fleet.run(&["lock", "--json"]).success().json();
+    assert_eq!(report["changes"][0]["change"], "added");
+    let lock = fs::read_to_string(fleet.path().join("imagegen.lock")).expect("lock");
+    assert!(
+        lock.contains("feeds_unpinned = \"apk v3 package indexes are not read yet")
+            && !lock.contains("[[builder.feed]]"),
+        "{lock}"
+    );
+    // Not an old lock: `--locked` accepts it, and the plan says why packages are unchecked.
+    let plan = plan_json(&fleet.run(&["plan", "--locked", "--json"]));
+    assert!(
+        plan.notices.iter().any(|notice| notice
+            .contains("packages of SNAPSHOT/ramips/mt7621 not checked against its feeds: imagegen.lock pins none of its feeds (apk v3")),
+        "{:?}",
+        plan.notices
+    );
+    assert!(
+        plan.action("build.lab.er")
+            .is_some_and(|build| build.packages.is_none())
+    );
+    // A plain `lock` does not try again (only `lock --upgrade` does).
+    let again = fleet.run(&["lock", "--json"]).success().json();
+    assert_eq!(again["changes"][0]["change"], "unchanged");
 }

@@ -36,6 +36,7 @@ fn write_lock(fleet: &TestFleet, archive_sha: &str) {
             mirror: "https://downloads.openwrt.org".into(),
             locked_at: "2026-11-25T00:00:00Z".into(),
             feeds: Vec::new(),
+            feeds_unpinned: None,
         });
     }
     lock.write(&fleet.path().join("imagegen.lock"))
