@@ -5,10 +5,11 @@
 //!
 //! It measures, warm (indexes and metadata in the cache, fleet files in the page cache):
 //!
-//! 1. the whole `imagegen plan --offline --json` with the feeds pinned, against the same plan
-//!    with a lock that pins no feeds (packages unchecked): the difference is the plan-time
-//!    overhead of feeds, everything included (reading, re-hashing and parsing the indexes,
-//!    resolving every profile, the larger plan JSON);
+//! 1. the whole `imagegen plan` (`--offline --json`; `--json` and text against the `file://`
+//!    mirror) with the feeds pinned, against the same plan with a lock that pins no feeds
+//!    (packages unchecked): the difference is the plan-time overhead of feeds, everything
+//!    included (signature checks online, reading, re-hashing and parsing the indexes,
+//!    resolving every profile, offline the package cache lookups, the larger plan JSON);
 //! 2. in-process, the parts: loading the pinned indexes from the cache
 //!    (`feeds::prepare::pinned_feeds`: read, sha256, parse, one universe) and resolving all
 //!    1,000 profiles (`BuilderFeeds::check`).
@@ -90,7 +91,11 @@ fn main() {
         .iter()
         .filter_map(|action| action["packages"]["packages"].as_array().map(Vec::len))
         .collect();
-    assert_eq!(installed.len(), PROFILES, "every build carries its packages");
+    assert_eq!(
+        installed.len(),
+        PROFILES,
+        "every build carries its packages"
+    );
     println!(
         "resolved: {:.0} packages installed per profile on average (min {}, max {})",
         installed.iter().sum::<usize>() as f64 / installed.len() as f64,
@@ -98,14 +103,18 @@ fn main() {
         installed.iter().max().expect("max")
     );
 
-    for (mode, offline) in [("--offline", true), ("online (file:// mirror)", false)] {
+    for (mode, offline, json) in [
+        ("--offline --json", true, true),
+        ("--json, online (file:// mirror)", false, true),
+        ("(text), online (file:// mirror)", false, false),
+    ] {
         let mut with = Vec::new();
         let mut without = Vec::new();
         for _ in 0..runs {
             std::fs::write(fleet.join("imagegen.lock"), &locked).expect("lock");
-            with.push(timed_plan(&binary, &fleet, offline));
+            with.push(timed_plan(&binary, &fleet, offline, json));
             std::fs::write(fleet.join("imagegen.lock"), &without_feeds).expect("lock");
-            without.push(timed_plan(&binary, &fleet, offline));
+            without.push(timed_plan(&binary, &fleet, offline, json));
         }
         std::fs::write(fleet.join("imagegen.lock"), &locked).expect("lock");
         let with = median(&mut with);
@@ -119,6 +128,9 @@ fn main() {
     }
 
     in_process(root, &fleet);
+    if std::env::var_os("IMAGEGEN_BENCH_KEEP").is_some() {
+        println!("kept the fleet in {}", dir.keep().display());
+    }
 }
 
 /// The parts, in this process: loading the pinned indexes, then resolving every profile.
@@ -132,9 +144,9 @@ fn in_process(root: &Path, fleet: &Path) {
     let builder: BuilderFeeds =
         imagegen::feeds::prepare::pinned_feeds(&cache, &entry.feeds, None).expect("feeds");
     let load = started.elapsed().as_secs_f64();
-    let profiles_json = std::fs::read(
-        root.join(format!("mirror/releases/{RELEASE}/targets/x86/64/profiles.json")),
-    )
+    let profiles_json = std::fs::read(root.join(format!(
+        "mirror/releases/{RELEASE}/targets/x86/64/profiles.json"
+    )))
     .expect("profiles.json");
     let profiles = ProfilesJson::parse(&profiles_json, "profiles.json").expect("parse");
     let device = profiles
@@ -229,10 +241,17 @@ fn write_mirror_and_feeds(root: &Path) -> (Vec<String>, PathBuf) {
                         depends.push(lib_name(short, next() as usize % index.div_ceil(4)));
                     }
                 }
-                (lib_name(short, index), format!("{}.{}-1", index % 5, index % 11))
+                (
+                    lib_name(short, index),
+                    format!("{}.{}-1", index % 5, index % 11),
+                )
             } else {
                 for _ in 0..(next() % 4) {
-                    let feed = if next() % 3 == 0 { "base" } else { short };
+                    let feed = if next().is_multiple_of(3) {
+                        "base"
+                    } else {
+                        short
+                    };
                     depends.push(lib_name(feed, next() as usize % libraries));
                 }
                 let name = format!("bench-{short}-{:05}", index - libraries);
@@ -298,8 +317,7 @@ fn write_fleet(root: &Path, synthetic: &[String], public_key: &Path) {
             "profile_id: p{index:04}\nname: Profile {index}\ndevice_id: generic\nopenwrt_release: {RELEASE}\ntarget: x86\nsubtarget: \"64\"\nimagebuilder_profile: generic\npackages: [{}]\n",
             names.join(", ")
         );
-        std::fs::write(fleet.join(format!("profiles/p{index:04}.yaml")), profile)
-            .expect("profile");
+        std::fs::write(fleet.join(format!("profiles/p{index:04}.yaml")), profile).expect("profile");
     }
 }
 
@@ -332,9 +350,10 @@ fn run(binary: &Path, fleet: &Path, args: &[&str], offline: bool) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn timed_plan(binary: &Path, fleet: &Path, offline: bool) -> f64 {
+fn timed_plan(binary: &Path, fleet: &Path, offline: bool, json: bool) -> f64 {
+    let args: &[&str] = if json { &["plan", "--json"] } else { &["plan"] };
     let started = Instant::now();
-    run(binary, fleet, &["plan", "--json"], offline);
+    run(binary, fleet, args, offline);
     started.elapsed().as_secs_f64()
 }
 

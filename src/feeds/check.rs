@@ -13,9 +13,12 @@ pub use super::resolve::Origin;
 use super::resolve::{Failure, Requested, Resolution, Universe, request, resolve};
 use crate::cas::Cas;
 
-/// The feeds of one builder, ready to resolve many profiles against.
+/// The feeds of one builder, ready to resolve many profiles against (from several threads).
 pub struct BuilderFeeds {
     universe: Universe,
+    /// Whether the package cache holds each package's file, once looked up: profiles share
+    /// most of their packages.
+    cached: std::sync::Mutex<super::resolve::IdMap<bool>>,
 }
 
 /// One installed package, as the plan shows it.
@@ -94,6 +97,7 @@ impl BuilderFeeds {
     pub(crate) fn new(feeds: Vec<(String, Arc<Vec<Package>>)>) -> BuilderFeeds {
         BuilderFeeds {
             universe: Universe::new(feeds),
+            cached: Default::default(),
         }
     }
 
@@ -114,8 +118,19 @@ impl BuilderFeeds {
                 .filter_map(|id| {
                     let package = self.universe.package(*id);
                     let file = package.file().ok()?;
-                    (!super::store::has(cache, file.sha256))
-                        .then(|| format!("{}/{}", self.universe.feed_of(*id), file.filename))
+                    let known = self
+                        .cached
+                        .lock()
+                        .ok()
+                        .and_then(|cached| cached.get(id).copied());
+                    let present = known.unwrap_or_else(|| {
+                        let present = super::store::has(cache, file.sha256);
+                        if let Ok(mut cached) = self.cached.lock() {
+                            cached.insert(*id, present);
+                        }
+                        present
+                    });
+                    (!present).then(|| format!("{}/{}", self.universe.feed_of(*id), file.filename))
                 })
                 .collect();
         }

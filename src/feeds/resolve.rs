@@ -7,19 +7,59 @@
 //! same. Pure: indexes in, a [`Resolution`] out.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use super::index::{Package, Relation};
 use super::version;
 
-/// The packages of one Image Builder's feeds, in repository-list order.
+/// The packages of one Image Builder's feeds, in repository-list order, with every name
+/// (of a package, of what one provides, of what one depends on or conflicts with) numbered
+/// once, so resolving a profile hashes no strings beyond its own requests.
 pub(crate) struct Universe {
     feeds: Vec<(String, Arc<Vec<Package>>)>,
     /// Every package as (feed position, index in that feed), feed order.
     entries: Vec<(u16, u32)>,
-    by_name: HashMap<String, Vec<u32>>,
-    providers: HashMap<String, Vec<u32>>,
+    names: HashMap<String, NameId>,
+    /// Per name: the packages of that name, feed order.
+    by_name: Vec<Vec<PackageId>>,
+    /// Per name: the packages providing it, ordered by (feed, package name).
+    providers: Vec<Vec<PackageId>>,
+    /// Per package: its name.
+    name_of: Vec<NameId>,
+    /// Per package: the names of its `Depends` relations, flattened in order (alternatives
+    /// included), starting at `depends_at[id]`.
+    depends_at: Vec<u32>,
+    depends: Vec<NameId>,
+    /// Per package: the names of its `Conflicts`, in order.
+    conflicts: Vec<Vec<NameId>>,
 }
+
+/// A name in a [`Universe`].
+type NameId = u32;
+
+/// A hasher for the dense integer ids of one universe (package and name ids are counters,
+/// not input text, so a multiplicative hash cannot be steered).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.0 = (self.0 ^ u64::from(value)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+pub(crate) type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
 /// A package in a [`Universe`].
 pub(crate) type PackageId = u32;
@@ -30,28 +70,64 @@ impl Universe {
         let mut universe = Universe {
             feeds,
             entries: Vec::new(),
-            by_name: HashMap::new(),
-            providers: HashMap::new(),
+            names: HashMap::new(),
+            by_name: Vec::new(),
+            providers: Vec::new(),
+            name_of: Vec::new(),
+            depends_at: Vec::new(),
+            depends: Vec::new(),
+            conflicts: Vec::new(),
         };
-        for (position, (_, packages)) in universe.feeds.iter().enumerate() {
+        let feeds = std::mem::take(&mut universe.feeds);
+        for (position, (_, packages)) in feeds.iter().enumerate() {
             for (index, package) in packages.iter().enumerate() {
                 let id = universe.entries.len() as PackageId;
                 universe.entries.push((position as u16, index as u32));
-                universe
-                    .by_name
-                    .entry(package.name.clone())
-                    .or_default()
-                    .push(id);
+                let name = universe.intern(&package.name);
+                universe.name_of.push(name);
+                universe.by_name[name as usize].push(id);
                 for provided in &package.provides {
-                    universe
-                        .providers
-                        .entry(provided.clone())
-                        .or_default()
-                        .push(id);
+                    let provided = universe.intern(provided);
+                    universe.providers[provided as usize].push(id);
                 }
+                universe.depends_at.push(universe.depends.len() as u32);
+                for relation in package.depends.iter().flatten() {
+                    let name = universe.intern(&relation.name);
+                    universe.depends.push(name);
+                }
+                let conflicts = package
+                    .conflicts
+                    .iter()
+                    .map(|relation| universe.intern(&relation.name))
+                    .collect();
+                universe.conflicts.push(conflicts);
             }
         }
+        universe.feeds = feeds;
+        let mut providers = std::mem::take(&mut universe.providers);
+        for list in &mut providers {
+            list.sort_by(|a, b| {
+                (universe.rank(*a), &universe.package(*a).name)
+                    .cmp(&(universe.rank(*b), &universe.package(*b).name))
+            });
+        }
+        universe.providers = providers;
         universe
+    }
+
+    fn intern(&mut self, name: &str) -> NameId {
+        if let Some(&id) = self.names.get(name) {
+            return id;
+        }
+        let id = self.by_name.len() as NameId;
+        self.names.insert(name.to_string(), id);
+        self.by_name.push(Vec::new());
+        self.providers.push(Vec::new());
+        id
+    }
+
+    fn name_id(&self, name: &str) -> Option<NameId> {
+        self.names.get(name).copied()
     }
 
     pub(crate) fn package(&self, id: PackageId) -> &Package {
@@ -70,18 +146,23 @@ impl Universe {
 
     /// Whether any feed has a package of that name or one that provides it.
     pub(crate) fn knows(&self, name: &str) -> bool {
-        self.by_name.contains_key(name) || self.providers.contains_key(name)
+        self.name_id(name).is_some_and(|name| {
+            !self.by_name[name as usize].is_empty() || !self.providers[name as usize].is_empty()
+        })
     }
 
     /// Every package name, for suggestions.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
+        self.names
+            .iter()
+            .filter(|(_, id)| !self.by_name[**id as usize].is_empty())
+            .map(|(name, _)| name.as_str())
     }
 
-    /// opkg's choice for a relation (see the module comment).
-    fn best(&self, relation: &Relation, chosen: &HashMap<&str, PackageId>) -> Option<PackageId> {
+    /// opkg's choice for a relation (see the module comment); `name` is the relation's name.
+    fn best(&self, name: NameId, relation: &Relation, chosen: &Chosen) -> Option<PackageId> {
         let mut best: Option<PackageId> = None;
-        for &id in self.by_name.get(&relation.name).into_iter().flatten() {
+        for &id in &self.by_name[name as usize] {
             let version = &self.package(id).version;
             if !relation.accepts(version) {
                 continue;
@@ -96,17 +177,10 @@ impl Universe {
         if best.is_some() {
             return best;
         }
-        let mut providers: Vec<PackageId> = self
-            .providers
-            .get(&relation.name)
-            .cloned()
-            .unwrap_or_default();
-        providers.sort_by(|a, b| {
-            (self.rank(*a), &self.package(*a).name).cmp(&(self.rank(*b), &self.package(*b).name))
-        });
+        let providers = &self.providers[name as usize];
         if let Some(&id) = providers
             .iter()
-            .find(|id| chosen.contains_key(self.package(**id).name.as_str()))
+            .find(|id| chosen.contains_key(&self.name_of[**id as usize]))
         {
             return Some(id);
         }
@@ -217,8 +291,11 @@ pub(crate) struct Resolution {
     /// Install order (dependencies first).
     pub installed: Vec<PackageId>,
     pub failures: Vec<Failure>,
-    parents: HashMap<PackageId, Parent>,
+    parents: IdMap<Parent>,
 }
+
+/// The chosen package of each name so far.
+type Chosen = IdMap<PackageId>;
 
 impl Resolution {
     /// The names from the requested one down to `id`, and the request's index.
@@ -258,19 +335,22 @@ pub(crate) fn resolve(universe: &Universe, requested: &[Requested]) -> Resolutio
     let mut resolution = Resolution {
         installed: Vec::new(),
         failures: Vec::new(),
-        parents: HashMap::new(),
+        parents: IdMap::default(),
     };
-    let mut chosen: HashMap<&str, PackageId> = HashMap::new();
+    let mut chosen = Chosen::default();
     for (request, item) in requested.iter().enumerate() {
-        if !universe.knows(&item.name) {
+        let Some(name) = universe
+            .name_id(&item.name)
+            .filter(|_| universe.knows(&item.name))
+        else {
             resolution.failures.push(Failure::Unknown { request });
             continue;
-        }
+        };
         let relation = Relation {
             name: item.name.clone(),
             constraint: None,
         };
-        if let Some(id) = universe.best(&relation, &chosen) {
+        if let Some(id) = universe.best(name, &relation, &chosen) {
             visit(
                 universe,
                 id,
@@ -286,20 +366,23 @@ pub(crate) fn resolve(universe: &Universe, requested: &[Requested]) -> Resolutio
 
 /// Depth first from `root`, with an explicit stack (a hostile index may chain thousands of
 /// packages) that makes the same choices, in the same order, as a recursive walk.
-fn visit<'u>(
-    universe: &'u Universe,
+fn visit(
+    universe: &Universe,
     root: PackageId,
     parent: Parent,
-    chosen: &mut HashMap<&'u str, PackageId>,
+    chosen: &mut Chosen,
     resolution: &mut Resolution,
 ) {
-    if chosen.contains_key(universe.package(root).name.as_str()) {
+    let root_name = universe.name_of[root as usize];
+    if chosen.contains_key(&root_name) {
         return;
     }
-    chosen.insert(&universe.package(root).name, root);
+    chosen.insert(root_name, root);
     resolution.parents.insert(root, parent);
-    let mut stack: Vec<(PackageId, usize)> = vec![(root, 0)];
-    while let Some((id, next)) = stack.last_mut() {
+    // (package, next `Depends` entry, flat index of that entry's first relation name)
+    let mut stack: Vec<(PackageId, usize, usize)> =
+        vec![(root, 0, universe.depends_at[root as usize] as usize)];
+    while let Some((id, next, flat)) = stack.last_mut() {
         let package = universe.package(*id);
         let Some(alternatives) = package.depends.get(*next) else {
             resolution.installed.push(*id);
@@ -307,13 +390,30 @@ fn visit<'u>(
             continue;
         };
         *next += 1;
+        let names = &universe.depends[*flat..*flat + alternatives.len()];
+        *flat += alternatives.len();
         let current = *id;
-        let pick = alternatives
-            .iter()
-            .find(|relation| universe.best(relation, chosen).is_some())
-            .unwrap_or(&alternatives[0]);
-        match universe.best(pick, chosen) {
+        // A name already chosen in a version the relation accepts: nothing to do (what the
+        // full choice below would conclude too, without looking at every candidate).
+        let settled = alternatives.iter().zip(names).any(|(relation, name)| {
+            chosen.get(name).is_some_and(|&id| {
+                universe.name_of[id as usize] == *name
+                    && relation.accepts(&universe.package(id).version)
+            })
+        });
+        if settled && alternatives.len() == 1 {
+            continue;
+        }
+        let mut picked = None;
+        for (relation, name) in alternatives.iter().zip(names) {
+            if let Some(id) = universe.best(*name, relation, chosen) {
+                picked = Some((relation, id));
+                break;
+            }
+        }
+        match picked {
             None => {
+                let pick = &alternatives[0];
                 let (request, chain) = resolution.chain(universe, current);
                 resolution.failures.push(Failure::Unsatisfied {
                     request,
@@ -321,14 +421,18 @@ fn visit<'u>(
                     relation: pick.to_string(),
                 });
             }
-            Some(dependency) => {
-                let name = universe.package(dependency).name.as_str();
-                if !chosen.contains_key(name) {
-                    chosen.insert(name, dependency);
+            Some((_, dependency)) => {
+                let name = universe.name_of[dependency as usize];
+                if let std::collections::hash_map::Entry::Vacant(entry) = chosen.entry(name) {
+                    entry.insert(dependency);
                     resolution
                         .parents
                         .insert(dependency, Parent::Package(current));
-                    stack.push((dependency, 0));
+                    stack.push((
+                        dependency,
+                        0,
+                        universe.depends_at[dependency as usize] as usize,
+                    ));
                 }
             }
         }
@@ -336,20 +440,37 @@ fn visit<'u>(
 }
 
 fn check_conflicts(universe: &Universe, resolution: &mut Resolution) {
+    if resolution
+        .installed
+        .iter()
+        .all(|id| universe.conflicts[*id as usize].is_empty())
+    {
+        return;
+    }
     // Name → every chosen package with that name or providing it.
-    let mut provided: HashMap<&str, Vec<PackageId>> = HashMap::new();
+    let mut provided: IdMap<Vec<PackageId>> = IdMap::default();
     for &id in &resolution.installed {
         let package = universe.package(id);
-        provided.entry(package.name.as_str()).or_default().push(id);
+        provided
+            .entry(universe.name_of[id as usize])
+            .or_default()
+            .push(id);
         for name in &package.provides {
-            provided.entry(name.as_str()).or_default().push(id);
+            if let Some(name) = universe.name_id(name) {
+                provided.entry(name).or_default().push(id);
+            }
         }
     }
     let mut reported: HashSet<(PackageId, PackageId)> = HashSet::new();
     let mut found = Vec::new();
     for &id in &resolution.installed {
-        for conflict in &universe.package(id).conflicts {
-            for &other in provided.get(conflict.name.as_str()).into_iter().flatten() {
+        let package = universe.package(id);
+        for (conflict, name) in package
+            .conflicts
+            .iter()
+            .zip(&universe.conflicts[id as usize])
+        {
+            for &other in provided.get(name).into_iter().flatten() {
                 let version = &universe.package(other).version;
                 let pair = (id.min(other), id.max(other));
                 if other == id || !conflict.accepts(version) || !reported.insert(pair) {

@@ -88,7 +88,7 @@ pub fn compute_with(
     options: &PlanOptions,
     store: &Store,
 ) -> Result<Plan> {
-    let Prepared { lock, upstream } = prepare(fleet, settings, options)?;
+    let Prepared { lock, mut upstream } = prepare(fleet, settings, options)?;
     check_flash_permission(fleet, &options.allow_flash)?;
     let digests = overlay_digests(fleet, store)?;
     let mut desired = desired_state(fleet, lock.as_ref(), &digests, &upstream)?;
@@ -126,7 +126,7 @@ pub fn compute_with(
     if let Some(notice) = verification_notice(settings) {
         plan.notices.push(notice);
     }
-    attach_packages(&mut plan, &upstream);
+    attach_packages(&mut plan, &mut upstream);
     if options.offline {
         plan.offline_needs = offline_needs(&plan, &upstream);
     }
@@ -134,17 +134,18 @@ pub fn compute_with(
 }
 
 /// Each build action carries its profile's resolved packages (when its feeds could be read).
-fn attach_packages(plan: &mut Plan, upstream: &UpstreamCheck) {
+fn attach_packages(plan: &mut Plan, upstream: &mut UpstreamCheck) {
     for action in &mut plan.actions {
         if action.resource != super::Resource::Build {
             continue;
         }
+        // A profile has one build action: its packages move there.
         if let Some(packages) = action
             .profile_id
             .as_ref()
-            .and_then(|profile| upstream.packages.get(profile))
+            .and_then(|profile| upstream.packages.remove(profile))
         {
-            action.packages = Some(packages.clone());
+            action.packages = Some(packages);
         }
     }
 }

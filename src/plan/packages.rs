@@ -18,7 +18,7 @@ use crate::triple::Triple;
 const BUDGET_WARNING_PERCENT: u64 = 90;
 
 /// What one profile's check found.
-pub(super) struct ProfileFindings {
+pub(crate) struct ProfileFindings {
     pub problems: Vec<Problem>,
     pub warnings: Vec<Problem>,
     pub packages: ProfilePackages,

@@ -310,14 +310,26 @@ fn check_packages(
     } else {
         None
     };
-    for loaded in context.fleet.profiles_of(triple) {
-        let Some(findings) = super::packages::check_profile(
-            &feeds,
-            context.profiles,
-            triple,
-            loaded,
-            package_cache.as_ref(),
-        ) else {
+    // Profiles resolve independently (the feeds are shared, read-only): in parallel, then
+    // merged in fleet order, so the result does not depend on the schedule.
+    let profiles: Vec<&LoadedProfile> = context.fleet.profiles_of(triple).collect();
+    let found: Vec<Option<super::packages::ProfileFindings>> = {
+        use rayon::prelude::*;
+        profiles
+            .par_iter()
+            .map(|loaded| {
+                super::packages::check_profile(
+                    &feeds,
+                    context.profiles,
+                    triple,
+                    loaded,
+                    package_cache.as_ref(),
+                )
+            })
+            .collect()
+    };
+    for (loaded, findings) in profiles.into_iter().zip(found) {
+        let Some(findings) = findings else {
             continue;
         };
         let id = loaded.profile.profile_id.clone();
