@@ -4,7 +4,7 @@
 //! signing key, then runs `imagegen lock`, `plan`, `apply` and `plan` again, for real (GNU
 //! make builds every image). Needs no network.
 //!
-//! Run: `cargo run --release --example demo [-- DIR]` (default DIR: target/imagegen-demo).
+//! Run: `cargo run --example demo [-- DIR]` (default DIR: target/imagegen-demo).
 //! A directory left by an earlier or interrupted run is replaced.
 
 use std::collections::BTreeMap;
@@ -82,9 +82,9 @@ fn run() -> Result<i32> {
         dir.display()
     );
     eprintln!("Next, from the repository:");
-    eprintln!("  cargo run --release -- --manifest {manifest} builds list");
+    eprintln!("  cargo run -- --manifest {manifest} builds list");
     eprintln!(
-        "  cargo run --release -- --manifest {manifest} artifacts export home.ap-livingroom.23.05 --out {}",
+        "  cargo run -- --manifest {manifest} artifacts export home.ap-livingroom.23.05 --out {}",
         dir.join("images").display()
     );
     eprintln!(
@@ -101,8 +101,9 @@ fn run() -> Result<i32> {
 fn prepare_dir(dir: &Path) -> Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|error| {
-            Error::io("clearing the demo directory", dir, error)
-                .with_help("remove it yourself, or pass another directory: `cargo run --release --example demo -- DIR`")
+            Error::io("clearing the demo directory", dir, error).with_help(
+                "remove it yourself, or pass another directory: `cargo run --example demo -- DIR`",
+            )
         })?;
     }
     std::fs::create_dir_all(dir).map_err(|error| Error::io("creating", dir, error))

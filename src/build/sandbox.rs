@@ -172,12 +172,12 @@ pub(crate) fn stop_stale_sandboxes(slot: &Path) {
         return;
     };
     let slot = slot.as_os_str().as_bytes();
-    // A bwrap killed while it forks leaves a child (the same command line) that the scan
-    // before the kill could not see: scan again until one finds nothing left.
+    // Scanned until none is left: a bwrap killed while it clones leaves a child with the same
+    // command line that the scan before could not see yet.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let stale = sandboxes_of(slot);
-        if stale.is_empty() {
+        if stale.is_empty() || std::time::Instant::now() >= deadline {
             return;
         }
         for pid in &stale {
@@ -187,16 +187,12 @@ pub(crate) fn stop_stale_sandboxes(slot: &Path) {
                 libc::kill(*pid, libc::SIGKILL);
             }
         }
-        while stale.iter().any(|pid| is_live(*pid)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        if std::time::Instant::now() >= deadline {
-            return;
-        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
-/// The live bwrap processes whose command line names `slot`.
+/// Live bwrap processes whose command line has `slot` as an argument (a killed one that is
+/// a zombie has no command line left).
 fn sandboxes_of(slot: &[u8]) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();

@@ -66,8 +66,6 @@ fn record_as_applied(db: &Path, plan: &Plan) {
                         archive: "archive".into(),
                         archive_sha256: action.key.clone().expect("pinned"),
                         url: "file:///mirror".into(),
-                        // Fetched with its signature checked (an unverified builder is
-                        // planned to be verified again).
                         key_id: Some("b5043e70f9a75cde".into()),
                         version_code: None,
                         status: BuilderStatus::Ready,

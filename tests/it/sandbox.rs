@@ -705,9 +705,14 @@ fn preparing_a_slot_stops_a_stale_sandbox_of_it() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut stale = stale.spawn().expect("spawn bwrap");
+    // The sandboxed command itself (argv[0] is the tag), not only bwrap, whose command line
+    // carries the tag too.
     assert!(
-        wait_until(Duration::from_secs(30), || !tagged_processes(&tag)
-            .is_empty()),
+        wait_until(Duration::from_secs(30), || tagged_processes(&tag)
+            .iter()
+            .any(|line| line
+                .split_once(": ")
+                .is_some_and(|(_, cmd)| cmd.starts_with(&tag)))),
         "the stale sandbox never started"
     );
     prepare_slot(&standin.pristine, &slot).expect("reset");
