@@ -142,6 +142,7 @@ fn record_builds(db: &Path, count: usize) {
                     packages_remove: Vec::new(),
                     overlay: OverlayInputs::default(),
                     options: ImageOptions::default(),
+                    feeds: Vec::new(),
                 },
                 status: BuildStatus::Succeeded,
                 started_at: 1_700_000_000 + index as i64,

@@ -4,11 +4,11 @@
 //!
 //! Inputs are everything that changes the image (DESIGN §4): the pinned Image Builder
 //! archive sha256, the Image Builder profile, the normalized package set, the overlay tree
-//! hash, the options that change output, and [`ACTION_SCHEMA_VERSION`]. Force flags and
-//! output locations (`bin_dir`) are deliberately not inputs. An image is a function of its
-//! key alone: the provenance file it carries holds only these inputs
-//! ([`BuildInputs::provenance`]), never the profile, device or fleet commit that asked for it
-//! (docs/decisions.md).
+//! hash, the options that change output, the pinned package feed indexes (docs/feeds.md), and
+//! [`ACTION_SCHEMA_VERSION`]. Force flags and output locations (`bin_dir`) are deliberately
+//! not inputs. An image is a function of its key alone: the provenance file it carries holds
+//! only these inputs ([`BuildInputs::provenance`]), never the profile, device or fleet commit
+//! that asked for it (docs/decisions.md).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -95,6 +95,13 @@ pub struct InitramfsImage {
     pub sha256: String,
 }
 
+/// A package feed a build installs from: its name and the sha256 of the index the lock pins.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct FeedDigest {
+    pub name: String,
+    pub sha256: String,
+}
+
 /// Everything that determines one image, normalized.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BuildInputs {
@@ -107,6 +114,10 @@ pub struct BuildInputs {
     pub packages_remove: Vec<String>,
     pub overlay: OverlayInputs,
     pub options: ImageOptions,
+    /// Every feed of the Image Builder with its pinned index (any of them can change what
+    /// opkg picks); empty when the lock pins no feeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedDigest>,
 }
 
 /// Sorts and de-duplicates a package (or service) list, dropping blank names.
@@ -169,14 +180,34 @@ impl BuildInputs {
             field("options.filesystem", json!(options.filesystem)),
             field("options.provenance", json!(options.provenance)),
             field("options.initramfs", json!(options.initramfs)),
+            field(
+                "feeds",
+                Value::Object(
+                    self.feeds
+                        .iter()
+                        .map(|feed| (feed.name.clone(), json!(feed.sha256)))
+                        .collect(),
+                ),
+            ),
         ]
+    }
+
+    /// The fields that are hashed: [`Self::fields`] less an empty `feeds` (feeds came after
+    /// keys: without pinned feeds a key, and the provenance an image carries, stay what they
+    /// always were).
+    fn hashed_fields(&self) -> Vec<KeyField> {
+        let mut fields = self.fields();
+        fields.retain(|field| {
+            !(field.name == "feeds" && field.value.as_object().is_some_and(|f| f.is_empty()))
+        });
+        fields
     }
 
     /// What `/etc/imagegen/build.json` holds: the key and every key input, from the same
     /// walk as the key, so two images with one key carry byte-identical provenance.
     pub fn provenance(&self, key: &BuildKey) -> Value {
         let inputs: serde_json::Map<String, Value> = self
-            .fields()
+            .hashed_fields()
             .into_iter()
             .map(|KeyField { name, value }| (name.to_string(), value))
             .collect();
@@ -191,7 +222,7 @@ impl BuildInputs {
     /// serde_json maps are sorted by key, so the JSON of a value is canonical.
     pub fn canonical(&self) -> String {
         let mut text = String::from(KEY_HEADER);
-        for KeyField { name, value } in self.fields() {
+        for KeyField { name, value } in self.hashed_fields() {
             text.push_str(name);
             text.push('=');
             text.push_str(&value.to_string());
@@ -262,6 +293,7 @@ fn describe(
             initramfs_text(&old.options.initramfs),
             initramfs_text(&new.options.initramfs)
         ),
+        "feeds" => describe_feeds(&old.feeds, &new.feeds),
         "options.disabled_services" => format!(
             "disabled services: {}",
             list_diff(
@@ -312,6 +344,28 @@ fn describe_builder(old: &BuilderPin, new: &BuilderPin) -> String {
             short_hash(new_sha)
         ),
     }
+}
+
+fn describe_feeds(old: &[FeedDigest], new: &[FeedDigest]) -> String {
+    let mut changes = Vec::new();
+    for feed in new {
+        match old.iter().find(|previous| previous.name == feed.name) {
+            None => changes.push(format!("{} pinned", feed.name)),
+            Some(previous) if previous.sha256 == feed.sha256 => {}
+            Some(previous) => changes.push(format!(
+                "{} re-published (index {} → {})",
+                feed.name,
+                short_hash(&previous.sha256),
+                short_hash(&feed.sha256)
+            )),
+        }
+    }
+    for feed in old {
+        if !new.iter().any(|current| current.name == feed.name) {
+            changes.push(format!("{} no longer pinned", feed.name));
+        }
+    }
+    format!("package feeds: {}", changes.join("; "))
 }
 
 fn describe_overlay(old: &OverlayInputs, new: &OverlayInputs) -> String {
@@ -430,6 +484,7 @@ mod tests {
                 provenance: true,
                 initramfs: None,
             },
+            feeds: Vec::new(),
         }
     }
 
@@ -509,6 +564,15 @@ mod tests {
                 Box::new(|i| i.options.provenance = false),
             ),
             (
+                "feeds",
+                Box::new(|i| {
+                    i.feeds = vec![FeedDigest {
+                        name: "openwrt_base".into(),
+                        sha256: "33".repeat(32),
+                    }]
+                }),
+            ),
+            (
                 "options.initramfs",
                 Box::new(|i| {
                     i.options.initramfs = Some(InitramfsImage {
@@ -567,13 +631,40 @@ mod tests {
     }
 
     #[test]
+    fn a_re_published_feed_changes_the_key_and_says_which() {
+        let feed = |sha: &str| FeedDigest {
+            name: "openwrt_packages".into(),
+            sha256: sha.repeat(32),
+        };
+        let mut old = sample();
+        old.feeds = vec![feed("44")];
+        let mut new = old.clone();
+        new.feeds = vec![feed("55")];
+        assert_ne!(old.key(), new.key());
+        let reasons = new.explain_against(&old);
+        assert_eq!(
+            reasons[0].text,
+            "package feeds: openwrt_packages re-published (index 444444444444 → 555555555555)"
+        );
+        // The key of a build without pinned feeds is what it was before feeds existed.
+        assert_eq!(
+            sample().key().map(|key| key.0),
+            Some("7a378df7167460e216df59824a4ecba65b7f6d30577d0a04e7220c21fdc7fc1b".into())
+        );
+    }
+
+    #[test]
     fn provenance_is_the_key_inputs_and_nothing_else() {
         let inputs = sample();
         let key = inputs.key().expect("pinned builder");
         let provenance = inputs.provenance(&key);
         assert_eq!(provenance["build_key"], key.0.as_str());
         let recorded = provenance["key_inputs"].as_object().expect("inputs");
-        let names: Vec<&str> = inputs.fields().iter().map(|field| field.name).collect();
+        let names: Vec<&str> = inputs
+            .hashed_fields()
+            .iter()
+            .map(|field| field.name)
+            .collect();
         let mut keys: Vec<&str> = recorded.keys().map(String::as_str).collect();
         keys.sort_unstable();
         let mut expected = names.clone();
@@ -586,6 +677,17 @@ mod tests {
         );
         // The same inputs give the same bytes, whoever asks.
         assert_eq!(provenance, sample().provenance(&key));
+        // Pinned feeds are key inputs, so they are in the provenance too.
+        let mut pinned = sample();
+        pinned.feeds = vec![FeedDigest {
+            name: "openwrt_core".into(),
+            sha256: "66".repeat(32),
+        }];
+        let key = pinned.key().expect("pinned builder");
+        assert_eq!(
+            pinned.provenance(&key)["key_inputs"]["feeds"]["openwrt_core"],
+            "66".repeat(32).as_str()
+        );
     }
 
     #[test]

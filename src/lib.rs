@@ -41,6 +41,7 @@ pub mod cas;
 pub mod cli;
 pub mod error;
 pub mod exec;
+pub mod feeds;
 pub mod flash;
 pub mod fsutil;
 #[doc(hidden)]

@@ -259,6 +259,9 @@ struct Workdirs {
     stage: PathBuf,
     slot: PathBuf,
     output: PathBuf,
+    /// Local copies of the pinned feeds the build installs from (`None`: the Image
+    /// Builder's own repository list).
+    feeds: Option<crate::feeds::SlotFeeds>,
     /// Removes `stage` and `output` when the build step is done with them.
     _cleanup: Scratch,
 }
@@ -287,6 +290,7 @@ fn make_image(
         timeout: std::time::Duration::from_secs(shared.settings.build_timeout.value),
         cancel: context.cancel_flag(),
         sandbox: sandbox_mode(shared)?,
+        feeds: dirs.feeds.as_ref(),
     })
     .and_then(|output| verify_slot(&dirs.slot).map(|()| output));
     // The slot is this step's until it returns; the next build in it resets it, so the
@@ -364,6 +368,9 @@ fn prepare_workdirs(
     })?;
     let work = &shared.settings.tmp_dir.value;
     crate::fsutil::ensure_private_dir(work)?;
+    context.progress("package files", None);
+    let lock_entry = shared.lock.and_then(|lock| lock.get(&triple));
+    let feeds = crate::feeds::prepare::for_build(shared.settings, lock_entry, &job.inputs)?;
     let slot = context.slot();
     let stage = fresh_dir(&work.join("stage").join(format!("slot-{slot}")))?;
     // Removed however this build ends: staged overlay files (setuid bits included) and the
@@ -390,6 +397,7 @@ fn prepare_workdirs(
         stage,
         slot: slot_dir,
         output,
+        feeds,
         _cleanup: cleanup,
     })
 }

@@ -56,11 +56,13 @@ pub(crate) fn make_command(
                 Path::new(SANDBOX_OUTPUT),
             )?;
             let meta = meta_dir(slot);
+            let feeds = request.feeds.map(|_| super::feeds::feeds_dir(slot));
             let mounts = Mounts {
                 slot,
                 meta: &meta,
                 output: request.output_dir,
                 files,
+                feeds: feeds.as_deref(),
             };
             (bwrap.command(&mounts, "make", &arguments), arguments)
         }

@@ -23,6 +23,7 @@
 mod artifacts;
 mod config;
 mod failure;
+mod feeds;
 mod fsops;
 mod launch;
 mod placement;

@@ -52,6 +52,9 @@ pub struct BuildRequest<'a> {
     pub cancel: &'a AtomicBool,
     /// Whether `make image` runs in the sandbox (see [`SandboxMode`]).
     pub sandbox: SandboxMode,
+    /// Local copies of the pinned feeds to install from (`None`: the Image Builder's own
+    /// repository file is left alone, and it would need a network).
+    pub feeds: Option<&'a crate::feeds::SlotFeeds>,
 }
 
 /// A successful build.
@@ -86,6 +89,13 @@ pub fn run_build(request: &BuildRequest) -> Result<BuildOutput> {
         edit_config(&slot, filesystem, &target)?;
     }
     let files = stage_files(&slot, request.files_dir, request.provenance)?;
+    if let Some(feeds) = request.feeds {
+        let seen_as = match isolation {
+            super::sandbox::Isolation::Sandboxed(_) => PathBuf::from(super::sandbox::SANDBOX_FEEDS),
+            super::sandbox::Isolation::Unsandboxed { .. } => super::feeds::feeds_dir(&slot),
+        };
+        super::feeds::install(&slot, feeds, &seen_as)?;
+    }
     let (command, arguments) = make_command(request, &slot, files.as_deref(), &isolation)?;
     let finish = run_logged(command, request, &slot, &arguments, &isolation)?;
     // Whatever happened, a write through a shared file must be reported first: it damaged
@@ -93,6 +103,7 @@ pub fn run_build(request: &BuildRequest) -> Result<BuildOutput> {
     verify_slot(&slot).map_err(|error| error.with_log(request.log_path))?;
     mark_verified(&slot)?;
     scrub_after_build(&slot)?;
+    super::feeds::remove(&slot)?;
     let findings = read_log(request.log_path)?;
     let prerequisite_error = read_build_file(&slot, Path::new("tmp/.prereq-error"), 1 << 16)
         .ok()
@@ -396,6 +407,7 @@ mod tests {
             packages_remove: vec!["dnsmasq".into()],
             overlay: OverlayInputs::default(),
             options,
+            feeds: Vec::new(),
         }
     }
 

@@ -91,6 +91,8 @@ pub struct SandboxReport {
 pub(crate) const SANDBOX_SLOT: &str = "/imagegen/slot";
 pub(crate) const SANDBOX_OUTPUT: &str = "/imagegen/out";
 pub(crate) const SANDBOX_FILES: &str = "/imagegen/files";
+/// The local copies of the pinned package feeds (read-only).
+pub(crate) const SANDBOX_FEEDS: &str = "/imagegen/feeds";
 
 /// The user a root imagegen runs builds as (`nobody`): it owns nothing on the host, so a
 /// build can read only world-readable files and write only what imagegen hands it.
@@ -150,6 +152,8 @@ pub(crate) struct Mounts<'a> {
     pub meta: &'a Path,
     pub output: &'a Path,
     pub files: Option<&'a Path>,
+    /// The local feed copies the slot's repository file points at.
+    pub feeds: Option<&'a Path>,
 }
 
 /// Why `make image` cannot be sandboxed for this process (its user and `PATH`); `None` when
@@ -460,6 +464,9 @@ fn mount_args(mounts: &Mounts) -> Vec<OsString> {
     if let Some(files) = mounts.files {
         binds.push(("--ro-bind", files, SANDBOX_FILES.into()));
     }
+    if let Some(feeds) = mounts.feeds {
+        binds.push(("--ro-bind", feeds, SANDBOX_FEEDS.into()));
+    }
     binds
         .into_iter()
         .flat_map(|(option, host, inside)| {
@@ -517,6 +524,7 @@ mod tests {
             meta: Path::new("/w/slots/slot-1/.imagegen-slot"),
             output: Path::new("/w/out/slot-1"),
             files: Some(Path::new("/w/stage/slot-1")),
+            feeds: None,
         };
         let args: Vec<String> = mount_args(&mounts)
             .into_iter()

@@ -37,6 +37,9 @@ pub(crate) fn lock(context: &Context, args: &LockArgs) -> Result<i32> {
             change.version_code,
             change.key_id.as_deref().unwrap_or("(not verified)")
         );
+        for feed in &change.feeds {
+            println!("      feed {feed}");
+        }
     }
     if report.written {
         println!("Wrote {}; commit it.", report.path.display());

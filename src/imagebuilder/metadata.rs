@@ -41,8 +41,43 @@ pub struct ProfilesJson {
     pub version_number: String,
     #[serde(default)]
     pub default_packages: Vec<String>,
+    /// The package architecture (`mips_24kc`): the feeds' `packages/<arch>/` directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch_packages: Option<String>,
+    /// The kernel (23.05.6, 24.10 and later): names the `kmods/<version>-<release>-<vermagic>`
+    /// feed. Upstream writes `release` as a string; numbers are accepted too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linux_kernel: Option<LinuxKernel>,
     #[serde(default)]
     pub profiles: BTreeMap<String, ProfileInfo>,
+}
+
+/// `profiles.json` `linux_kernel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinuxKernel {
+    pub version: String,
+    #[serde(deserialize_with = "string_or_number")]
+    pub release: String,
+    pub vermagic: String,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(text) => Ok(text),
+        serde_json::Value::Number(number) => Ok(number.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a string or a number, found {other}"
+        ))),
+    }
+}
+
+/// A device's flash limits in bytes (`profiles.json` 25.12 and later).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSizeLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +92,8 @@ pub struct ProfileInfo {
     pub supported_devices: Vec<String>,
     #[serde(default)]
     pub titles: Vec<Title>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size_limits: Option<FileSizeLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +123,18 @@ pub struct Title {
 }
 
 impl ProfilesJson {
+    /// The device entry an Image Builder profile id names: a key of `profiles`, or (as ASU
+    /// accepts) one of a device's `supported_devices` with `,` written as `_`.
+    pub fn device(&self, id: &str) -> Option<&ProfileInfo> {
+        self.profiles.get(id).or_else(|| {
+            self.profiles.values().find(|info| {
+                info.supported_devices
+                    .iter()
+                    .any(|board| board.replace(',', "_") == id)
+            })
+        })
+    }
+
     /// Parses `profiles.json` bytes; `origin` names the file in the error.
     pub fn parse(bytes: &[u8], origin: &str) -> Result<ProfilesJson> {
         serde_json::from_slice(bytes).map_err(|error| {

@@ -1,6 +1,8 @@
 //! The `imagegen.lock` file format: the upstream facts pinned per Image Builder ([`Triple`])
-//! — archive and its sha256, the signing key, the revision and the `profiles.json` hash.
-//! Reads and writes the file; decides nothing about whether an entry is current.
+//! — archive and its sha256, the signing key, the revision, the `profiles.json` hash, and
+//! each package feed's index (`[[builder.feed]]`: path, sha256, signing key). Reads and
+//! writes the file; decides nothing about whether an entry is current. Files written before
+//! feeds were pinned read as entries without feeds.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,11 +13,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Problem, Problems, Result};
+use crate::feeds::FeedPin;
 use crate::source::{self, Containment, Format, MapReader, SourceFile, Spanned};
 use crate::triple::Triple;
 
 pub use crate::manifest::LOCK_FILE_NAME;
-const LOCK_VERSION: u64 = 1;
+/// 2: `[[builder.feed]]` (pinned package feeds). Version 1 files (no feeds) still read; an
+/// older imagegen refuses a version 2 file by its version instead of by an unknown field.
+const LOCK_VERSION: u64 = 2;
+/// The oldest version this imagegen reads.
+const OLDEST_LOCK_VERSION: u64 = 1;
 const HEADER: &str = "# Written by imagegen; commit this file.\n";
 const TOP_FIELDS: &[&str] = &["version", "builder"];
 const ENTRY_FIELDS: &[&str] = &[
@@ -30,7 +37,12 @@ const ENTRY_FIELDS: &[&str] = &[
     "profiles_json_sha256",
     "mirror",
     "locked_at",
+    "feeds_unpinned",
+    "feed",
 ];
+const FEED_FIELDS: &[&str] = &["name", "index", "sha256", "key_id", "key_fingerprint"];
+/// More feeds than any Image Builder lists; a bound for hostile files.
+const MAX_FEEDS: usize = 64;
 
 /// Every pinned Image Builder.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -58,6 +70,14 @@ pub struct LockEntry {
     pub mirror: String,
     /// RFC 3339.
     pub locked_at: String,
+    /// The package feeds the builder installs from, in repository-list order; empty in lock
+    /// files written before feeds were pinned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedPin>,
+    /// Why `feeds` is empty on purpose (an apk v3 builder, whose indexes imagegen does not
+    /// read yet); `None` with empty `feeds` means the entry predates pinned feeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feeds_unpinned: Option<String>,
 }
 
 impl LockFile {
@@ -133,6 +153,24 @@ impl LockFile {
             field("profiles_json_sha256", &entry.profiles_json_sha256);
             field("mirror", &entry.mirror);
             field("locked_at", &entry.locked_at);
+            if let Some(why) = &entry.feeds_unpinned {
+                field("feeds_unpinned", why);
+            }
+            for feed in &entry.feeds {
+                out.push_str("\n[[builder.feed]]\n");
+                let mut field = |name: &str, value: &str| {
+                    let _ = writeln!(out, "{name} = {}", toml_string(value));
+                };
+                field("name", &feed.name);
+                field("index", &feed.index);
+                field("sha256", &feed.sha256);
+                if let Some(key_id) = &feed.key_id {
+                    field("key_id", key_id);
+                }
+                if let Some(fingerprint) = &feed.key_fingerprint {
+                    field("key_fingerprint", fingerprint);
+                }
+            }
         }
         out
     }
@@ -146,10 +184,10 @@ impl LockFile {
 fn read_lock(mut reader: MapReader<'_, '_>) -> LockFile {
     if let Some(version) = reader.required("version").map(|node| node.span.clone()) {
         match reader.opt_u64("version") {
-            Some(found) if found.value == LOCK_VERSION => {}
+            Some(found) if (OLDEST_LOCK_VERSION..=LOCK_VERSION).contains(&found.value) => {}
             Some(found) => reader.push(
                 Problem::validation(format!(
-                    "lock file version {} is not supported (this imagegen reads version {LOCK_VERSION})",
+                    "lock file version {} is not supported (this imagegen reads versions {OLDEST_LOCK_VERSION} to {LOCK_VERSION})",
                     found.value
                 ))
                 .at(reader.location(version))
@@ -193,6 +231,8 @@ fn read_entry(mut reader: MapReader<'_, '_>) -> Option<LockEntry> {
     let profiles_json_sha256 = text(&mut reader, "profiles_json_sha256");
     let mirror = text(&mut reader, "mirror");
     let locked_at = text(&mut reader, "locked_at");
+    let feeds_unpinned = reader.opt_string("feeds_unpinned");
+    let feeds = read_feeds(&mut reader);
     for (field, value, length) in [
         ("archive_sha256", &archive_sha256, 64),
         ("profiles_json_sha256", &profiles_json_sha256, 64),
@@ -214,7 +254,75 @@ fn read_entry(mut reader: MapReader<'_, '_>) -> Option<LockEntry> {
         profiles_json_sha256: profiles_json_sha256?.value,
         mirror: mirror?.value,
         locked_at: locked_at?.value,
+        feeds,
+        feeds_unpinned: feeds_unpinned.map(|why| why.value),
     })
+}
+
+fn read_feeds(reader: &mut MapReader<'_, '_>) -> Vec<FeedPin> {
+    let items = reader.opt_list_up_to("feed", MAX_FEEDS).unwrap_or_default();
+    let mut feeds: Vec<FeedPin> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let path = format!("feed[{index}]");
+        let Some(mut feed) = reader.reader_for(item, &path) else {
+            continue;
+        };
+        let name = feed.string("name");
+        let index_path = feed.string("index");
+        let sha256 = feed.string("sha256");
+        let key_id = feed.opt_string("key_id");
+        let key_fingerprint = feed.opt_string("key_fingerprint");
+        for (field, value, length) in [
+            ("sha256", &sha256, 64),
+            ("key_id", &key_id, 16),
+            ("key_fingerprint", &key_fingerprint, 64),
+        ] {
+            if let Some(value) = value {
+                check_hex(&mut feed, field, value, length);
+            }
+        }
+        if let Some(index_path) = &index_path
+            && !is_mirror_path(&index_path.value)
+        {
+            let message = format!(
+                "`{}` must be a path below the mirror root, not `{}`",
+                feed.path_of("index"),
+                index_path.value
+            );
+            feed.invalid(index_path.span.clone(), message, "not a mirror path");
+        }
+        feed.finish(FEED_FIELDS);
+        let (Some(name), Some(index_path), Some(sha256)) = (name, index_path, sha256) else {
+            continue;
+        };
+        if feeds.iter().any(|known| known.name == name.value) {
+            let message = format!("feed `{}` is pinned twice", name.value);
+            reader.invalid(name.span.clone(), message, "duplicate feed");
+            continue;
+        }
+        feeds.push(FeedPin {
+            name: name.value,
+            index: index_path.value,
+            sha256: sha256.value,
+            key_id: key_id.map(|key| key.value),
+            key_fingerprint: key_fingerprint.map(|fingerprint| fingerprint.value),
+        });
+    }
+    feeds
+}
+
+/// A relative path of plain components (the lock names files on the mirror; a hostile lock
+/// must not make imagegen fetch `../` or absolute URLs).
+fn is_mirror_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-+~".contains(c))
+        })
 }
 
 fn check_hex(reader: &mut MapReader<'_, '_>, field: &str, value: &Spanned<String>, length: usize) {
@@ -253,6 +361,8 @@ mod tests {
             profiles_json_sha256: "fedcba9876543210".repeat(4),
             mirror: "https://downloads.openwrt.org".into(),
             locked_at: "2026-11-25T18:00:00Z".into(),
+            feeds: Vec::new(),
+            feeds_unpinned: None,
         }
     }
 
@@ -292,6 +402,19 @@ mod tests {
     }
 
     #[test]
+    fn version_1_files_read_and_unpinned_feeds_round_trip() {
+        let mut lock = LockFile::default();
+        let mut unpinned = entry("SNAPSHOT", "x86", None);
+        unpinned.feeds_unpinned = Some("apk v3 package indexes are not read yet".into());
+        lock.insert(unpinned);
+        let text = lock.to_text();
+        assert!(text.contains("\nfeeds_unpinned = \"apk v3 package indexes are not read yet\"\n"));
+        assert_eq!(parse_text(&text), Ok(lock.clone()));
+        let old = text.replace("version = 2", "version = 1");
+        assert_eq!(parse_text(&old), Ok(lock));
+    }
+
+    #[test]
     fn text_is_deterministic_and_sorted() {
         let mut lock = LockFile::default();
         lock.insert(entry("23.05.4", "x86", None));
@@ -299,7 +422,7 @@ mod tests {
         insta::assert_snapshot!(lock.to_text(), @r#"
         # Written by imagegen; commit this file.
 
-        version = 1
+        version = 2
 
         [[builder]]
         release = "23.05.4"
@@ -340,11 +463,11 @@ mod tests {
 
     #[test]
     fn malformed_lock_reports_every_problem() {
-        let text = "version = 2\nextra = 1\n\n[[builder]]\nrelease = \"23.05.4\"\ntarget = \"x86\"\nsubtarget = \"64\"\narchive = \"a.tar.xz\"\narchive_sha256 = \"XYZ\"\nversion_code = \"r1\"\nprofiles_json_sha256 = \"fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210\"\nmirror = \"m\"\n";
+        let text = "version = 3\nextra = 1\n\n[[builder]]\nrelease = \"23.05.4\"\ntarget = \"x86\"\nsubtarget = \"64\"\narchive = \"a.tar.xz\"\narchive_sha256 = \"XYZ\"\nversion_code = \"r1\"\nprofiles_json_sha256 = \"fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210\"\nmirror = \"m\"\n";
         assert_eq!(
             parse_text(text),
             Err(vec![
-                "imagegen.lock:1:11: lock file version 2 is not supported (this imagegen reads version 1)".to_string(),
+                "imagegen.lock:1:11: lock file version 3 is not supported (this imagegen reads versions 1 to 2)".to_string(),
                 "imagegen.lock:2:1: unknown field `extra`".to_string(),
                 "imagegen.lock:4:1: missing required field `builder[0].locked_at`".to_string(),
                 "imagegen.lock:9:18: `builder[0].archive_sha256` must be 64 lowercase hex digits, not `XYZ`".to_string(),

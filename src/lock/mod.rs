@@ -6,4 +6,4 @@ mod file;
 mod pin;
 
 pub use file::{LOCK_FILE_NAME, LockEntry, LockFile};
-pub use pin::{Change, LockChange, LockReport, Upgrade, entry_for, lock};
+pub use pin::{Change, LockChange, LockReport, Upgrade, entry_for, lock, pin_feeds};

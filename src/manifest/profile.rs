@@ -51,6 +51,10 @@ pub struct Profile {
     /// Root filesystem partition size in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs_partsize: Option<u32>,
+    /// The most bytes the device's flash takes for the image (docs/feeds.md, "Size budget");
+    /// written as bytes or with a `k`, `m` or `g` suffix (KiB, MiB, GiB). Not a build input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_image_size: Option<u64>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub add_local_key: bool,
     /// Whether imagegen writes `/etc/imagegen/build.json` into the image.

@@ -39,6 +39,7 @@ const PROFILE_FIELDS: &[&str] = &[
     "extra_image_name",
     "disabled_services",
     "rootfs_partsize",
+    "max_image_size",
     "add_local_key",
     "provenance",
     "created_by",
@@ -157,6 +158,7 @@ fn read_profile(mut reader: MapReader<'_, '_>) -> Option<Profile> {
     let policies = read_policies(&mut reader);
     let build_defaults = read_build_defaults(&mut reader);
     let options = read_image_options(&mut reader);
+    let max_image_size = read_max_image_size(&mut reader);
     if let (Some(release), Some(policies)) = (&release, &policies) {
         check_snapshot_policy(&mut reader, release, policies);
     }
@@ -190,6 +192,7 @@ fn read_profile(mut reader: MapReader<'_, '_>) -> Option<Profile> {
         extra_image_name: options.extra_image_name,
         disabled_services: options.disabled_services,
         rootfs_partsize: options.rootfs_partsize,
+        max_image_size,
         add_local_key: options.add_local_key,
         provenance,
         created_by,
@@ -378,6 +381,42 @@ fn read_build_defaults(reader: &mut MapReader<'_, '_>) -> Option<BuildDefaults> 
     };
     defaults.finish(BUILD_DEFAULT_FIELDS);
     Some(result)
+}
+
+/// `max_image_size`: bytes, or a number with a `k`, `m` or `g` suffix (binary units).
+fn read_max_image_size(reader: &mut MapReader<'_, '_>) -> Option<u64> {
+    let node = reader.node("max_image_size")?;
+    let parsed = match &node.value {
+        Node::Integer(bytes) => u64::try_from(*bytes).ok(),
+        Node::String(text) => parse_size(text),
+        _ => None,
+    };
+    match parsed {
+        Some(bytes) if bytes > 0 => Some(bytes),
+        _ => {
+            reader.invalid(
+                node.span.clone(),
+                "`max_image_size` must be a positive number of bytes, optionally with a `k`, `m` or `g` suffix (`16m`)",
+                "not a size",
+            );
+            None
+        }
+    }
+}
+
+/// `16m` → 16 MiB; `15872k`, `1g`, `4096`.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let factor: u64 = match unit {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(factor)
 }
 
 /// The Image Builder options that change the image, besides packages and files.

@@ -96,7 +96,7 @@ fn notices(
     prepared: &Prepared,
     settings: &crate::settings::Settings,
 ) -> Vec<String> {
-    let mut notices = prepared.upstream.moved_notices();
+    let mut notices = prepared.upstream.notices();
     notices.extend(plan::verification_notice(settings));
     if fleet.profiles.is_empty() {
         notices.push(
@@ -108,6 +108,38 @@ fn notices(
 }
 
 fn skipped_checks(
+    fleet: &crate::manifest::Fleet,
+    prepared: &Prepared,
+    offline: bool,
+) -> Vec<SkippedCheck> {
+    let mut skipped = skipped_profile_checks(fleet, prepared, offline);
+    skipped.extend(skipped_package_checks(fleet, prepared));
+    skipped
+}
+
+/// Builders whose packages were not resolved against their feeds.
+fn skipped_package_checks(
+    fleet: &crate::manifest::Fleet,
+    prepared: &Prepared,
+) -> Vec<SkippedCheck> {
+    prepared
+        .upstream
+        .packages_unchecked
+        .iter()
+        .map(|(triple, reason)| SkippedCheck {
+            check: "packages against the pinned feed indexes".to_string(),
+            builders: vec![triple.to_string()],
+            profiles: fleet
+                .profiles_of(triple)
+                .map(|loaded| loaded.profile.profile_id.clone())
+                .collect(),
+            reason: reason.clone(),
+            hint: "run `imagegen lock` with the mirror reachable: it pins the feeds and caches their indexes for offline checks".to_string(),
+        })
+        .collect()
+}
+
+fn skipped_profile_checks(
     fleet: &crate::manifest::Fleet,
     prepared: &Prepared,
     offline: bool,

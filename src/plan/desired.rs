@@ -70,12 +70,8 @@ pub fn prepare(fleet: &Fleet, settings: &Settings, options: &PlanOptions) -> Res
     problems.extend(upstream.problems.iter().cloned());
     problems.extend(super::bin_dir::bin_dir_problems(fleet, settings));
     problems.finish((), "profiles ask for what cannot be built")?;
-    if options.locked && !upstream.moved.is_empty() {
-        let moved: Vec<String> = upstream
-            .moved
-            .iter()
-            .map(|moved| moved.describe())
-            .collect();
+    let moved = upstream.lock_outdated();
+    if options.locked && !moved.is_empty() {
         return Err(Error::new(
             ErrorCode::StalePlan,
             format!("imagegen.lock is outdated: {}", moved.join("; ")),
@@ -92,7 +88,7 @@ pub fn compute_with(
     options: &PlanOptions,
     store: &Store,
 ) -> Result<Plan> {
-    let Prepared { lock, upstream } = prepare(fleet, settings, options)?;
+    let Prepared { lock, mut upstream } = prepare(fleet, settings, options)?;
     check_flash_permission(fleet, &options.allow_flash)?;
     let digests = overlay_digests(fleet, store)?;
     let mut desired = desired_state(fleet, lock.as_ref(), &digests, &upstream)?;
@@ -130,23 +126,58 @@ pub fn compute_with(
     if let Some(notice) = verification_notice(settings) {
         plan.notices.push(notice);
     }
+    attach_packages(&mut plan, &mut upstream);
     if options.offline {
-        plan.offline_needs = plan
-            .actions
-            .iter()
-            .filter(|action| {
-                action.resource == super::Resource::Builder && action.action.is_change()
-            })
-            .map(|action| {
-                action
-                    .details
-                    .get("archive")
-                    .cloned()
-                    .unwrap_or_else(|| action.address.clone())
-            })
-            .collect();
+        plan.offline_needs = offline_needs(&plan, &upstream);
     }
     Ok(plan)
+}
+
+/// Each build action carries its profile's resolved packages (when its feeds could be read).
+fn attach_packages(plan: &mut Plan, upstream: &mut UpstreamCheck) {
+    for action in &mut plan.actions {
+        if action.resource != super::Resource::Build {
+            continue;
+        }
+        // A profile has one build action: its packages move there.
+        if let Some(packages) = action
+            .profile_id
+            .as_ref()
+            .and_then(|profile| upstream.packages.remove(profile))
+        {
+            action.packages = Some(packages);
+        }
+    }
+}
+
+/// What apply would download first: Image Builder archives, then package files (each once).
+fn offline_needs(plan: &Plan, upstream: &UpstreamCheck) -> Vec<String> {
+    let mut needs: Vec<String> = plan
+        .actions
+        .iter()
+        .filter(|action| action.resource == super::Resource::Builder && action.action.is_change())
+        .map(|action| {
+            action
+                .details
+                .get("archive")
+                .cloned()
+                .unwrap_or_else(|| action.address.clone())
+        })
+        .collect();
+    let mut packages = std::collections::BTreeSet::new();
+    for action in &plan.actions {
+        if action.resource == super::Resource::Build && action.action.is_change() {
+            let missing = action
+                .profile_id
+                .as_ref()
+                .and_then(|profile| upstream.missing_packages.get(profile))
+                .into_iter()
+                .flatten();
+            packages.extend(missing.map(|file| format!("package {file}")));
+        }
+    }
+    needs.extend(packages);
+    needs
 }
 
 /// Said on every plan (and validate) while signature verification is off.
@@ -186,7 +217,7 @@ fn check_flash_permission(fleet: &Fleet, permission: &FlashPermission) -> Result
 }
 
 fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {
-    let mut notices = upstream.moved_notices();
+    let mut notices = upstream.notices();
     if let Some(reason) = &upstream.unreachable {
         let from = if locked {
             "planned from imagegen.lock without checking upstream"
@@ -200,6 +231,11 @@ fn upstream_notices(upstream: &UpstreamCheck, locked: bool) -> Vec<String> {
         notices.push(format!(
             "Image Builder profiles, filesystems and image kinds not checked against upstream profiles.json (not cached offline): {}",
             unchecked.join(", ")
+        ));
+    }
+    for (triple, why) in &upstream.packages_unchecked {
+        notices.push(format!(
+            "packages of {triple} not checked against its feeds: {why}"
         ));
     }
     notices
@@ -219,6 +255,25 @@ fn check_locked(fleet: &Fleet, lock: Option<&LockFile>) -> Result<()> {
         .filter(|triple| lock.get(triple).is_none())
         .map(|triple| triple.to_string())
         .collect();
+    let without_feeds: Vec<String> = fleet
+        .triples()
+        .into_iter()
+        .filter(|triple| {
+            lock.get(triple)
+                .is_some_and(|entry| entry.feeds.is_empty() && entry.feeds_unpinned.is_none())
+        })
+        .map(|triple| triple.to_string())
+        .collect();
+    if missing.is_empty() && !without_feeds.is_empty() {
+        return Err(Error::new(
+            ErrorCode::StalePlan,
+            format!(
+                "imagegen.lock does not pin the package feeds of {}",
+                without_feeds.join(", ")
+            ),
+        )
+        .with_help("run `imagegen lock` (it adds the feeds) and commit imagegen.lock"));
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -342,7 +397,10 @@ fn desired_state(
         builds.push(DesiredBuild {
             profile_id: profile.profile_id.clone(),
             device_id: profile.device_id.clone(),
-            inputs: build_inputs(loaded, pin, digest, initramfs),
+            inputs: BuildInputs {
+                feeds: feed_digests(entry),
+                ..build_inputs(loaded, pin, digest, initramfs)
+            },
             rebuild_if_cached: profile.build_defaults.rebuild_if_cached,
         });
     }
@@ -447,7 +505,24 @@ pub fn build_inputs(
             provenance: profile.provenance,
             initramfs,
         },
+        feeds: Vec::new(),
     }
+}
+
+/// The feed digests a build's key includes: every feed the lock pins for its builder.
+fn feed_digests(entry: Option<&crate::lock::LockEntry>) -> Vec<crate::key::FeedDigest> {
+    entry
+        .map(|entry| {
+            entry
+                .feeds
+                .iter()
+                .map(|feed| crate::key::FeedDigest {
+                    name: feed.name.clone(),
+                    sha256: feed.sha256.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn entry_kind_name(kind: EntryKind) -> &'static str {

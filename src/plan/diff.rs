@@ -117,6 +117,7 @@ fn action(address: String, resource: Resource, kind: ActionKind) -> Action {
         builder: None,
         inputs: None,
         details: BTreeMap::new(),
+        packages: None,
     }
 }
 
@@ -342,6 +343,7 @@ mod tests {
             packages_remove: Vec::new(),
             overlay: OverlayInputs::default(),
             options: ImageOptions::default(),
+            feeds: Vec::new(),
         }
     }
 

@@ -143,6 +143,7 @@ pub(super) fn flash_action(
         builder: None,
         inputs: None,
         details: details(flash, suspect),
+        packages: None,
     };
     if build.is_some() {
         result

@@ -316,6 +316,7 @@ mod tests {
             builder: None,
             inputs: None,
             details: BTreeMap::new(),
+            packages: None,
         }
     }
 

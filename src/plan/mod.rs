@@ -13,6 +13,7 @@ mod flash;
 mod graph;
 mod image;
 mod model;
+mod packages;
 mod recorded;
 mod render;
 mod select;
@@ -35,4 +36,4 @@ pub use model::{
 };
 pub use render::{render_text, summary_line};
 pub use select::{Selection, select};
-pub use upstream::{Moved, UpstreamCheck, check_upstream};
+pub use upstream::{Moved, MovedFeed, UpstreamCheck, check_upstream};

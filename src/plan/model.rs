@@ -11,7 +11,7 @@ use crate::triple::Triple;
 
 /// Version of the plan JSON format: the minor number grows with additive changes, the major
 /// number when a field changes meaning or disappears (docs/plan-json.md).
-pub const FORMAT_VERSION: &str = "1.2";
+pub const FORMAT_VERSION: &str = "1.3";
 
 /// What kind of thing an action is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -85,6 +85,10 @@ pub struct Action {
     /// Free-form facts for display (archive name, flash path, image type).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, String>,
+    /// A build's packages resolved against its pinned feeds: what the image will contain,
+    /// its installed size and the flash budget (docs/plan-json.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<crate::feeds::ProfilePackages>,
 }
 
 /// Counts per resource and action.

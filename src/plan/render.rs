@@ -32,7 +32,7 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
         );
     }
     for action in shown {
-        render_action(&mut out, plan, action);
+        render_action(&mut out, plan, action, verbose);
     }
     if let Some(selection) = &plan.selection {
         let _ = writeln!(
@@ -62,7 +62,7 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
     out
 }
 
-fn render_action(out: &mut String, plan: &Plan, action: &Action) {
+fn render_action(out: &mut String, plan: &Plan, action: &Action, verbose: bool) {
     let symbol = match action.action {
         ActionKind::Create => "+",
         ActionKind::Replace => "~",
@@ -75,6 +75,9 @@ fn render_action(out: &mut String, plan: &Plan, action: &Action) {
         let _ = writeln!(out, "      {name}: {value}");
     }
     let _ = writeln!(out, "      key: {}", key_text(action));
+    if let Some(packages) = &action.packages {
+        render_packages(out, packages, verbose);
+    }
     for reason in &action.reasons {
         let _ = writeln!(out, "      because {}", reason.text);
     }
@@ -103,6 +106,33 @@ fn render_action(out: &mut String, plan: &Plan, action: &Action) {
         let _ = writeln!(out, "      after {}", pending.join(", "));
     }
     out.push('\n');
+}
+
+/// One line of sizes; `-v` adds the resolved packages, one per line.
+fn render_packages(out: &mut String, packages: &crate::feeds::ProfilePackages, verbose: bool) {
+    let budget = packages
+        .max_image_size
+        .map(|limit| format!(", budget {}", super::packages::human(limit)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "      packages: {} (installed {}, download {}{budget})",
+        packages.packages.len(),
+        super::packages::human(packages.installed_size),
+        super::packages::human(packages.download_size)
+    );
+    if verbose {
+        for package in &packages.packages {
+            let _ = writeln!(
+                out,
+                "        {} {}  {}  {}",
+                package.name,
+                package.version,
+                package.feed,
+                super::packages::human(package.installed_size)
+            );
+        }
+    }
 }
 
 fn verb(action: &Action) -> &'static str {

@@ -1,13 +1,17 @@
 //! What upstream metadata says about the fleet, for `validate` and `plan`: each profile's
 //! `imagebuilder_profile` against its target's `profiles.json` (from the metadata cache via
-//! the lock, or fetched when the mirror may be read), and lock entries upstream has moved
-//! away from. Reads the mirror and the metadata cache; never the state store.
+//! the lock, or fetched when the mirror may be read), each profile's packages against its
+//! builder's pinned feed indexes (`packages`), and lock entries (archives, feed indexes)
+//! upstream has moved away from. Reads the mirror and the metadata cache; never the state
+//! store.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::capability;
 use crate::error::{Error, ErrorCode, Problem, Problems, Result};
+use crate::feeds::prepare::{Fetcher, pinned_feeds};
+use crate::feeds::{FeedPin, ProfilePackages, source_of};
 use crate::imagebuilder::{self, FetchOptions, MirrorClient, ProfilesJson, cache};
 use crate::lock::{LockEntry, LockFile};
 use crate::manifest::{Fleet, LoadedProfile};
@@ -38,6 +42,35 @@ impl Moved {
     }
 }
 
+/// A pinned feed index the mirror no longer has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedFeed {
+    pub triple: Triple,
+    pub feed: String,
+    pub locked_sha256: String,
+    /// `None` when the feed is gone from the mirror.
+    pub upstream_sha256: Option<String>,
+}
+
+impl MovedFeed {
+    pub fn describe(&self) -> String {
+        let now = match &self.upstream_sha256 {
+            Some(sha256) => format!(
+                "upstream re-published it ({})",
+                crate::key::short_hash(sha256)
+            ),
+            None => "upstream no longer has it".to_string(),
+        };
+        format!(
+            "{}: feed `{}` index {} in imagegen.lock: {now}; run `imagegen lock --upgrade {}`",
+            self.triple,
+            self.feed,
+            crate::key::short_hash(&self.locked_sha256),
+            self.triple
+        )
+    }
+}
+
 /// What `validate`/`plan` learned from upstream metadata.
 #[derive(Debug, Default)]
 pub struct UpstreamCheck {
@@ -51,14 +84,48 @@ pub struct UpstreamCheck {
     pub unreachable: Option<String>,
     /// The `profiles.json` of every Image Builder that was checked.
     pub profiles: BTreeMap<Triple, ProfilesJson>,
+    /// Pinned feed indexes upstream has moved away from.
+    pub moved_feeds: Vec<MovedFeed>,
+    /// Findings that do not stop a build (a removal that removes nothing, an image near its
+    /// size budget), located.
+    pub warnings: Vec<Problem>,
+    /// Each profile's resolved packages (by profile id), where its feeds could be read.
+    pub packages: BTreeMap<String, ProfilePackages>,
+    /// Builders whose packages were not checked, and why.
+    pub packages_unchecked: Vec<(Triple, String)>,
+    /// Package files each profile's build would download (offline plans only), by profile id.
+    pub missing_packages: BTreeMap<String, Vec<String>>,
 }
 
 impl UpstreamCheck {
-    /// One line per moved lock entry.
+    /// One line per moved lock entry (archives and feed indexes).
     pub fn moved_notices(&self) -> Vec<String> {
-        self.moved
-            .iter()
-            .map(|moved| format!("upstream moved: {}", moved.describe()))
+        let archives = self.moved.iter().map(|moved| moved.describe());
+        let feeds = self.moved_feeds.iter().map(|moved| moved.describe());
+        archives
+            .chain(feeds)
+            .map(|text| format!("upstream moved: {text}"))
+            .collect()
+    }
+
+    /// Everything worth a note: moved pins, then warnings (`warning: file:line:col: ...`).
+    pub fn notices(&self) -> Vec<String> {
+        let mut notices = self.moved_notices();
+        notices.extend(self.warnings.iter().map(|warning| {
+            let mut text = format!("warning: {warning}");
+            if let Some(help) = &warning.help {
+                text.push_str(&format!(" ({help})"));
+            }
+            text
+        }));
+        notices
+    }
+
+    /// Whether `--locked` must refuse: a pinned archive or feed index moved upstream.
+    pub fn lock_outdated(&self) -> Vec<String> {
+        let archives = self.moved.iter().map(|moved| moved.describe());
+        archives
+            .chain(self.moved_feeds.iter().map(|moved| moved.describe()))
             .collect()
     }
 
@@ -99,6 +166,7 @@ pub fn check_upstream(
         },
     )?;
     let mut overview: Option<Option<Overview>> = None;
+    let keyring = cache::keyring(settings)?;
     for triple in fleet.triples() {
         let entry = lock.and_then(|lock| lock.get(&triple));
         let mut profiles_json = entry.and_then(|entry| {
@@ -155,12 +223,184 @@ pub fn check_upstream(
                 .problems
                 .push(unknown_profile_problem(loaded, &triple, &parsed, overview));
         }
+        let fetcher = online.then_some(Fetcher {
+            client: &quick,
+            keyring: &keyring,
+            verify: settings.verify_signatures.value,
+        });
+        let packages = PackageContext {
+            fleet,
+            settings,
+            triple: &triple,
+            profiles: &parsed,
+            fetcher: fetcher.as_ref(),
+        };
+        check_packages(&packages, entry, &mut check)?;
         check
             .problems
             .extend(capability::flash_problems(fleet, &triple, &parsed));
         check.profiles.insert(triple, parsed);
     }
     Ok(check)
+}
+
+/// What the package check of one builder works with.
+struct PackageContext<'a> {
+    fleet: &'a Fleet,
+    settings: &'a Settings,
+    triple: &'a Triple,
+    profiles: &'a ProfilesJson,
+    /// How to read the mirror, when it may be read.
+    fetcher: Option<&'a Fetcher<'a>>,
+}
+
+/// Resolves every profile of one builder against its pinned feeds (live ones when nothing is
+/// locked yet) and notices pinned indexes the mirror moved away from.
+fn check_packages(
+    context: &PackageContext,
+    entry: Option<&LockEntry>,
+    check: &mut UpstreamCheck,
+) -> Result<()> {
+    let triple = context.triple;
+    let mut unchecked = |why: String| check.packages_unchecked.push((triple.clone(), why));
+    let pins = match (entry, context.fetcher) {
+        (Some(entry), _) if entry.feeds.is_empty() => {
+            unchecked(match &entry.feeds_unpinned {
+                Some(why) => format!("imagegen.lock pins none of its feeds ({why})"),
+                None => "imagegen.lock pins no package feeds for it (written by an older imagegen); run `imagegen lock`".into(),
+            });
+            return Ok(());
+        }
+        (Some(entry), Some(fetcher)) => match moved_feeds(context, fetcher, &entry.feeds) {
+            Ok(moved) => {
+                check.moved_feeds.extend(moved);
+                entry.feeds.clone()
+            }
+            Err(error) if error.code == ErrorCode::SignatureError => return Err(error),
+            Err(error) => {
+                unchecked(error.message);
+                return Ok(());
+            }
+        },
+        (Some(entry), None) => entry.feeds.clone(),
+        (None, None) => {
+            unchecked("it is not locked and the mirror cannot be read".into());
+            return Ok(());
+        }
+        (None, Some(fetcher)) => match live_pins(context, fetcher) {
+            Ok(pins) => pins,
+            Err(error) if error.code == ErrorCode::SignatureError => return Err(error),
+            Err(error) => {
+                unchecked(error.message);
+                return Ok(());
+            }
+        },
+    };
+    let cache_dir = &context.settings.cache_dir.value;
+    let feeds = match pinned_feeds(cache_dir, &pins, context.fetcher) {
+        Ok(feeds) => feeds,
+        Err(error) if error.code == ErrorCode::SignatureError => return Err(error),
+        Err(error) => {
+            unchecked(error.message);
+            return Ok(());
+        }
+    };
+    let package_cache = if context.settings.offline.value {
+        crate::feeds::store::open(cache_dir).ok()
+    } else {
+        None
+    };
+    // Profiles resolve independently (the feeds are shared, read-only): in parallel, then
+    // merged in fleet order, so the result does not depend on the schedule.
+    let profiles: Vec<&LoadedProfile> = context.fleet.profiles_of(triple).collect();
+    let found: Vec<Option<super::packages::ProfileFindings>> = {
+        use rayon::prelude::*;
+        profiles
+            .par_iter()
+            .map(|loaded| {
+                super::packages::check_profile(
+                    &feeds,
+                    context.profiles,
+                    triple,
+                    loaded,
+                    package_cache.as_ref(),
+                )
+            })
+            .collect()
+    };
+    for (loaded, findings) in profiles.into_iter().zip(found) {
+        let Some(findings) = findings else {
+            continue;
+        };
+        let id = loaded.profile.profile_id.clone();
+        check.problems.extend(findings.problems);
+        check.warnings.extend(findings.warnings);
+        if !findings.missing.is_empty() {
+            check.missing_packages.insert(id.clone(), findings.missing);
+        }
+        check.packages.insert(id, findings.packages);
+    }
+    Ok(())
+}
+
+/// The pinned indexes the mirror now serves differently (or not at all).
+fn moved_feeds(
+    context: &PackageContext,
+    fetcher: &Fetcher,
+    pins: &[FeedPin],
+) -> Result<Vec<MovedFeed>> {
+    let mut moved = Vec::new();
+    for pin in pins {
+        let Some(source) = source_of(pin) else {
+            continue;
+        };
+        let upstream = match crate::feeds::fetch::moved(
+            fetcher.client,
+            fetcher.keyring,
+            fetcher.verify,
+            &source,
+            &pin.sha256,
+            &context.settings.cache_dir.value,
+        ) {
+            Ok(None) => continue,
+            Ok(Some(sha256)) => Some(sha256),
+            Err(error) if imagebuilder::mirror::is_not_found(&error) => None,
+            Err(error) => return Err(error),
+        };
+        moved.push(MovedFeed {
+            triple: context.triple.clone(),
+            feed: pin.name.clone(),
+            locked_sha256: pin.sha256.clone(),
+            upstream_sha256: upstream,
+        });
+    }
+    Ok(moved)
+}
+
+/// Unlocked builder: the feeds' current indexes, fetched and verified.
+fn live_pins(context: &PackageContext, fetcher: &Fetcher) -> Result<Vec<FeedPin>> {
+    let sources = crate::feeds::sources(context.triple, context.profiles).ok_or_else(|| {
+        Error::new(
+            ErrorCode::ImagebuilderError,
+            format!(
+                "the profiles.json of {} names no `arch_packages`, so its feeds are unknown",
+                context.triple
+            ),
+        )
+    })?;
+    sources
+        .iter()
+        .map(|source| {
+            crate::feeds::fetch::fetch_index(
+                fetcher.client,
+                fetcher.keyring,
+                fetcher.verify,
+                source,
+                &context.settings.cache_dir.value,
+            )
+            .map(|index| index.pin())
+        })
+        .collect()
 }
 
 fn moved(entry: &LockEntry, metadata: &imagebuilder::TargetMetadata) -> Option<Moved> {

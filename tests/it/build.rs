@@ -109,7 +109,7 @@ fn write_fixture(root: &Path) {
 
 /// A digest of everything a build could change in a tree: paths, types, modes, sizes,
 /// mtimes, contents and link targets (not ctimes: hardlinking moves those).
-fn tree_digest(root: &Path) -> String {
+pub(crate) fn tree_digest(root: &Path) -> String {
     hex::encode(Sha256::digest(format!("{:?}", tree_entries(root))))
 }
 
@@ -160,6 +160,7 @@ fn inputs(profile: &str, packages: &[&str], options: ImageOptions) -> BuildInput
         packages_remove: vec!["dropbear".into()],
         overlay: OverlayInputs::default(),
         options,
+        feeds: Vec::new(),
     }
 }
 
@@ -232,6 +233,7 @@ fn build(
         timeout,
         cancel,
         sandbox: fixture.sandbox,
+        feeds: None,
     })
 }
 

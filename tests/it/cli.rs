@@ -62,7 +62,7 @@ fn first_plan_creates_everything_and_keys_are_known_after_fetch() {
     insta::assert_snapshot!("first_plan_text", redact_hashes(&fleet.redact(&run.stdout)));
     let json = fleet.run(&["plan", "--json"]);
     let plan = plan_json(json.success());
-    assert_eq!(plan.format_version, "1.2");
+    assert_eq!(plan.format_version, "1.3");
     assert!(plan.has_changes());
     assert!(
         plan.actions.iter().all(

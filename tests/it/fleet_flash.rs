@@ -197,7 +197,7 @@ fn a_saved_plan_writes_exactly_the_devices_it_was_made_with() {
         saved["allow_flash"],
         serde_json::json!({"devices": ["lab-sd-1"]})
     );
-    assert_eq!(saved["format_version"], "1.2");
+    assert_eq!(saved["format_version"], "1.3");
     let refused = fleet.run(&["apply", "flash.json", "--flash"]);
     assert_eq!(refused.code, 3, "{}", refused.stderr);
     assert!(

@@ -91,6 +91,11 @@ impl TestServer {
     pub fn total_requests(&self) -> usize {
         lock(&self.state).requests.len()
     }
+
+    /// Every request so far, in arrival order.
+    pub fn all_requests(&self) -> Vec<Request> {
+        lock(&self.state).requests.clone()
+    }
 }
 
 impl Drop for TestServer {

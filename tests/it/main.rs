@@ -8,6 +8,7 @@ mod builder_trust;
 mod cli;
 mod dashboard;
 mod exec;
+mod feeds;
 mod fetch;
 mod first_hour;
 mod flash;

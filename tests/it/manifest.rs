@@ -166,6 +166,8 @@ fn lock_file_round_trips_through_disk() {
         profiles_json_sha256: "b".repeat(64),
         mirror: "https://downloads.openwrt.org".into(),
         locked_at: "2026-11-25T18:00:00Z".into(),
+        feeds: Vec::new(),
+        feeds_unpinned: Some("apk v3 package indexes are not read yet".into()),
     });
     lock.write(&path).expect("write lock");
     let read = LockFile::read(&path).expect("read lock");

@@ -35,6 +35,8 @@ fn write_lock(fleet: &TestFleet, archive_sha: &str) {
             profiles_json_sha256: "00".repeat(32),
             mirror: "https://downloads.openwrt.org".into(),
             locked_at: "2026-11-25T00:00:00Z".into(),
+            feeds: Vec::new(),
+            feeds_unpinned: None,
         });
     }
     lock.write(&fleet.path().join("imagegen.lock"))

@@ -456,10 +456,19 @@ fn a_failed_step_exits_1_and_a_failed_recording_exits_70() {
             ("gw.yaml", profile("gw", "x86", "64", "generic", "")),
             (
                 "bad.yaml",
-                profile("bad", "x86", "64", "generic", "").replace("[luci]", "[no-such-package]"),
+                // A package list that does not install is refused by the plan now (the
+                // feeds are checked); a failing postinst fails in `make image`, like upstream.
+                profile(
+                    "bad",
+                    "x86",
+                    "64",
+                    "generic",
+                    "  - source: files/fail.postinst\n    destination: /usr/lib/opkg/info/fail.postinst\n    mode: \"0755\"\n",
+                ),
             ),
         ],
     );
+    fleet.write("files/fail.postinst", "#!/bin/sh\nexit 3\n");
     let failed = fleet.run(&["apply", "--keep-going", "--json"]);
     assert_eq!(failed.code, 1, "{}\n{}", failed.stdout, failed.stderr);
     let report = &summary(&failed.stdout)["report"];

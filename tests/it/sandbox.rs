@@ -464,8 +464,10 @@ struct Standin {
 impl Standin {
     fn new() -> Standin {
         let dir = tempfile::tempdir().expect("temp dir");
-        let spec =
+        let mut spec =
             ib::spec_from_data(&upstream_data(), "23.05.4", "x86", "64").expect("stand-in spec");
+        // These builds run without imagegen's feed handling: the tree carries its packages.
+        spec.local_packages = true;
         let pristine = ib::write_tree(&spec, dir.path()).expect("stand-in tree");
         Standin { dir, pristine }
     }
@@ -513,6 +515,7 @@ impl Standin {
             packages_remove: Vec::new(),
             overlay: OverlayInputs::default(),
             options: ImageOptions::default(),
+            feeds: Vec::new(),
         };
         run_build(&BuildRequest {
             inputs: &inputs,
@@ -525,6 +528,7 @@ impl Standin {
             timeout,
             cancel: &AtomicBool::new(false),
             sandbox: mode,
+            feeds: None,
         })
     }
 

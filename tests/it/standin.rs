@@ -20,11 +20,15 @@ struct Standin {
 }
 
 impl Standin {
+    /// A tree whose `repositories.conf` points at a `file://` mirror holding its feeds.
     fn new(target: &str, subtarget: &str, tweak: impl FnOnce(&mut ib::StandinSpec)) -> Standin {
         let mut spec =
             ib::spec_from_data(data_dir().as_path(), "23.05.4", target, subtarget).expect("spec");
         tweak(&mut spec);
         let dir = tempfile::tempdir().expect("temp dir");
+        spec.mirror_url =
+            imagegen_standin::feeds::write_local_mirror(&spec, &dir.path().join("mirror"))
+                .expect("feeds");
         let root = ib::write_tree(&spec, dir.path()).expect("tree");
         Standin { dir, root }
     }
@@ -205,7 +209,7 @@ fn image_applies_every_variable() {
     let output = standin.make(&[
         "image",
         "PROFILE=DEVICE_tplink_archer-c7-v2",
-        "PACKAGES=luci -ppp",
+        "PACKAGES=luci -ppp -ppp-mod-pppoe",
         &format!("FILES={}", overlay.display()),
         "DISABLED_SERVICES=dnsmasq uhttpd",
         "EXTRA_IMAGE_NAME=Fleet_A",
@@ -445,9 +449,10 @@ fn snapshot_apk_image_has_versionless_names_and_apk_files() {
         "openwrt-imagebuilder-ath79-generic.Linux-x86_64"
     );
     let repositories = fs::read_to_string(standin.root.join("repositories")).expect("repos");
-    assert!(repositories.starts_with(
-        "https://downloads.openwrt.org/snapshots/targets/ath79/generic/packages/packages.adb\n"
-    ));
+    let mirror = format!("file://{}", standin.dir.path().join("mirror").display());
+    assert!(repositories.starts_with(&format!(
+        "{mirror}/snapshots/targets/ath79/generic/packages/packages.adb\n"
+    )));
     assert!(repositories.contains("/kmods/"));
     let bin_dir = standin.bin_dir("out");
     let output = standin.make(&[
@@ -559,7 +564,7 @@ fn package_queries_need_package() {
             .lines()
             .any(|line| line.starts_with("tcpdump - 4.99.4-1 - "))
     );
-    let manifest = standin.make(&["manifest", "PACKAGES=collectd -ppp"]);
+    let manifest = standin.make(&["manifest", "PACKAGES=collectd -ppp -ppp-mod-pppoe"]);
     assert_ok(&manifest);
     assert!(stdout(&manifest).contains("\ncollectd - 5.12.0-49\n"));
     assert!(!stdout(&manifest).contains("\nppp - "));
@@ -740,4 +745,181 @@ fn info_quotes_titles_with_apostrophes() {
         stdout(&info)
             .contains("plathome_openblocks-ax3-4:\n    Plat'Home OpenBlocks AX3 4 ports\n")
     );
+}
+
+/// The feed directory `short` of the stand-in's local mirror.
+fn feed_dir(standin: &Standin, short: &str) -> PathBuf {
+    let spec = ib::spec_from_data(data_dir().as_path(), "23.05.4", "x86", "64").expect("spec");
+    let feed = imagegen_standin::feeds::feed_dirs(&spec)
+        .expect("feeds")
+        .into_iter()
+        .find(|feed| feed.short == short)
+        .expect("feed");
+    standin.dir.path().join("mirror").join(feed.path)
+}
+
+fn image_with(standin: &Standin, packages: &str, tag: &str) -> Output {
+    standin.make(&[
+        "image",
+        &format!("PACKAGES={packages}"),
+        &format!("BIN_DIR={}", standin.bin_dir(tag).display()),
+    ])
+}
+
+#[test]
+fn packages_come_only_from_the_listed_feeds_checked_like_opkg_does() {
+    let standin = Standin::new("x86", "64", |_| {});
+    let output = image_with(&standin, "htop", "all-feeds");
+    assert_ok(&output);
+    assert!(
+        stderr(&output)
+            .contains("/packages/x86_64/packages/Packages.sig\nSignature check passed.\n"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A package file that no longer matches the signed index.
+    let feed = feed_dir(&standin, "packages");
+    let htop = fs::read_dir(&feed)
+        .expect("feed")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.to_string_lossy().contains("/htop_"))
+        .expect("htop");
+    let original = fs::read(&htop).expect("read");
+    let mut tampered = original.clone();
+    tampered.push(0);
+    fs::write(&htop, &tampered).expect("tamper");
+    let output = image_with(&standin, "htop", "tampered");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains(&format!(
+            " * opkg_install_pkg: Package size mismatch: htop is {} bytes, expecting {} bytes\n",
+            tampered.len(),
+            original.len()
+        )),
+        "{}",
+        stderr(&output)
+    );
+    fs::write(&htop, &original).expect("restore");
+
+    // An index signed by a key the tree does not trust: the feed is dropped.
+    let index = fs::read(feed.join("Packages")).expect("index");
+    let stranger = imagegen::imagebuilder::usign::SecretKey::from_seed([7; 32]);
+    fs::write(feed.join("Packages.sig"), stranger.sign(&index)).expect("re-sign");
+    let output = image_with(&standin, "htop", "untrusted");
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("Signature check failed.\nRemove wrong Signature file.\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(" * opkg_install_cmd: Cannot install package htop.\n"),
+        "{text}"
+    );
+
+    // A feed the repository list no longer names is not read at all, even if reachable.
+    imagegen_standin::feeds::sign_index(
+        &feed,
+        PackageManager::Opkg,
+        &index,
+        &imagegen_standin::mirror::test_secret_key(),
+    )
+    .expect("re-sign");
+    let conf = standin.root.join("repositories.conf");
+    let listed = fs::read_to_string(&conf).expect("repositories.conf");
+    let without: String = listed
+        .lines()
+        .filter(|line| !line.contains("openwrt_packages"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    fs::write(&conf, without).expect("edit");
+    let output = image_with(&standin, "htop", "unlisted");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains(" * opkg_install_cmd: Cannot install package htop.\n"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A listed feed that cannot be fetched.
+    fs::write(&conf, &listed).expect("restore");
+    fs::rename(&feed, feed.with_extension("gone")).expect("remove feed");
+    let output = image_with(&standin, "htop", "missing");
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!(
+            "*** Failed to download the package list from file://{}/Packages.gz\n",
+            feed.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_dependency_no_feed_has_and_conflicts_fail_like_opkg() {
+    let standin = Standin::new("x86", "64", |_| {});
+    let output = image_with(&standin, "dnsmasq-full", "conflict");
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains(" * check_conflicts_for: The following packages conflict with "),
+        "{text}"
+    );
+    let feed = feed_dir(&standin, "packages");
+    let index = fs::read_to_string(feed.join("Packages")).expect("index");
+    let broken = index.replace(
+        "Package: htop\nVersion: 3.3.0-1\nDepends: libc\n",
+        "Package: htop\nVersion: 3.3.0-1\nDepends: libc, libncursesw6 (>= 6.4)\n",
+    );
+    assert_ne!(broken, index);
+    imagegen_standin::feeds::sign_index(
+        &feed,
+        PackageManager::Opkg,
+        broken.as_bytes(),
+        &imagegen_standin::mirror::test_secret_key(),
+    )
+    .expect("re-sign");
+    let output = image_with(&standin, "htop", "unsatisfied");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains(
+            " * satisfy_dependencies_for: Cannot satisfy the following dependencies for htop:\n * \tlibncursesw6 (>= 6.4)\n"
+        ),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn packages_dropped_into_the_local_directory_are_indexed_and_installed() {
+    // No feed is reachable (the repository list points at the real server); the tree's own
+    // `packages/` directory holds every package, as a user could drop them there.
+    let mut spec = ib::spec_from_data(data_dir().as_path(), "23.05.4", "x86", "64").expect("spec");
+    spec.local_packages = true;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = ib::write_tree(&spec, dir.path()).expect("tree");
+    let output = make_in(
+        &root,
+        &[
+            "image",
+            "PACKAGES=htop",
+            &format!("BIN_DIR={}", dir.path().join("out").display()),
+        ],
+        None,
+    );
+    assert_ok(&output);
+    let text = stderr(&output);
+    assert!(
+        text.contains("Package list missing or not up-to-date, generating it.\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("*** Failed to download the package list from https://downloads.openwrt.org/releases/23.05.4/packages/x86_64/base/Packages.gz\n"),
+        "{text}"
+    );
+    let index = fs::read_to_string(root.join("packages/Packages")).expect("local index");
+    assert!(index.contains("Package: htop\n"), "{index}");
 }

@@ -62,6 +62,7 @@ fn inputs() -> imagegen::key::BuildInputs {
         packages_remove: vec!["ppp".into()],
         overlay: Default::default(),
         options: Default::default(),
+        feeds: Vec::new(),
     }
 }
 

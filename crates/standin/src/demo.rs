@@ -1,7 +1,8 @@
 //! A complete stand-in download mirror for the offline demo and the tests: for each
 //! (release, target, subtarget), a stand-in Image Builder generated from the real upstream
 //! `profiles.json` in `data_dir`, packed like the real archive (`.tar.xz` up to 23.05,
-//! `.tar.zst` after), listed in a signed `sha256sums`, with the release's `.overview.json`.
+//! `.tar.zst` after), listed in a signed `sha256sums`, with the release's `.overview.json`,
+//! and the package feeds its `repositories.conf` lists ([`super::feeds`]).
 //! The signing key is the public TEST key of [`super::mirror`]; its public half is written
 //! next to the mirror so a fleet can name it in `trusted_keys`. Each device's initramfs
 //! image that `profiles.json` lists is published too ([`with_initramfs_images`]).
@@ -36,13 +37,20 @@ pub fn write_mirror(
     let work = root.join(".work");
     std::fs::create_dir_all(&work).map_err(|error| Error::io("creating", &work, error))?;
     let mut releases: Vec<&str> = Vec::new();
+    let mut specs = Vec::new();
     for (release, target, subtarget) in triples {
         let mut spec = standin_ib::spec_from_data(data_dir, release, target, subtarget)?;
         spec.build_cpu_seconds = build_cpu_seconds;
-        write_target(&writer, &work, &spec, &key)?;
+        specs.push(spec);
         if !releases.contains(release) {
             releases.push(release);
         }
+    }
+    // Feeds first: the core feed lives in the target directory, which `sha256sums` covers.
+    let borrowed: Vec<&standin_ib::StandinSpec> = specs.iter().collect();
+    super::feeds::write_feeds(root, &borrowed, &key)?;
+    for spec in &specs {
+        write_target(&writer, &work, spec, &key)?;
     }
     let overview = std::fs::read(data_dir.join(".overview.json"))
         .map_err(|error| Error::io("reading", &data_dir.join(".overview.json"), error))?;

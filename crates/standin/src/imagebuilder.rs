@@ -20,8 +20,8 @@ use imagegen::error::{Error, ErrorCode, Result};
 const MAKEFILE: &str = include_str!("files/Makefile");
 const RULES_MK: &str = include_str!("files/rules.mk");
 const ENGINE_PY: &str = include_str!("files/standin.py");
+const PACKAGES_PY: &str = include_str!("files/standin_packages.py");
 const TARGET_METADATA_AWK: &str = include_str!("files/target-metadata.awk");
-const CATALOG: &str = include_str!("files/catalog.txt");
 
 /// The modification time of every entry in a packed archive (2024-07-15, like 23.05.4).
 const ARCHIVE_MTIME: u64 = 1_721_081_658;
@@ -83,15 +83,21 @@ pub struct StandinSpec {
     pub build_cpu_seconds: f64,
     /// Device id → image size limit in bytes, to produce the "too big" failure.
     pub size_limit_devices: BTreeMap<String, u64>,
+    /// The download server the tree's `repositories.conf` / `repositories` points at, like a
+    /// real Image Builder's (`https://downloads.openwrt.org`); a test that drives make
+    /// directly points it at a `file://` mirror with the feeds ([`crate::feeds`]).
+    pub mirror_url: String,
+    /// Put every feed package into the tree's own `packages/` directory (where users drop
+    /// custom packages; make indexes it), so the tree builds with no feed reachable.
+    pub local_packages: bool,
 }
 
-/// The names of the packages the stand-in feed offers by default besides the target's own.
+/// Where a real Image Builder's repository list points.
+pub const UPSTREAM_MIRROR: &str = "https://downloads.openwrt.org";
+
+/// The names of the packages the stand-in feeds offer by default besides the target's own.
 pub fn default_extra_packages() -> Vec<String> {
-    catalog()
-        .into_iter()
-        .filter(|entry| entry.extra)
-        .map(|entry| entry.name)
-        .collect()
+    crate::feeds::default_extra_packages()
 }
 
 /// `openwrt-imagebuilder-23.05.4-ath79-generic.Linux-x86_64` (no version for `SNAPSHOT`).
@@ -155,6 +161,8 @@ pub fn spec_from_data(
         extra_packages: default_extra_packages(),
         build_cpu_seconds: 0.0,
         size_limit_devices: BTreeMap::new(),
+        mirror_url: UPSTREAM_MIRROR.to_string(),
+        local_packages: false,
     })
 }
 
@@ -193,9 +201,18 @@ pub fn server_profiles_json(spec: &StandinSpec) -> Result<String> {
     let info = TargetInfo::parse(spec)?;
     parsed["version_code"] = json!(spec.version_code);
     parsed["version_number"] = json!(spec.release);
-    let mut default_packages = info.default_packages;
+    let mut default_packages = info.default_packages.clone();
     default_packages.sort();
     parsed["default_packages"] = json!(default_packages);
+    parsed["arch_packages"] = json!(info.arch_packages);
+    match linux_kernel(spec, &info) {
+        Some(kernel) => parsed["linux_kernel"] = kernel,
+        None => {
+            if let Some(object) = parsed.as_object_mut() {
+                object.remove("linux_kernel");
+            }
+        }
+    }
     // serde_json's map is sorted, so this prints sorted keys.
     serde_json::to_string(&parsed).map_err(|e| Error::internal(format!("serializing: {e}")))
 }
@@ -224,6 +241,7 @@ pub fn write_tree(spec: &StandinSpec, parent: &Path) -> Result<PathBuf> {
     writer.file("Makefile", MAKEFILE, 0o644)?;
     writer.file("rules.mk", RULES_MK, 0o644)?;
     writer.file("scripts/standin.py", ENGINE_PY, 0o755)?;
+    writer.file("scripts/standin_packages.py", PACKAGES_PY, 0o644)?;
     writer.file("scripts/target-metadata.awk", TARGET_METADATA_AWK, 0o644)?;
     writer.file(".config", &dot_config(spec, &info), 0o644)?;
     writer.file(".targetinfo", &targetinfo(spec, &info), 0o644)?;
@@ -233,25 +251,54 @@ pub fn write_tree(spec: &StandinSpec, parent: &Path) -> Result<PathBuf> {
         .map_err(|e| Error::internal(format!("serializing stand-in metadata: {e}")))?;
     writer.file("include/standin.json", &metadata, 0o644)?;
     write_repositories(&writer, spec, &info)?;
-    writer.file("packages/Packages", &package_index(spec, &info), 0o644)?;
-    writer.file("packages/README.md", PACKAGES_README, 0o644)?;
+    write_local_packages(&writer, spec, &info)?;
     write_target_files(&writer, spec, &info)?;
     Ok(root)
 }
 
 const PACKAGES_README: &str = "Put custom packages here; they are installed with the \
-feed packages. (Stand-in Image Builder: `Packages` is the whole feed index.)\n";
+feed packages (make indexes this directory when a file in it is newer than the index).\n";
 
+/// `packages/`: the Image Builder's local repository. opkg trees ship an empty `Packages` so
+/// opkg does not complain (reference §4); with `local_packages` every feed package is here.
+fn write_local_packages(writer: &TreeWriter, spec: &StandinSpec, info: &TargetInfo) -> Result<()> {
+    writer.file("packages/README.md", PACKAGES_README, 0o644)?;
+    if spec.package_manager == PackageManager::Opkg {
+        writer.file("packages/Packages", "", 0o644)?;
+    }
+    if !spec.local_packages {
+        return Ok(());
+    }
+    for package in crate::feeds::packages_of(spec, info) {
+        writer.bytes(
+            &format!("packages/{}", package.file_name(spec.package_manager)),
+            &crate::feeds::package_file(&package),
+            0o644,
+        )?;
+    }
+    Ok(())
+}
+
+/// The repository list (reference §1.5) pointing at `spec.mirror_url`, and the keys that
+/// verify the feeds: the snapshot key 23.05 trees ship, plus the stand-in TEST key that
+/// signs the stand-in mirror's feeds (a real Image Builder ships the keys of its feeds).
 fn write_repositories(writer: &TreeWriter, spec: &StandinSpec, info: &TargetInfo) -> Result<()> {
-    let feeds = feeds(spec, info);
+    let base = spec.mirror_url.trim_end_matches('/');
+    let feeds = crate::feeds::feed_dirs_of(spec, info);
+    let test_key = crate::mirror::test_secret_key().public_key();
+    writer.file(
+        &format!("keys/{}", test_key.key_id),
+        &test_key.to_file_text(),
+        0o644,
+    )?;
     match spec.package_manager {
         PackageManager::Opkg => {
             let mut text = String::from(
                 "## Place your custom repositories here, they must match the architecture and version.\n\
                  # src/gz %n %U\n# src custom file:///usr/src/openwrt/bin/%T/packages\n\n",
             );
-            for (name, url) in &feeds {
-                text.push_str(&format!("src/gz {name} {url}\n"));
+            for feed in &feeds {
+                text.push_str(&format!("src/gz {} {base}/{}\n", feed.name, feed.path));
             }
             text.push_str(
                 "\n## This is the local package repository, do not remove!\n\
@@ -264,7 +311,10 @@ fn write_repositories(writer: &TreeWriter, spec: &StandinSpec, info: &TargetInfo
             writer.file(&format!("keys/{SNAPSHOT_KEY_ID}"), &key, 0o644)
         }
         PackageManager::Apk => {
-            let text: String = feeds.iter().map(|(_, url)| format!("{url}\n")).collect();
+            let text: String = feeds
+                .iter()
+                .map(|feed| format!("{base}/{}/packages.adb\n", feed.path))
+                .collect();
             writer.file("repositories", &text, 0o644)?;
             let pem = "-----BEGIN PUBLIC KEY-----\n\
                        MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEstandinstandinstandinstandin\n\
@@ -336,19 +386,19 @@ impl TreeWriter {
 // ------------------------------------------------------------------ target description
 
 /// What the stand-in needs from `profiles.json`, in the shape the tree files want.
-struct TargetInfo {
-    arch_packages: String,
-    default_packages: Vec<String>,
+pub(crate) struct TargetInfo {
+    pub(crate) arch_packages: String,
+    pub(crate) default_packages: Vec<String>,
     source_date_epoch: i64,
-    kernel_version: String,
-    devices: Vec<Device>,
+    pub(crate) kernel_version: String,
+    pub(crate) devices: Vec<Device>,
 }
 
-struct Device {
+pub(crate) struct Device {
     id: String,
     title: String,
     titles: Value,
-    device_packages: Vec<String>,
+    pub(crate) device_packages: Vec<String>,
     supported_devices: Vec<String>,
     images: Vec<ImageRecipe>,
 }
@@ -369,7 +419,7 @@ impl Device {
 }
 
 impl TargetInfo {
-    fn parse(spec: &StandinSpec) -> Result<TargetInfo> {
+    pub(crate) fn parse(spec: &StandinSpec) -> Result<TargetInfo> {
         let invalid = |message: String| Error::new(ErrorCode::Validation, message);
         let parsed: Value = serde_json::from_str(&spec.profiles_json)
             .map_err(|e| invalid(format!("stand-in profiles.json: {e}")))?;
@@ -512,7 +562,7 @@ fn versioned_file_names(release: &str) -> bool {
     release != "SNAPSHOT"
 }
 
-fn kernel_version(release: &str) -> &'static str {
+pub(crate) fn kernel_version(release: &str) -> &'static str {
     match release.get(..5) {
         Some("22.03") => "5.10.221",
         Some("23.05") => "5.15.162",
@@ -521,7 +571,7 @@ fn kernel_version(release: &str) -> &'static str {
     }
 }
 
-fn vermagic(spec: &StandinSpec) -> String {
+pub(crate) fn vermagic(spec: &StandinSpec) -> String {
     let digest = Sha256::digest(format!(
         "{}/{}/{}",
         spec.release, spec.target, spec.subtarget
@@ -612,42 +662,6 @@ fn target_mk(info: &TargetInfo) -> String {
     )
 }
 
-fn feeds(spec: &StandinSpec, info: &TargetInfo) -> Vec<(String, String)> {
-    let base = if spec.release == "SNAPSHOT" {
-        "https://downloads.openwrt.org/snapshots".to_string()
-    } else {
-        format!("https://downloads.openwrt.org/releases/{}", spec.release)
-    };
-    let target_path = format!("{base}/targets/{}/{}", spec.target, spec.subtarget);
-    let mut feeds = vec![(
-        "openwrt_core".to_string(),
-        format!("{target_path}/packages"),
-    )];
-    let arch_feed = |feed: &str| {
-        (
-            format!("openwrt_{feed}"),
-            format!("{base}/packages/{}/{feed}", info.arch_packages),
-        )
-    };
-    feeds.push(arch_feed("base"));
-    if !spec.release.starts_with("23.") && !spec.release.starts_with("22.") {
-        let triple = format!("{}-1-{}", info.kernel_version, vermagic(spec));
-        feeds.push((
-            "openwrt_kmods".to_string(),
-            format!("{target_path}/kmods/{triple}"),
-        ));
-    }
-    for feed in ["luci", "packages", "routing", "telephony"] {
-        feeds.push(arch_feed(feed));
-    }
-    if spec.package_manager == PackageManager::Apk {
-        for (_, url) in &mut feeds {
-            url.push_str("/packages.adb");
-        }
-    }
-    feeds
-}
-
 fn standin_json(spec: &StandinSpec, info: &TargetInfo) -> Value {
     let kernel_install = matches!(spec.target.as_str(), "x86" | "armsr");
     let devices: Vec<Value> = info
@@ -685,7 +699,16 @@ fn standin_json(spec: &StandinSpec, info: &TargetInfo) -> Value {
         "source_date_epoch": info.source_date_epoch,
         "arch_packages": info.arch_packages,
         "default_packages": info.default_packages,
-        "feeds": feeds(spec, info),
+        "feeds": crate::feeds::feed_dirs_of(spec, info)
+            .iter()
+            .map(|feed| {
+                let index = match spec.package_manager {
+                    PackageManager::Opkg => "",
+                    PackageManager::Apk => "/packages.adb",
+                };
+                (feed.name.clone(), format!("{UPSTREAM_MIRROR}/{}{index}", feed.path))
+            })
+            .collect::<Vec<_>>(),
         "kernel_file": info.kernel_file(),
         "build_cpu_seconds": spec.build_cpu_seconds,
         "linux_kernel": linux_kernel(spec, info),
@@ -711,138 +734,6 @@ fn new_metadata_fields(release: &str) -> bool {
         .next()
         .and_then(|m| m.parse::<u32>().ok());
     major.is_none_or(|major| major >= 25)
-}
-
-// ------------------------------------------------------------------ package feed
-
-struct CatalogEntry {
-    extra: bool,
-    name: String,
-    version: String,
-    depends: Vec<String>,
-}
-
-fn catalog() -> Vec<CatalogEntry> {
-    CATALOG
-        .lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .map(|line| {
-            let mut fields: Vec<&str> = line.split('\t').collect();
-            let extra = fields.first() == Some(&"extra");
-            if extra {
-                fields.remove(0);
-            }
-            CatalogEntry {
-                extra,
-                name: fields.first().copied().unwrap_or("").to_string(),
-                version: fields.get(1).copied().unwrap_or("-").to_string(),
-                depends: fields
-                    .get(2)
-                    .map(|deps| deps.split_whitespace().map(str::to_string).collect())
-                    .unwrap_or_default(),
-            }
-        })
-        .collect()
-}
-
-/// The name the package has under this package manager (LuCI renamed its opkg app).
-fn package_name(spec: &StandinSpec, name: &str) -> String {
-    match (spec.package_manager, name) {
-        (PackageManager::Opkg, "luci-app-package-manager") => "luci-app-opkg".to_string(),
-        _ => name.to_string(),
-    }
-}
-
-/// The feed: defaults, device packages, extras, `kernel`, `libc` and all their dependencies.
-fn feed_packages(spec: &StandinSpec, info: &TargetInfo) -> BTreeMap<String, (String, Vec<String>)> {
-    let known: BTreeMap<String, CatalogEntry> = catalog()
-        .into_iter()
-        .map(|entry| (package_name(spec, &entry.name), entry))
-        .collect();
-    let mut wanted: Vec<String> = info.default_packages.clone();
-    for device in &info.devices {
-        wanted.extend(device.device_packages.iter().cloned());
-    }
-    wanted.extend(spec.extra_packages.iter().cloned());
-    wanted.extend(["kernel".to_string(), "libc".to_string()]);
-    let mut feed = BTreeMap::new();
-    while let Some(name) = wanted.pop() {
-        let name = name.trim_start_matches('-').to_string();
-        if name.is_empty() || feed.contains_key(&name) {
-            continue;
-        }
-        let (version, depends) = package_facts(spec, info, &name, known.get(&name));
-        wanted.extend(depends.iter().cloned());
-        feed.insert(name, (version, depends));
-    }
-    feed
-}
-
-fn package_facts(
-    spec: &StandinSpec,
-    info: &TargetInfo,
-    name: &str,
-    entry: Option<&CatalogEntry>,
-) -> (String, Vec<String>) {
-    let kmod_version = format!("{}-1", info.kernel_version);
-    let (version, depends) = match (name, entry) {
-        ("kernel", _) => (
-            format!("{}-1-{}", info.kernel_version, vermagic(spec)),
-            vec![],
-        ),
-        (_, Some(entry)) if entry.version == "-" => (kmod_version, entry.depends.clone()),
-        (_, Some(entry)) => (
-            entry.version.replace("%R", &spec.version_code),
-            entry.depends.clone(),
-        ),
-        (kmod, None) if kmod.starts_with("kmod-") => (kmod_version, vec!["kernel".to_string()]),
-        (_, None) => {
-            let digest = Sha256::digest(name.as_bytes());
-            (
-                format!("1.{}.{}-1", digest[0] % 10, digest[1] % 7),
-                vec!["libc".to_string()],
-            )
-        }
-    };
-    let depends = depends.iter().map(|dep| package_name(spec, dep)).collect();
-    let version = match spec.package_manager {
-        PackageManager::Opkg => version,
-        PackageManager::Apk => apk_version(&version),
-    };
-    (version, depends)
-}
-
-/// apk spells the package release `-rN`: `1.36.1-1` becomes `1.36.1-r1`.
-fn apk_version(version: &str) -> String {
-    match version.rsplit_once('-') {
-        Some((base, release))
-            if !release.is_empty() && release.chars().all(|c| c.is_ascii_digit()) =>
-        {
-            format!("{base}-r{release}")
-        }
-        Some((_, release)) if release.starts_with('r') => version.to_string(),
-        _ => format!("{version}-r1"),
-    }
-}
-
-fn package_index(spec: &StandinSpec, info: &TargetInfo) -> String {
-    let mut text = String::new();
-    for (name, (version, depends)) in feed_packages(spec, info) {
-        let size = 1024 + (Sha256::digest(name.as_bytes())[0] as usize) * 97;
-        let file_name = match spec.package_manager {
-            PackageManager::Opkg => format!("{name}_{version}_{}.ipk", info.arch_packages),
-            PackageManager::Apk => format!("{name}-{version}.apk"),
-        };
-        text += &format!("Package: {name}\nVersion: {version}\n");
-        if !depends.is_empty() {
-            text += &format!("Depends: {}\n", depends.join(", "));
-        }
-        text += &format!(
-            "Architecture: {}\nSize: {size}\nFilename: {file_name}\n\n",
-            info.arch_packages
-        );
-    }
-    text
 }
 
 // ------------------------------------------------------------------ archive
@@ -1092,6 +983,8 @@ mod tests {
             extra_packages: vec![],
             build_cpu_seconds: 0.0,
             size_limit_devices: BTreeMap::new(),
+            mirror_url: UPSTREAM_MIRROR.to_string(),
+            local_packages: false,
         }
     }
 
@@ -1108,13 +1001,6 @@ mod tests {
         assert_eq!(Compression::for_release("23.05.4"), Compression::Xz);
         assert_eq!(Compression::for_release("24.10.0"), Compression::Zstd);
         assert_eq!(Compression::for_release("SNAPSHOT"), Compression::Zstd);
-    }
-
-    #[test]
-    fn apk_versions_get_an_r_release() {
-        assert_eq!(apk_version("1.36.1-1"), "1.36.1-r1");
-        assert_eq!(apk_version("26"), "26-r1");
-        assert_eq!(apk_version("3.0.0_pre20250606-r1"), "3.0.0_pre20250606-r1");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! says where it came from and how to refresh it.
 
 pub mod demo;
+pub mod feeds;
 pub mod imagebuilder;
 pub mod mirror;
 

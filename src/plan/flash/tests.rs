@@ -62,6 +62,7 @@ fn unchanged_build() -> Action {
         builder: None,
         inputs: None,
         details: BTreeMap::new(),
+        packages: None,
     };
     build.details.clear();
     build

@@ -3,8 +3,8 @@
 the json_*.py scripts, done on fake packages in about a second.
 
 Called only by the stand-in Makefile (one sub-command per make step). Inputs come from
-the environment the Makefile exports, `.config`, `include/standin.json` and the package
-index in `packages/`. It never touches the network.
+the environment the Makefile exports, `.config`, `include/standin.json`, and the package
+feeds the repository list names (`standin_packages.py`). It never touches the network.
 """
 
 import hashlib
@@ -13,6 +13,8 @@ import os
 import shutil
 import sys
 import time
+
+import standin_packages as pkgs
 
 # gzip, io, tarfile and zlib are imported where images are made: most steps never need
 # them, and every step is its own process.
@@ -156,70 +158,7 @@ def device(meta):
     fail('Profile "%s" does not exist!' % ident)
 
 
-# ---------------------------------------------------------------- package index
-
-
-def read_index():
-    """Parse the local package index (control stanzas) into {name: {version, depends}}."""
-    index = {}
-    path = os.path.join(TOPDIR, "packages", "Packages")
-    with open(path, encoding="utf-8") as f:
-        stanza = {}
-        for line in f.read().split("\n") + [""]:
-            if not line.strip():
-                if "Package" in stanza:
-                    deps = [d.strip() for d in stanza.get("Depends", "").split(",")]
-                    index[stanza["Package"]] = {
-                        "version": stanza.get("Version", "1"),
-                        "depends": [d for d in deps if d],
-                        "size": int(stanza.get("Size", "1024")),
-                    }
-                stanza = {}
-            elif ": " in line:
-                key, value = line.split(": ", 1)
-                stanza[key] = value
-    return index
-
-
-def resolve(index, requested, apk):
-    """Names to install, in install order, or exit with the package manager's error text."""
-    missing = [name for name in requested if name not in index]
-    if missing:
-        report_missing(missing, apk)
-    chosen, order = set(), []
-
-    def visit(name, parent):
-        if name in chosen:
-            return
-        if name not in index:
-            report_unsatisfied(parent, name, apk)
-        chosen.add(name)
-        for dep in index[name]["depends"]:
-            visit(dep, name)
-        order.append(name)
-
-    for name in requested:
-        visit(name, None)
-    return order
-
-
-def report_missing(missing, apk):
-    if apk:
-        lines = ["ERROR: unable to select packages:"]
-        for name in missing:
-            lines += ["  %s (no such package):" % name, "    required by: world[%s]" % name]
-    else:
-        lines = ["Collected errors:"]
-        lines += [" * opkg_install_cmd: Cannot install package %s." % name for name in missing]
-    fail("\n".join(lines))
-
-
-def report_unsatisfied(parent, name, apk):
-    if apk:
-        fail("ERROR: unable to select packages:\n  %s (no such package):\n    required by: %s"
-             % (name, parent))
-    fail("Collected errors:\n * satisfy_dependencies_for: Cannot satisfy the following "
-         "dependencies for %s:\n * \t%s" % (parent, name))
+# ---------------------------------------------------------------- packages
 
 
 def abi_stripped(name):
@@ -282,8 +221,9 @@ def init_script(start, stop):
     return "\n".join(lines)
 
 
-def install_package_files(root, meta, config, name, version):
-    write_file(root, "/usr/lib/standin/installed/" + name, "%s %s\n" % (name, version))
+def install_package_files(root, meta, config, name):
+    """What the stand-in adds for well-known packages besides their files (init scripts,
+    base-files' release files, busybox links)."""
     for service, start, stop in SERVICES.get(name, []):
         write_file(root, "/etc/init.d/" + service, init_script(start, stop), 0o755)
     if name == "base-files":
@@ -333,21 +273,22 @@ def install_package_manager_files(root, meta, config):
                    "option overlay_root /overlay\noption check_signature\n")
 
 
-def record_installed(root, index, order, apk):
+def record_installed(root, order, apk):
+    packages = sorted(order, key=lambda p: p["Package"])
     if apk:
-        text = "".join("P:%s\nV:%s\n\n" % (n, index[n]["version"]) for n in sorted(order))
+        text = "".join("P:%s\nV:%s\n\n" % (p["Package"], p["Version"]) for p in packages)
         write_file(root, "/lib/apk/db/installed", text)
     else:
         text = "".join(
             "Package: %s\nVersion: %s\n%sStatus: install user installed\n"
             "Architecture: %s\n\n" % (
-                n, index[n]["version"],
-                "Depends: %s\n" % ", ".join(index[n]["depends"]) if index[n]["depends"] else "",
-                "all")
-            for n in sorted(order))
+                p["Package"], p["Version"],
+                "Depends: %s\n" % p["Depends"] if p.get("Depends") else "",
+                p.get("Architecture", "all"))
+            for p in packages)
         write_file(root, "/usr/lib/opkg/status", text)
     write_file(root, "/usr/lib/standin/packages",
-               "".join("%s %s\n" % (n, index[n]["version"]) for n in sorted(order)))
+               "".join("%s %s\n" % (p["Package"], p["Version"]) for p in packages))
 
 
 def installed_packages(root):
@@ -387,15 +328,13 @@ def copy_overlay(source, root):
 
 
 def cmd_package_reload():
-    index = os.path.join(TOPDIR, "packages", "Packages")
-    stamp = os.path.join(TOPDIR, "dl", "imagebuilder.list")
-    if not os.path.exists(stamp) or os.path.getmtime(stamp) < os.path.getmtime(index):
+    """`package_reload`: index packages/ when it changed, then update every feed's list."""
+    apk = use_apk(read_config())
+    if pkgs.local_index_stale(apk):
         sys.stderr.write("Package list missing or not up-to-date, generating it.\n")
         sys.stderr.write("Building package index...\n")
-        os.makedirs(os.path.dirname(stamp), exist_ok=True)
-        shutil.copyfile(index, stamp)
-    print("Downloading file:packages/Packages.")
-    print("Updated list of available packages in %s" % os.path.dirname(stamp))
+        pkgs.build_local_index(apk)
+    pkgs.update(apk)
 
 
 def cmd_package_install():
@@ -403,21 +342,22 @@ def cmd_package_install():
     apk = use_apk(config)
     root = target_dir()
     check_owner("package_install")
-    index = read_index()
     requested = []
     for name in env("BUILD_PACKAGES").split():
         if name not in requested:
             requested.append(name)
-    order = resolve(index, requested, apk)
+    order = pkgs.resolve(pkgs.Universe(pkgs.available()), requested, apk)
     print("Installing packages...")
-    for name in order:
-        version = index[name]["version"]
+    for number, package in enumerate(order, 1):
+        name, version = package["Package"], package["Version"]
+        data = pkgs.fetch_package(package, apk)
         if apk:
-            print("(%d/%d) Installing %s (%s)" % (order.index(name) + 1, len(order), name, version))
+            print("(%d/%d) Installing %s (%s)" % (number, len(order), name, version))
         else:
             print("Installing %s (%s) to root..." % (name, version))
-        install_package_files(root, meta, config, name, version)
-    record_installed(root, index, order, apk)
+        pkgs.unpack_data(data, root)
+        install_package_files(root, meta, config, name)
+    record_installed(root, order, apk)
     if not apk:
         print("Configuring packages.")
 
@@ -694,46 +634,58 @@ def cmd_manifest():
         print(("%s %s" if use_apk(config) else "%s - %s") % (name, version))
 
 
+def index_by_name():
+    """{name: stanza} of every updated feed (the first feed's package wins a name)."""
+    index = {}
+    for package in pkgs.available():
+        index.setdefault(package["Package"], package)
+    return index
+
+
+def depends_names(package):
+    return [alternatives[0][0] for alternatives in pkgs.parse_depends(package.get("Depends", ""))]
+
+
 def cmd_package_list():
     apk = use_apk(read_config())
     meta = load_meta()
-    for name, entry in sorted(read_index().items()):
+    for name, entry in sorted(index_by_name().items()):
         if apk:
-            print("%s-%s %s {%s} (GPL-2.0)" % (name, entry["version"], meta["arch_packages"], name))
+            print("%s-%s %s {%s} (GPL-2.0)" % (name, entry["Version"], meta["arch_packages"], name))
         else:
-            print("%s - %s - %d" % (name, entry["version"], entry["size"]))
+            print("%s - %s - %s" % (name, entry["Version"], entry.get("Size", "0")))
 
 
 def cmd_package_depends():
     apk = use_apk(read_config())
-    index = read_index()
+    index = index_by_name()
     name = env("PACKAGE")
     if name not in index:
-        report_missing([name], apk)
+        pkgs.report_missing([name], apk)
     if apk:
-        print("%s-%s depends on:" % (name, index[name]["version"]))
-        print("\n".join(index[name]["depends"]))
+        print("%s-%s depends on:" % (name, index[name]["Version"]))
+        print("\n".join(depends_names(index[name])))
         print()
     else:
         print("%s depends on:" % name)
-        for dep in index[name]["depends"]:
+        for dep in depends_names(index[name]):
             print("\t" + dep)
 
 
 def cmd_package_whatdepends():
     apk = use_apk(read_config())
-    index = read_index()
+    index = index_by_name()
     name = env("PACKAGE")
-    users = sorted(n for n, entry in index.items() if name in entry["depends"])
+    users = sorted(n for n, entry in index.items() if name in depends_names(entry))
     if apk:
         for user in users:
-            print("%s-%s" % (user, index[user]["version"]))
+            print("%s-%s" % (user, index[user]["Version"]))
         return
     print("Root set:")
     print("  " + name)
     print("What depends on root set")
     for user in users:
-        print("\t%s %s\tdepends on %s" % (user, index[user]["version"], name))
+        print("\t%s %s\tdepends on %s" % (user, index[user]["Version"], name))
 
 
 def cmd_begin():
