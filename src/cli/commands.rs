@@ -12,12 +12,17 @@ use crate::ops::{self, PlanRequest, ValidateRequest};
 use crate::plan::{self, FlashPermission, Selection};
 use crate::source::Format;
 
-/// Prints a `Serialize` value as pretty JSON on stdout.
+/// Prints a `Serialize` value as pretty JSON on stdout, streamed: a plan with pinned feeds
+/// lists every package of every build (tens of MB for a large fleet), which is never held
+/// as one string.
 pub(crate) fn print_json(value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, value)
         .map_err(|error| Error::internal(format!("cannot serialize output: {error}")))?;
-    println!("{text}");
-    Ok(())
+    writeln!(out)
+        .and_then(|()| out.flush())
+        .map_err(|error| Error::io("writing", std::path::Path::new("standard output"), error))
 }
 
 /// `1 profile`, `2 profiles`.
