@@ -41,13 +41,7 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
             selection.describe()
         );
     }
-    if !plan.offline_needs.is_empty() {
-        let _ = writeln!(out, "Offline: apply would first need to download:");
-        for need in &plan.offline_needs {
-            let _ = writeln!(out, "  {need}");
-        }
-        out.push('\n');
-    }
+    render_offline_needs(&mut out, &plan.offline_needs, verbose);
     if !plan.notices.is_empty() {
         let _ = writeln!(out, "Notes:");
         for notice in &plan.notices {
@@ -60,6 +54,39 @@ pub fn render_text(plan: &Plan, verbose: bool) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Package files beyond this many are counted rather than listed, unless `verbose`: a fleet's
+/// first offline plan can need hundreds of them.
+const PACKAGE_FILES_LISTED: usize = 10;
+
+/// What an offline apply would have to download: every archive, and the package files
+/// (counted when there are many; `-v` and `--json` list them all).
+fn render_offline_needs(out: &mut String, needs: &[String], verbose: bool) {
+    if needs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "Offline: apply would first need to download:");
+    let (packages, others): (Vec<&String>, Vec<&String>) =
+        needs.iter().partition(|need| need.starts_with("package "));
+    for need in others {
+        let _ = writeln!(out, "  {need}");
+    }
+    let listed = match verbose {
+        true => packages.len(),
+        false => packages.len().min(PACKAGE_FILES_LISTED),
+    };
+    for need in &packages[..listed] {
+        let _ = writeln!(out, "  {need}");
+    }
+    if listed < packages.len() {
+        let _ = writeln!(
+            out,
+            "  … and {} more package files (`plan -v` or `--json` lists them all)",
+            packages.len() - listed
+        );
+    }
+    out.push('\n');
 }
 
 fn render_action(out: &mut String, plan: &Plan, action: &Action, verbose: bool) {
@@ -194,4 +221,41 @@ pub fn summary_line(plan: &Plan) -> String {
     }
     line.push('.');
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needs(packages: usize) -> Vec<String> {
+        let mut needs = vec!["openwrt-imagebuilder-23.05.4-x86-64.Linux-x86_64.tar.xz".to_string()];
+        needs.extend((0..packages).map(|n| format!("package openwrt_base/p{n}_1.0_x86_64.ipk")));
+        needs
+    }
+
+    #[test]
+    fn many_package_files_are_counted_unless_verbose() {
+        let mut short = String::new();
+        render_offline_needs(&mut short, &needs(25), false);
+        assert!(short.contains("tar.xz"), "{short}");
+        assert!(short.contains("p9_1.0"), "{short}");
+        assert!(!short.contains("p10_1.0"), "{short}");
+        assert!(short.contains("… and 15 more package files"), "{short}");
+
+        let mut long = String::new();
+        render_offline_needs(&mut long, &needs(25), true);
+        assert!(long.contains("p24_1.0"), "{long}");
+        assert!(!long.contains("more package files"), "{long}");
+
+        let mut few = String::new();
+        render_offline_needs(&mut few, &needs(3), false);
+        assert!(
+            few.contains("p2_1.0") && !few.contains("more package files"),
+            "{few}"
+        );
+
+        let mut none = String::new();
+        render_offline_needs(&mut none, &[], false);
+        assert!(none.is_empty());
+    }
 }
