@@ -138,6 +138,10 @@ pub enum Command {
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
     /// Remove artifacts no fleet pointer or recent build references
+    ///
+    /// Also removes, from the feed caches, indexes the fleet's lock does not pin and package
+    /// files no pinned index lists, when older than --keep-days (other fleets may share the
+    /// cache; what goes is fetched again when needed).
     Gc(GcArgs),
     /// Pin every Image Builder the fleet uses into imagegen.lock (archive, sha256, key, revision)
     ///

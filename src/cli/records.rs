@@ -187,12 +187,20 @@ pub(crate) fn gc(context: &Context, args: &GcArgs) -> Result<i32> {
     } else {
         let verb = if args.dry_run { "would free" } else { "freed" };
         println!(
-            "{verb} {:.1} MB: {}, {} no fleet points at and older than {} days.",
+            "{verb} {:.1} MB: {}, {} no fleet points at and older than {} days; {}, {} no pinned feed needs.",
             report.bytes as f64 / 1e6,
             plural(report.removed_blobs, "artifact"),
             plural(report.removed_builds, "build record"),
-            args.keep_days
+            args.keep_days,
+            match report.feeds.removed_indexes {
+                1 => "1 feed index".to_string(),
+                count => format!("{count} feed indexes"),
+            },
+            plural(report.feeds.removed_package_files, "package file"),
         );
+        if let Some(why) = &report.feeds.packages_kept_because {
+            println!("Package files were kept: {why}.");
+        }
     }
     Ok(exit::OK)
 }

@@ -17,6 +17,7 @@
 
 pub mod check;
 pub mod fetch;
+pub mod gc;
 mod index;
 pub mod prepare;
 mod resolve;

@@ -263,13 +263,16 @@ pub struct GcReport {
     /// Bytes of blobs and of stale temp files of interrupted stores.
     pub bytes: u64,
     pub keep_days: u64,
+    /// The feed caches: unpinned indexes and package files no pinned index lists, older
+    /// than `keep_days` (docs/feeds.md); their bytes are in `bytes` too.
+    pub feeds: crate::feeds::gc::FeedGc,
 }
 
 /// Temp files of an interrupted store younger than this may belong to a store in progress.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// Removes build records no fleet points at that are older than `keep_days`, and every blob
-/// no kept build references. Records go first: a blob whose record is gone is only wasted
+/// Removes build records no fleet points at that are older than `keep_days`, every blob no
+/// kept build references, and what the feed caches hold for no pinned feed. Records go first: a blob whose record is gone is only wasted
 /// space, never a record pointing at nothing.
 pub fn gc(workspace: &Workspace, request: &GcRequest) -> Result<GcReport> {
     let store = workspace.store("imagegen gc")?;
@@ -315,12 +318,22 @@ pub fn gc(workspace: &Workspace, request: &GcRequest) -> Result<GcReport> {
         }
         bytes += cas.remove_stale_temp(STALE_TEMP_AGE)?;
     }
+    drop(reader);
+    let lock = workspace.lock_file()?;
+    let feeds = crate::feeds::gc::collect(
+        &workspace.settings.cache_dir.value,
+        lock.as_ref(),
+        request.keep_days,
+        request.dry_run,
+    )?;
+    bytes += feeds.bytes;
     Ok(GcReport {
         dry_run: request.dry_run,
         removed_blobs: garbage.len(),
         removed_builds: dropped.len(),
         bytes,
         keep_days: request.keep_days,
+        feeds,
     })
 }
 

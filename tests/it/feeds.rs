@@ -20,7 +20,7 @@ const RELEASE: &str = "23.05.4";
 
 /// A fleet with one x86/64 profile (`gw`, images copied to `out/`) on a fresh stand-in
 /// mirror under `<fleet>/mirror`; `mirror_url` overrides where the fleet reads it from.
-fn fleet(packages: &str, extra: &str, mirror_url: Option<&str>) -> TestFleet {
+pub(crate) fn fleet(packages: &str, extra: &str, mirror_url: Option<&str>) -> TestFleet {
     let fleet = TestFleet::empty();
     let mirror = demo::write_mirror(
         &fleet.path().join("mirror"),
@@ -53,7 +53,7 @@ fn mirror_root(fleet: &TestFleet) -> PathBuf {
 }
 
 /// Runs with the network allowed (the support runner defaults to offline).
-fn online(fleet: &TestFleet, args: &[&str]) -> Run {
+pub(crate) fn online(fleet: &TestFleet, args: &[&str]) -> Run {
     let output = fleet
         .command(args)
         .env("OWRT_IMG_OFFLINE", "0")

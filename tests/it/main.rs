@@ -15,6 +15,7 @@ mod flash;
 mod flash_records;
 mod fleet_flash;
 mod fuzz_corpus;
+mod gc;
 mod hostile_files;
 mod hostile_names;
 mod http_server;
