@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sha256sums", sha256sums),
     ("usign", usign_files),
     ("tar", tar),
+    ("feed_index", feed_index),
 ];
 
 pub fn profile_yaml(data: &[u8]) {
@@ -189,4 +190,43 @@ fn render(problems: Vec<Problem>) {
     }
     let error = Error::from_problems("fuzz", problems);
     let _ = crate::cli::report::render_error(&error, false);
+}
+
+/// A feed index (opkg `Packages`, as a mirror serves it), parsed and resolved against
+/// itself: the first names it lists are requested, the last one removed. Whatever the
+/// index says (cycles, self-conflicts, missing fields), the resolution ends, installs each
+/// package once and sums its sizes.
+pub fn feed_index(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let names = crate::feeds::names_in(&text);
+    let additions: Vec<String> = names.iter().take(8).cloned().collect();
+    let removals: Vec<String> = names.last().cloned().into_iter().collect();
+    let defaults = vec!["base-files".to_string(), "libc".to_string()];
+    let feeds = crate::feeds::feeds_from_text(&[("openwrt_base", &text), ("openwrt_core", "")]);
+    let check = feeds.check(
+        &crate::feeds::PackageList {
+            defaults: &defaults,
+            device: &[],
+            additions: &additions,
+            removals: &removals,
+        },
+        None,
+    );
+    let installed = &check.packages.packages;
+    let mut seen = std::collections::HashSet::new();
+    for package in installed {
+        assert!(
+            seen.insert(&package.name),
+            "`{}` installed twice",
+            package.name
+        );
+    }
+    let sum: u64 = installed
+        .iter()
+        .map(|package| package.installed_size)
+        .fold(0, u64::saturating_add);
+    assert_eq!(check.packages.installed_size, sum);
+    for failure in &check.failures {
+        let _ = crate::feeds::prepare::describe(failure);
+    }
 }

@@ -225,8 +225,12 @@ fn summary(universe: &Universe, resolution: &Resolution) -> ProfilePackages {
         })
         .collect();
     ProfilePackages {
-        installed_size: packages.iter().map(|p| p.installed_size).sum(),
-        download_size: packages.iter().map(|p| p.size).sum(),
+        // Saturating: the sizes come from the mirror's index, which may say anything.
+        installed_size: packages
+            .iter()
+            .map(|p| p.installed_size)
+            .fold(0, u64::saturating_add),
+        download_size: packages.iter().map(|p| p.size).fold(0, u64::saturating_add),
         max_image_size: None,
         packages,
     }

@@ -37,6 +37,25 @@ pub use check::{
 pub use fetch::{FeedIndex, FeedPin};
 pub use prepare::{BuildPackages, Fetcher, SlotFeed, SlotFeeds, source_of};
 
+/// The feeds of `indexes` (name, index text), parsed, as one builder's: for the fuzz target
+/// of the index parser and resolver (`crate::fuzzing::feed_index`).
+pub(crate) fn feeds_from_text(indexes: &[(&str, &str)]) -> BuilderFeeds {
+    BuilderFeeds::new(
+        indexes
+            .iter()
+            .map(|(name, text)| (name.to_string(), std::sync::Arc::new(index::parse(text))))
+            .collect(),
+    )
+}
+
+/// The package names an index text lists, in order (for the fuzz target's requests).
+pub(crate) fn names_in(text: &str) -> Vec<String> {
+    index::parse(text)
+        .into_iter()
+        .map(|package| package.name)
+        .collect()
+}
+
 /// How a feed's index is written: opkg's `Packages` (23.05, 24.10) or apk's `packages.adb`
 /// (25.12, snapshots; the stand-in's text form, see docs/feeds.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
