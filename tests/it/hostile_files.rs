@@ -158,8 +158,8 @@ fn manifest_and_lock_links_out_of_the_fleet_are_refused() {
 #[test]
 fn a_link_inside_the_fleet_is_followed() {
     let fleet = fleet();
-    fleet.write("shared/ap.yaml", &PROFILE.replace("ap\n", "shared-ap\n"));
-    symlink("../shared/ap.yaml".as_ref(), &fleet, "profiles/shared.yaml");
+    fleet.write("common/ap.yaml", &PROFILE.replace("ap\n", "common-ap\n"));
+    symlink("../common/ap.yaml".as_ref(), &fleet, "profiles/common.yaml");
     validate(&fleet).success();
 }
 
