@@ -6,15 +6,16 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::display::PlainReporter;
 use crate::error::{Error, ErrorCode, Result};
-use crate::exec::report::{EVENT_FORMAT_VERSION, ErrorSummary, JsonLinesReporter};
-use crate::exec::{Event, OutcomeKind, Reporter};
-use crate::flash::{FlashObserver, FlashPhase, FlashPlan, FlashProgress, format_size};
+use crate::exec::report::JsonLinesReporter;
+use crate::exec::{Event, Reporter};
+use crate::flash::{FlashObserver, FlashPlan, FlashProgress, format_size};
+use crate::ops::FlashEvents;
 use crate::settings::env_vars;
 
 /// JSON progress lines are written at most this often (plus every phase change).
@@ -34,12 +35,9 @@ pub(crate) struct CliObserver {
 
 /// Progress output once writing started.
 struct Display {
-    address: String,
-    started: Instant,
+    events: FlashEvents,
     reporter: Option<Box<dyn Reporter>>,
     bar: Option<ProgressBar>,
-    last_phase: Option<FlashPhase>,
-    last_event: Option<Instant>,
 }
 
 impl CliObserver {
@@ -192,7 +190,6 @@ pub(crate) fn read_answer(cancel: &AtomicBool) -> Result<Option<String>> {
 
 impl Display {
     fn start(plan: &FlashPlan, json: bool) -> Display {
-        let address = format!("flash.{}", plan.device.name);
         let terminal = !json && std::io::stderr().is_terminal();
         let reporter: Option<Box<dyn Reporter>> = if json {
             Some(Box::new(JsonLinesReporter::stdout()))
@@ -201,24 +198,15 @@ impl Display {
         } else {
             Some(Box::new(PlainReporter::stderr()))
         };
+        let (events, first) = FlashEvents::start(plan, JSON_PROGRESS_INTERVAL);
         let display = Display {
-            address,
-            started: Instant::now(),
+            events,
             reporter,
             bar: terminal.then(progress_bar),
-            last_phase: None,
-            last_event: None,
         };
-        display.emit(&Event::RunStarted {
-            format_version: EVENT_FORMAT_VERSION,
-            total: 1,
-        });
-        display.emit(&Event::StepStarted {
-            address: display.address.clone(),
-            pool: "flash".to_string(),
-            device: Some(plan.device.node.display().to_string()),
-            slot: 0,
-        });
+        for event in &first {
+            display.emit(event);
+        }
         display
     }
 
@@ -237,19 +225,8 @@ impl Display {
             }
             bar.set_message(amounts.clone());
         }
-        let phase_changed = self.last_phase != Some(progress.phase);
-        let due = self
-            .last_event
-            .is_none_or(|last| last.elapsed() >= JSON_PROGRESS_INTERVAL);
-        if phase_changed || due {
-            self.last_phase = Some(progress.phase);
-            self.last_event = Some(Instant::now());
-            self.emit(&Event::StepProgress {
-                address: self.address.clone(),
-                message: format!("{} {amounts}", progress.phase.as_str()),
-                fraction: progress.fraction,
-                transfer: Some(progress.transfer()),
-            });
+        if let Some(event) = self.events.progress(progress, &amounts) {
+            self.emit(&event);
         }
     }
 
@@ -257,30 +234,9 @@ impl Display {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        let interrupted = error.is_some_and(|error| error.code == ErrorCode::Interrupted);
-        let outcome = match error {
-            None => OutcomeKind::Succeeded,
-            Some(_) if interrupted => OutcomeKind::Cancelled,
-            Some(_) => OutcomeKind::Failed,
-        };
-        let duration_ms = self.started.elapsed().as_millis() as u64;
-        self.emit(&Event::StepFinished {
-            address: self.address.clone(),
-            outcome,
-            duration_ms,
-            error: error.map(ErrorSummary::from),
-            reason: None,
-        });
-        let count = |kind| usize::from(outcome == kind);
-        self.emit(&Event::RunFinished {
-            succeeded: count(OutcomeKind::Succeeded),
-            failed: count(OutcomeKind::Failed),
-            skipped: 0,
-            cancelled: count(OutcomeKind::Cancelled),
-            interrupted,
-            duration_ms,
-            error: None,
-        });
+        for event in &self.events.finish(error) {
+            self.emit(event);
+        }
     }
 }
 

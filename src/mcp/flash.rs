@@ -3,6 +3,8 @@
 //! server was started with `imagegen mcp --allow-flash`; any other call is a dry run that
 //! returns what would be written where, and says why it did not write.
 
+use std::time::Duration;
+
 use rmcp::RoleServer;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::CallToolResult;
@@ -15,10 +17,9 @@ use super::progress::ProgressForwarder;
 use super::reply;
 use super::server::ImagegenServer;
 use crate::error::{Error, ErrorCode, Result};
-use crate::exec::report::EVENT_FORMAT_VERSION;
-use crate::exec::{Event, Reporter};
+use crate::exec::Reporter;
 use crate::flash::{FlashObserver, FlashPlan, FlashProgress, VerifyMode, format_size};
-use crate::ops::{self, FlashOutcome, FlashRequest};
+use crate::ops::{self, FlashEvents, FlashOutcome, FlashRequest};
 
 #[tool_router(router = flash_tools, vis = "pub(crate)")]
 impl ImagegenServer {
@@ -56,7 +57,7 @@ impl ImagegenServer {
                 };
                 let mut observer = McpObserver {
                     progress,
-                    address: String::new(),
+                    events: None,
                 };
                 ops::flash_artifact(workspace, &params.artifact, &request, &mut observer)
             })
@@ -113,8 +114,8 @@ fn summary(outcome: &FlashOutcome, reason: Option<&str>) -> String {
 /// `force`, and then the operation does not ask).
 struct McpObserver<'a> {
     progress: &'a ProgressForwarder,
-    /// `flash.<kernel name>`, the step of the run events, once writing started.
-    address: String,
+    /// Once writing started; every progress report is forwarded (the forwarder paces them).
+    events: Option<FlashEvents>,
 }
 
 impl FlashObserver for McpObserver<'_> {
@@ -130,29 +131,21 @@ impl FlashObserver for McpObserver<'_> {
     }
 
     fn started(&mut self, plan: &FlashPlan) {
-        self.address = format!("flash.{}", plan.device.name);
-        self.progress.event(&Event::RunStarted {
-            format_version: EVENT_FORMAT_VERSION,
-            total: 1,
-        });
-        self.progress.event(&Event::StepStarted {
-            address: self.address.clone(),
-            pool: "flash".to_string(),
-            device: Some(plan.device.node.display().to_string()),
-            slot: 0,
-        });
+        let (events, first) = FlashEvents::start(plan, Duration::ZERO);
+        for event in &first {
+            self.progress.event(event);
+        }
+        self.events = Some(events);
     }
 
     fn progress(&mut self, progress: &FlashProgress) {
-        self.progress.event(&Event::StepProgress {
-            address: self.address.clone(),
-            message: format!(
-                "{} {}",
-                progress.phase.as_str(),
-                format_size(progress.bytes)
-            ),
-            fraction: progress.fraction,
-            transfer: Some(progress.transfer()),
-        });
+        let detail = format_size(progress.bytes);
+        let event = self
+            .events
+            .as_mut()
+            .and_then(|events| events.progress(progress, &detail));
+        if let Some(event) = event {
+            self.progress.event(&event);
+        }
     }
 }

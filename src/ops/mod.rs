@@ -39,8 +39,8 @@ pub use check::{SkippedCheck, ValidateReport, ValidateRequest, validate};
 pub use explain::{ActionDetail, GraphReport, graph, show};
 pub use files::{FleetFile, FleetFileId, FleetFileText, fleet_files, read_fleet_file};
 pub use flash::{
-    ArtifactSpec, FlashEntry, FlashFilter, FlashListing, FlashOutcome, FlashRequest, FlashSource,
-    devices, flash_artifact, flash_image, flash_list,
+    ArtifactSpec, FlashEntry, FlashEvents, FlashFilter, FlashListing, FlashOutcome, FlashRequest,
+    FlashSource, devices, flash_artifact, flash_image, flash_list,
 };
 pub use plan::{PlanRequest, check_saved_plan, plan, read_saved_plan, save_plan};
 pub use profiles::{

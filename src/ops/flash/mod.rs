@@ -9,6 +9,7 @@
 //! [`FlashObserver::confirm`] decides (the CLI asks on its terminal).
 
 mod artifact;
+mod events;
 mod list;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use crate::state::{FlashRecord, Store};
 pub use crate::flash::FlashSource;
 
 pub use artifact::ArtifactSpec;
+pub use events::FlashEvents;
 pub use list::{FlashEntry, FlashFilter, FlashListing, flash_list};
 
 /// How to flash, whatever the image.

@@ -7,7 +7,7 @@
 //! progress as run events on `GET /jobs/{id}/events`, its outcome in `GET /jobs/{id}`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -20,10 +20,11 @@ use utoipa::ToSchema;
 
 use super::required_json_body;
 use crate::error::{Error, ErrorCode, Result};
-use crate::exec::report::{EVENT_FORMAT_VERSION, ErrorSummary};
-use crate::exec::{Event, OutcomeKind, Reporter};
-use crate::flash::{FlashObserver, FlashPhase, FlashPlan, FlashProgress, VerifyMode};
-use crate::ops::{self, FlashFilter, FlashListing, FlashOutcome, FlashRequest, FleetNeed};
+use crate::exec::{Event, Reporter};
+use crate::flash::{FlashObserver, FlashPlan, FlashProgress, VerifyMode};
+use crate::ops::{
+    self, FlashEvents, FlashFilter, FlashListing, FlashOutcome, FlashRequest, FleetNeed,
+};
 use crate::server::error::{ApiResult, ErrorBody};
 use crate::server::jobs::{JobKind, JobResult, JobView};
 use crate::server::{Access, AppState};
@@ -116,20 +117,15 @@ pub(crate) async fn start(State(state): State<Arc<AppState>>, body: Bytes) -> Ap
 /// `flash`), the same lines `imagegen flash … --json` prints.
 struct JobObserver<'a> {
     reporter: Option<&'a dyn Reporter>,
-    address: String,
-    started: Option<Instant>,
-    last_phase: Option<FlashPhase>,
-    last_sent: Option<Instant>,
+    /// Once writing started.
+    events: Option<FlashEvents>,
 }
 
 impl<'a> JobObserver<'a> {
     fn new(reporter: &'a dyn Reporter) -> JobObserver<'a> {
         JobObserver {
             reporter: Some(reporter),
-            address: String::new(),
-            started: None,
-            last_phase: None,
-            last_sent: None,
+            events: None,
         }
     }
 
@@ -137,10 +133,7 @@ impl<'a> JobObserver<'a> {
     fn quiet() -> JobObserver<'static> {
         JobObserver {
             reporter: None,
-            address: String::new(),
-            started: None,
-            last_phase: None,
-            last_sent: None,
+            events: None,
         }
     }
 
@@ -152,33 +145,11 @@ impl<'a> JobObserver<'a> {
 
     /// Ends the step and the run once the flash returned (nothing when it never started).
     fn finish(&self, error: Option<&Error>) {
-        let Some(started) = self.started else {
-            return;
-        };
-        let interrupted = error.is_some_and(|error| error.code == ErrorCode::Interrupted);
-        let outcome = match error {
-            None => OutcomeKind::Succeeded,
-            Some(_) if interrupted => OutcomeKind::Cancelled,
-            Some(_) => OutcomeKind::Failed,
-        };
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.emit(&Event::StepFinished {
-            address: self.address.clone(),
-            outcome,
-            duration_ms,
-            error: error.map(ErrorSummary::from),
-            reason: None,
-        });
-        let count = |kind| usize::from(outcome == kind);
-        self.emit(&Event::RunFinished {
-            succeeded: count(OutcomeKind::Succeeded),
-            failed: count(OutcomeKind::Failed),
-            skipped: 0,
-            cancelled: count(OutcomeKind::Cancelled),
-            interrupted,
-            duration_ms,
-            error: None,
-        });
+        if let Some(events) = &self.events {
+            for event in &events.finish(error) {
+                self.emit(event);
+            }
+        }
     }
 }
 
@@ -196,39 +167,21 @@ impl FlashObserver for JobObserver<'_> {
     }
 
     fn started(&mut self, plan: &FlashPlan) {
-        self.address = format!("flash.{}", plan.device.name);
-        self.started = Some(Instant::now());
-        self.emit(&Event::RunStarted {
-            format_version: EVENT_FORMAT_VERSION,
-            total: 1,
-        });
-        self.emit(&Event::StepStarted {
-            address: self.address.clone(),
-            pool: "flash".to_string(),
-            device: Some(plan.device.node.display().to_string()),
-            slot: 0,
-        });
+        let (events, first) = FlashEvents::start(plan, PROGRESS_INTERVAL);
+        for event in &first {
+            self.emit(event);
+        }
+        self.events = Some(events);
     }
 
     fn progress(&mut self, progress: &FlashProgress) {
-        let phase_changed = self.last_phase != Some(progress.phase);
-        let due = self
-            .last_sent
-            .is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL);
-        if !(phase_changed || due) {
-            return;
+        let detail = crate::flash::format_size(progress.bytes);
+        let event = self
+            .events
+            .as_mut()
+            .and_then(|events| events.progress(progress, &detail));
+        if let Some(event) = event {
+            self.emit(&event);
         }
-        self.last_phase = Some(progress.phase);
-        self.last_sent = Some(Instant::now());
-        self.emit(&Event::StepProgress {
-            address: self.address.clone(),
-            message: format!(
-                "{} {}",
-                progress.phase.as_str(),
-                crate::flash::format_size(progress.bytes)
-            ),
-            fraction: progress.fraction,
-            transfer: Some(progress.transfer()),
-        });
     }
 }
