@@ -108,27 +108,62 @@ fn blocked_on(pid: u32, node: &Path) -> bool {
     })
 }
 
+/// A loop device over a file on an ext4 filesystem (itself on a loop device) that a test can
+/// freeze: a flash's first write then blocks in the kernel, so a kill lands mid-write on any
+/// machine, however fast or loaded. Fields drop in order: the card, then its filesystem.
+pub(crate) struct FreezableCard {
+    pub device: LoopDevice,
+    pub mounted: Mounted,
+    _outer: LoopDevice,
+}
+
+impl FreezableCard {
+    /// `None` (after a loud skip) where loop devices or mounts are not possible.
+    pub(crate) fn create(test: &str, size: usize) -> Option<FreezableCard> {
+        let outer = LoopDevice::create(test, 64 * MIB, false)?;
+        let mounted = Mounted::create(test, outer.path())?;
+        let backing = mounted.point.path().join("card.img");
+        let device = LoopDevice::over(test, &backing, size, false)?;
+        Some(FreezableCard {
+            device,
+            mounted,
+            _outer: outer,
+        })
+    }
+
+    pub(crate) fn freeze(&self, test: &str) -> Option<Frozen> {
+        Frozen::freeze(test, self.mounted.point.path())
+    }
+}
+
+/// Reads `--json` events until a line that contains `kind` and `address`.
+pub(crate) fn wait_for_event(stdout: &mut impl BufRead, kind: &str, address: &str) {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line).expect("read stdout");
+        assert!(
+            read > 0,
+            "imagegen ended before {kind} of {address}:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.contains(kind) && line.contains(address) {
+            return;
+        }
+    }
+}
+
 #[test]
 fn kill_9_during_a_write_leaves_a_record_that_says_the_flash_did_not_complete() {
     let test = "kill_9_during_a_write";
-    // The target is a loop device over a file on an ext4 filesystem (itself on a loop
-    // device) that the test freezes: the flash's first write then blocks in the kernel, so
-    // the kill lands mid-write on any machine, however fast or loaded.
-    let Some(outer) = LoopDevice::create(test, 64 * MIB, false) else {
+    let Some(card) = FreezableCard::create(test, 16 * MIB) else {
         return;
     };
-    let Some(mounted) = Mounted::create(test, outer.path()) else {
-        return;
-    };
-    let backing = mounted.point.path().join("card.img");
-    let Some(device) = LoopDevice::over(test, &backing, 16 * MIB, false) else {
-        return;
-    };
+    let device = &card.device;
     let fleet = TestFleet::empty();
     let data = image_bytes(12 * MIB);
     let image = write_file(&fleet, "openwrt.img", &data);
-    let frozen = Frozen::freeze(test, mounted.point.path());
-    let Some(frozen) = frozen else {
+    let Some(frozen) = card.freeze(test) else {
         return;
     };
     let mut child = Killed(
@@ -141,16 +176,7 @@ fn kill_9_during_a_write_leaves_a_record_that_says_the_flash_did_not_complete() 
     );
     // `step_started` comes after the record and right before the first write.
     let mut stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let read = stdout.read_line(&mut line).expect("read stdout");
-        assert!(read > 0, "imagegen ended before writing:\n{seen}");
-        seen.push_str(&line);
-        if line.contains("\"step_started\"") {
-            break;
-        }
-    }
+    wait_for_event(&mut stdout, "\"step_started\"", "flash.");
     wait_for_blocked_write(child.0.id(), &device.node);
     child.0.kill().expect("kill -9");
     drop(frozen);

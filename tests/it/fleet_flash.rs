@@ -5,7 +5,7 @@
 //! `kill -9` make the device wanted again, each with its reason; a saved plan carries its
 //! permission; an absent device is skipped unless named. Skips loudly like `flash`.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::process::Stdio;
 
 use imagegen::ops::FlashListing;
@@ -13,8 +13,10 @@ use imagegen::plan::{Action, ActionKind, Plan};
 use imagegen::state::FlashStatus;
 use serde_json::Value;
 
-use crate::flash::{LoopDevice, Mounted};
-use crate::flash_records::{Frozen, Killed, gunzip, listing, rpi_fleet, wait_for_blocked_write};
+use crate::flash::LoopDevice;
+use crate::flash_records::{
+    FreezableCard, Killed, gunzip, listing, rpi_fleet, wait_for_blocked_write, wait_for_event,
+};
 use crate::support::{Run, TestFleet};
 
 const MIB: usize = 1024 * 1024;
@@ -313,21 +315,14 @@ fn a_failed_read_back_makes_the_device_suspect_until_a_verified_fleet_flash() {
 #[test]
 fn kill_9_during_a_fleet_flash_leaves_in_progress_and_the_next_plan_flashes_again() {
     let test = "fleet_kill_9";
-    // As in `flash_records`: a loop device over a file on an ext4 the test freezes, so the
-    // flash's first write blocks in the kernel and the kill lands mid-write.
-    let Some(outer) = LoopDevice::create(test, 64 * MIB, false) else {
+    // The flash's first write blocks on the frozen filesystem: the kill lands mid-write.
+    let Some(card) = FreezableCard::create(test, 8 * MIB) else {
         return;
     };
-    let Some(mounted) = Mounted::create(test, outer.path()) else {
-        return;
-    };
-    let backing = mounted.point.path().join("card.img");
-    let Some(device) = LoopDevice::over(test, &backing, 8 * MIB, false) else {
-        return;
-    };
+    let device = &card.device;
     let fleet = rpi_fleet(device.path());
     fleet.run(&["apply"]).success();
-    let Some(frozen) = Frozen::freeze(test, mounted.point.path()) else {
+    let Some(frozen) = card.freeze(test) else {
         return;
     };
     let mut child = Killed(
@@ -368,22 +363,5 @@ fn kill_9_during_a_fleet_flash_leaves_in_progress_and_the_next_plan_flashes_agai
     let clean = plan(&fleet, &[]);
     assert_eq!(flash_action(&clean).action, ActionKind::NoOp);
     let sha = flash_action(&clean).key.clone().expect("key");
-    assert_carries(&device, &wanted_bytes(&fleet, &sha));
-}
-
-/// Reads stdout until a line that contains `kind` and `address`.
-fn wait_for_event(stdout: &mut impl BufRead, kind: &str, address: &str) {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let read = stdout.read_line(&mut line).expect("read stdout");
-        assert!(
-            read > 0,
-            "imagegen ended before {kind} of {address}:\n{seen}"
-        );
-        seen.push_str(&line);
-        if line.contains(kind) && line.contains(address) {
-            return;
-        }
-    }
+    assert_carries(device, &wanted_bytes(&fleet, &sha));
 }
