@@ -108,19 +108,6 @@ fn republish(fleet: &TestFleet, short: &str, change: impl Fn(&mut FeedPackage)) 
     .expect("re-publish");
 }
 
-fn image_rootfs(fleet: &TestFleet) -> BTreeMap<String, RootfsEntry> {
-    let image = fs::read_dir(fleet.path().join("out"))
-        .expect("bin_dir")
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| {
-            path.to_string_lossy()
-                .ends_with("-squashfs-combined.img.gz")
-        })
-        .expect("combined image");
-    ib::read_image_rootfs(&image).expect("read image")
-}
-
 fn installed(rootfs: &BTreeMap<String, RootfsEntry>) -> Vec<String> {
     match rootfs.get("/usr/lib/standin/packages") {
         Some(RootfsEntry::File { data, .. }) => String::from_utf8_lossy(data)
@@ -236,7 +223,7 @@ fn a_dependency_chain_is_installed_exactly_as_planned() {
         text.stdout
     );
     fleet.run(&["apply"]).success();
-    let rootfs = image_rootfs(&fleet);
+    let rootfs = crate::sandbox::rootfs(&fleet);
     let mut in_image = installed(&rootfs);
     in_image.sort();
     let mut predicted: Vec<String> = names.iter().map(|name| name.to_string()).collect();
@@ -338,7 +325,7 @@ fn builds_need_no_network_once_locked_and_cached_and_the_pristine_tree_stays() {
     online(&fleet, &["apply"]).success();
     fleet.write("files/banner", "rebuilt offline\n");
     fleet.run(&["apply", "--offline"]).success();
-    match image_rootfs(&fleet).get("/etc/banner") {
+    match crate::sandbox::rootfs(&fleet).get("/etc/banner") {
         Some(RootfsEntry::File { data, .. }) => assert_eq!(data, b"rebuilt offline\n"),
         other => panic!("banner: {other:?}"),
     }
@@ -403,7 +390,7 @@ fn a_republished_feed_is_noticed_refused_when_locked_and_explained() {
         "{reasons:?}"
     );
     fleet.run(&["apply", "--locked"]).success();
-    let rootfs = image_rootfs(&fleet);
+    let rootfs = crate::sandbox::rootfs(&fleet);
     match rootfs.get("/usr/lib/standin/installed/htop") {
         Some(RootfsEntry::File { data, .. }) => assert_eq!(data, b"htop 3.3.0-2\n"),
         other => panic!("htop marker: {other:?}"),

@@ -181,7 +181,7 @@ fn run(mut command: std::process::Command) -> Run {
 }
 
 /// The root filesystem of the built combined squashfs image.
-fn rootfs(fleet: &TestFleet) -> BTreeMap<String, RootfsEntry> {
+pub(crate) fn rootfs(fleet: &TestFleet) -> BTreeMap<String, RootfsEntry> {
     let out = fleet.path().join("out");
     let image = fs::read_dir(&out)
         .expect("bin_dir")
